@@ -1,0 +1,29 @@
+"""graft: fine-tune pretrained image classifiers, reshape trained models, train in rounds, serve to phones.
+
+The Python API mirrors the CLI:
+
+    import graft
+    result = graft.train(data="digits", model="resnet18", epochs=3)
+    bundle = graft.load(result.bundle.path)
+    bundle.predict("photo.png", top_k=3)
+    graft.evaluate(bundle, data="digits")
+"""
+
+__version__ = "0.1.0"
+
+from graft.api import evaluate, info
+from graft.bundle import Bundle, Prediction, load
+from graft.errors import GraftError
+from graft.train import TrainConfig, train
+
+__all__ = [
+    "Bundle",
+    "GraftError",
+    "Prediction",
+    "TrainConfig",
+    "__version__",
+    "evaluate",
+    "info",
+    "load",
+    "train",
+]

@@ -1,0 +1,5 @@
+"""`python -m graft` (also what torchrun launches)."""
+
+from graft.cli import main
+
+main()

@@ -1,0 +1,65 @@
+"""Python API for the operations that read a bundle: evaluate and info (train and load live in their modules)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from graft.bundle import Bundle, load
+from graft.data.sources import load_splits
+from graft.errors import GraftError
+from graft.evaluate import EvalResult, class_map, evaluate_model, write_eval_outputs
+from graft.models.factory import count_parameters
+
+Split = Literal["test", "valid", "train"]
+
+
+def _bundle(bundle: Bundle | str | Path) -> Bundle:
+    return bundle if isinstance(bundle, Bundle) else load(bundle)
+
+
+def evaluate(
+    bundle: Bundle | str | Path,
+    data: str | None = None,
+    *,
+    split: Split = "test",
+    data_root: str | Path | None = None,
+    output: str | Path | None = None,
+    batch_size: int = 256,
+) -> EvalResult:
+    """Evaluate a bundle on a split of a data source (default: the source it was trained on, test split).
+
+    With `output`, writes eval.json, confusion.png and misclassified.png there. The valid split is the one the
+    bundle was trained with (same fraction and seed, from its provenance).
+    """
+    bundle = _bundle(bundle)
+    recorded = bundle.provenance.get("data", {})
+    data = data or recorded.get("source")
+    if not data:
+        raise GraftError("this bundle does not record its data source; pass --data")
+    splits = load_splits(
+        data,
+        data_root,
+        valid_fraction=float(recorded.get("valid_fraction", 0.2)),
+        seed=int(recorded.get("split_seed", 0)),
+    )
+    images = getattr(splits, split)
+    mapping = class_map(images.classes, bundle.classes)
+    torch.set_num_threads(torch.get_num_threads())
+    result = evaluate_model(
+        bundle.model, bundle.spec, images, classes=bundle.classes, label_map=mapping, batch_size=batch_size
+    )
+    if output is not None:
+        write_eval_outputs(result, images, output, title=f"{data} {split}")
+    return result
+
+
+def info(bundle: Bundle | str | Path) -> dict:
+    """What a bundle is: architecture, parameter count, input spec, classes, metrics, provenance."""
+    bundle = _bundle(bundle)
+    meta = bundle.metadata()
+    meta["parameters"] = count_parameters(bundle.model)
+    meta["path"] = str(bundle.path) if bundle.path else None
+    return meta

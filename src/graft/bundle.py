@@ -1,0 +1,140 @@
+"""The bundle: a directory with `model.safetensors` and `graft.json`, the contract between every graft command.
+
+`graft.json` holds everything needed to rebuild the model and feed it: the timm architecture and kwargs, the
+input spec, the class names, metrics and provenance. Bundles are written into a temp directory and renamed
+into place, so an interrupted write never leaves a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from graft.data.preprocess import hwc_to_tensor, resize_uint8, to_model_input
+from graft.errors import GraftError
+from graft.io import atomic_directory, atomic_write_json
+from graft.models.factory import Architecture, GraftModel, build_model, count_parameters
+from graft.spec import InputSpec
+
+FORMAT = "graft.bundle"
+VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "graft.json"
+
+ImageInput = str | Path | bytes | np.ndarray
+
+
+@dataclass
+class Prediction:
+    """Top-k classes of one image, most likely first."""
+
+    classes: list[str]
+    probabilities: list[float]
+
+    def to_dict(self) -> dict:
+        return {"top": [{"class": c, "probability": p} for c, p in zip(self.classes, self.probabilities, strict=True)]}
+
+
+@dataclass
+class Bundle:
+    """A trained model with everything needed to use it: architecture, input spec, classes, provenance."""
+
+    model: GraftModel
+    architecture: Architecture
+    spec: InputSpec
+    classes: list[str]
+    metrics: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    # ---- persistence -------------------------------------------------------------------------------------
+    def metadata(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "architecture": self.architecture.to_dict(),
+            "input": self.spec.to_dict(),
+            "classes": list(self.classes),
+            "parameters": count_parameters(self.model),
+            "metrics": self.metrics,
+            "provenance": self.provenance,
+        }
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the bundle atomically; an existing bundle is only replaced with `overwrite=True`."""
+        path = Path(path)
+        try:
+            with atomic_directory(path, overwrite=overwrite) as tmp:
+                state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+                save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+                atomic_write_json(tmp / META_FILE, self.metadata())
+        except FileExistsError:
+            raise GraftError(f"{path} already exists; choose another output or pass --force") from None
+        self.path = path
+        return path
+
+    # ---- inference ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for uint8 images (N, C, H, W) at any size; preprocessing comes from the spec."""
+        self.model.eval()
+        return self.model(to_model_input(images, self.spec))
+
+    def prepare(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """Decode and resize images one by one (sizes may differ) into a uint8 batch at the spec's size."""
+        from graft.data.images import decode_image
+
+        tensors = []
+        for item in images:
+            array = item if isinstance(item, np.ndarray) else decode_image(item)
+            tensors.append(resize_uint8(hwc_to_tensor(array), self.spec))
+        return torch.cat(tensors)
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 5) -> list[Prediction]:
+        """Top-k classes for image files, encoded bytes or HxWxC uint8 arrays."""
+        if isinstance(images, str | Path | bytes | np.ndarray):
+            images = [images]
+        if not images:
+            return []
+        probabilities = torch.softmax(self.logits(self.prepare(images)), dim=1)
+        k = max(1, min(top_k, len(self.classes)))
+        values, indices = probabilities.topk(k, dim=1)
+        return [
+            Prediction([self.classes[i] for i in row_i.tolist()], [float(v) for v in row_v.tolist()])
+            for row_v, row_i in zip(values, indices, strict=True)
+        ]
+
+
+def load(path: str | Path) -> Bundle:
+    """Read a bundle directory; every way it can be broken is a one-line GraftError."""
+    path = Path(path)
+    meta_path, weights_path = path / META_FILE, path / WEIGHTS_FILE
+    if not path.is_dir():
+        raise GraftError(f"{path} is not a bundle directory")
+    for needed in (meta_path, weights_path):
+        if not needed.is_file():
+            raise GraftError(f"{path} is not a graft bundle: {needed.name} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+        arch = Architecture.from_dict(meta["architecture"])
+        spec = InputSpec.from_dict(meta["input"])
+        classes = [str(c) for c in meta["classes"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise GraftError(f"{meta_path} is damaged or not a graft bundle ({type(error).__name__}: {error})") from None
+    if meta.get("format") != FORMAT or int(meta.get("version", 0)) > VERSION:
+        raise GraftError(f"{meta_path}: unsupported bundle format {meta.get('format')!r} v{meta.get('version')}")
+    model = build_model(arch, spec)
+    try:
+        state = load_file(str(weights_path))
+        model.load_state_dict(state, strict=True)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0][:200]
+        raise GraftError(f"{weights_path} does not fit the architecture in {META_FILE}: {first}") from None
+    model.eval()
+    return Bundle(model, arch, spec, classes, meta.get("metrics", {}), meta.get("provenance", {}), path)

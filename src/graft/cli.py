@@ -1,0 +1,247 @@
+"""The `graft` command line: a thin typed layer over the Python API.
+
+User mistakes surface as one line on stderr and exit code 2; nothing is printed as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from graft.errors import GraftError
+from graft.progress import console
+
+app = typer.Typer(
+    name="graft",
+    help="Fine-tune pretrained image classifiers, reshape trained models, train in rounds, serve to phones.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _field_help(name: str) -> str:
+    from graft.train.config import TrainConfig
+
+    return TrainConfig.model_fields[name].description or ""
+
+
+@app.command()
+def train(
+    recipe: Annotated[
+        Path | None, typer.Argument(help="TOML recipe with any of the settings below; flags override it.")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Data source: mnist, fashion-mnist, kmnist, digits or folder:PATH. [default: digits]",
+        ),
+    ] = None,
+    data_root: Annotated[
+        str | None,
+        typer.Option(help="Where data sets are looked for. [default: $GRAFT_DATA or the user cache]"),
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Any timm model name. [default: resnet18]")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="'imagenet': fetch timm hub weights (needs internet).")] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="Local weights: .safetensors, a PyTorch state dict, or a bundle.")
+    ] = None,
+    input_mode: Annotated[
+        str | None,
+        typer.Option(help="How gray data meets an RGB network: replicate, stem or fold. [default: replicate]"),
+    ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(help="pool (global pooling) or flatten (as the Keras reference). [default: pool]"),
+    ] = None,
+    size: Annotated[int | None, typer.Option("--size", "-s", help="Square input size in pixels. [default: 32]")] = None,
+    resize: Annotated[
+        str | None, typer.Option(help="stretch to the square, or crop the centre. [default: stretch]")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", "-e", help="[default: 3]")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="[default: 128]")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adamw, adam or sgd. [default: adamw]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate. [default: 0.002]")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="[default: 0.05]")] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="onecycle, cosine or constant (after warmup). [default: onecycle]")
+    ] = None,
+    warmup_epochs: Annotated[float | None, typer.Option(help="[default: 0.3]")] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="[default: 0]")] = None,
+    valid_fraction: Annotated[
+        float | None,
+        typer.Option(help="Share of the training data held out for validation. [default: 0.2]"),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seeds the split, initialisation and batch order. [default: 0]")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads. [default: all cores]")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes for folder data. [default: 2]")] = None,
+    max_train: Annotated[int | None, typer.Option(help="Use only this many training images (quick trials).")] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Bundle directory. [default: RUN_DIR/bundle]")
+    ] = None,
+    run_dir: Annotated[
+        str | None,
+        typer.Option(help="Run directory for metrics, curves and report. [default: runs/<data>-<model>-<mode>-<time>]"),
+    ] = None,
+    force: Annotated[bool | None, typer.Option("--force", help="Replace an existing output bundle.")] = None,
+    offline: Annotated[
+        bool | None, typer.Option("--offline", help="Never download data; fail with the files to provide.")
+    ] = None,
+) -> None:
+    """Fine-tune a timm model on a data source and write a bundle (model.safetensors + graft.json).
+
+    \b
+    Examples:
+      graft train --data mnist --model resnet18 --input-mode fold --size 32 --epochs 1
+      graft train recipes/mnist.toml --epochs 5
+    """
+    from graft.train import train as run_training
+
+    settings = {k: v for k, v in locals().items() if k not in ("recipe", "offline", "run_training")}
+    if offline:
+        settings["download"] = False
+    run_training(recipe=recipe, **settings)
+
+
+@app.command("eval")
+def eval_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    data: Annotated[
+        str | None,
+        typer.Option("--data", "-d", help="Data source. [default: the one the bundle was trained on]"),
+    ] = None,
+    split: Annotated[str, typer.Option(help="test, valid or train.")] = "test",
+    data_root: Annotated[str | None, typer.Option(help="Where data sets are looked for.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Directory for eval.json, confusion.png, misclassified.png. [default: runs/eval-<bundle>-<data>-<split>]",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+) -> None:
+    """Loss, accuracy, per-class precision/recall, confusion matrix and misclassified examples."""
+    from graft.api import evaluate
+    from graft.bundle import load
+
+    if split not in ("test", "valid", "train"):
+        raise GraftError(f"unknown split {split!r}; choose test, valid or train")
+    loaded = load(bundle)
+    source = data or loaded.provenance.get("data", {}).get("source") or "data"
+    name = source.replace("folder:", "").rstrip("/").split("/")[-1]
+    out_dir = output or Path("runs") / f"eval-{bundle.resolve().name}-{name}-{split}"
+    result = evaluate(loaded, data, split=split, data_root=data_root, output=out_dir)  # type: ignore[arg-type]
+    if as_json:
+        print(json.dumps({**result.to_dict(), "output": str(out_dir)}, indent=2))
+        return
+    table = Table(title=f"{bundle} on {source} ({split}): accuracy {result.accuracy:.2%}, loss {result.loss:.4f}")
+    for column in ("class", "precision", "recall", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in result.per_class():
+        table.add_row(row["class"], _pct(row["precision"]), _pct(row["recall"]), str(row["support"]))
+    console().print(table)
+    console().print(f"wrote {out_dir}/eval.json, confusion.png, misclassified.png")
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2%}"
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, WebP, BMP).")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Top-k classes with probabilities, preprocessed exactly as in training (from the bundle's spec)."""
+    from graft.bundle import load
+    from graft.data.images import decode_image
+
+    loaded = load(bundle)
+    decoded = [decode_image(path) for path in images]  # every file checked before any output
+    predictions = loaded.predict(decoded, top_k=top_k)
+    if as_json:
+        print(
+            json.dumps(
+                [{"image": str(p), **pred.to_dict()} for p, pred in zip(images, predictions, strict=True)],
+                indent=2,
+            )
+        )
+        return
+    for path, pred in zip(images, predictions, strict=True):
+        ranked = ", ".join(f"{c} ({p:.1%})" for c, p in zip(pred.classes, pred.probabilities, strict=True))
+        print(f"{path}: {ranked}")
+
+
+@app.command()
+def info(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Architecture, parameters, input spec, classes and metrics of a bundle."""
+    from graft.api import info as bundle_info
+
+    meta = bundle_info(bundle)
+    if as_json:
+        print(json.dumps(meta, indent=2, default=str))
+        return
+    print("\n".join(_describe(meta)))
+
+
+def _describe(meta: dict) -> list[str]:
+    """`graft info` as aligned lines: what the model is, what it eats, what it knows, how it was made."""
+    arch, spec, metrics = meta["architecture"], meta["input"], meta.get("metrics", {})
+    classes = meta["classes"]
+    shown = ", ".join(classes[:20]) + (" …" if len(classes) > 20 else "")
+    size = f"{spec['size'][0]}×{spec['size'][1]}×{spec['channels']}"
+    lines = [
+        f"bundle      {meta['path']}",
+        f"model       {arch['timm_name']} {arch['timm_kwargs'] or ''} head={arch['head']}  "
+        f"{meta['parameters'] / 1e6:.2f} M parameters",
+        f"input       {size}  mode={spec['mode']}  resize={spec['resize']} ({spec['interpolation']})  "
+        f"mean={list(spec['mean'])} std={list(spec['std'])}",
+        f"classes     {len(classes)}: {shown}",
+    ]
+    if metrics:
+        lines.append("metrics     " + "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+    provenance = meta.get("provenance", {})
+    if provenance.get("data"):
+        d = provenance["data"]
+        lines.append(
+            f"trained on  {d.get('source')}: {d.get('train')} train / {d.get('valid')} valid, "
+            f"seed {provenance.get('seed')}, {provenance.get('epochs')} epochs"
+        )
+    if provenance.get("transfer"):
+        t = provenance["transfer"]
+        counts = [len(t[k]) for k in ("loaded", "adapted", "skipped", "initialised")]
+        lines.append("weights     {}: {} loaded, {} adapted, {} skipped, {} new".format(t["source"], *counts))
+    return lines
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: GraftError → one line on stderr, exit 2; Ctrl-C → exit 130 with nothing half-written."""
+    try:
+        app(args=argv, prog_name="graft")
+    except GraftError as error:
+        console().print(f"[red]graft: error:[/red] {error}", highlight=False, markup=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console().print("graft: interrupted; nothing was written for the unfinished step")
+        sys.exit(130)

@@ -1,0 +1,18 @@
+"""Data: sources by name, deterministic splits, uint8 image sets and the one preprocessing path."""
+
+from graft.data.base import ArrayImages, ImageSet, Splits
+from graft.data.loader import iter_batches
+from graft.data.preprocess import to_model_input
+from graft.data.sources import SOURCE_NAMES, load_source, load_splits, split_train_valid
+
+__all__ = [
+    "SOURCE_NAMES",
+    "ArrayImages",
+    "ImageSet",
+    "Splits",
+    "iter_batches",
+    "load_source",
+    "load_splits",
+    "split_train_valid",
+    "to_model_input",
+]

@@ -1,0 +1,97 @@
+"""Image sets: labelled uint8 images at native size, plus cheap views for splits.
+
+Two kinds exist: `ArrayImages` (a whole set in one uint8 array, e.g. MNIST: 47 MB for 60 000 images) and
+`FileImages` (a folder of photos decoded on demand). Both hand out uint8 batches already resized to the
+model's size; float conversion happens later, per batch (`graft.data.preprocess.to_model_input`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from graft.data.preprocess import resize_uint8
+from graft.spec import InputSpec
+
+
+class ImageSet(ABC):
+    """A labelled set of images; `index` selects a view into the underlying storage without copying it."""
+
+    name: str
+    classes: list[str]
+    channels: int  # native channels of the stored images: 1 (gray) or 3 (RGB)
+    index: np.ndarray
+
+    @property
+    @abstractmethod
+    def labels(self) -> np.ndarray:
+        """Class indices of this view, int64."""
+
+    @abstractmethod
+    def image(self, i: int) -> np.ndarray:
+        """Image `i` of this view as an HxWxC uint8 array at native size."""
+
+    @abstractmethod
+    def subset(self, positions: np.ndarray, name: str | None = None) -> ImageSet:
+        """A view of the images at `positions` (positions within this view)."""
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def batch(self, positions: np.ndarray, spec: InputSpec) -> torch.Tensor:
+        """uint8 (N, C, *spec.size) for the images at `positions`; resized one by one (sizes may differ)."""
+        items = []
+        for i in positions:
+            image = self.image(int(i))
+            tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+            items.append(resize_uint8(tensor, spec))
+        return torch.stack(items)
+
+
+@dataclass
+class ArrayImages(ImageSet):
+    """Images of one size held in a single uint8 array (N, H, W, C)."""
+
+    name: str
+    array: np.ndarray
+    all_labels: np.ndarray
+    classes: list[str]
+    index: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.array.dtype != np.uint8 or self.array.ndim != 4:
+            raise ValueError("ArrayImages needs a uint8 array shaped (N, H, W, C)")
+        if self.index is None:
+            self.index = np.arange(len(self.array))
+        self.channels = int(self.array.shape[-1])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.all_labels[self.index].astype(np.int64)
+
+    def image(self, i: int) -> np.ndarray:
+        return self.array[self.index[i]]
+
+    def subset(self, positions: np.ndarray, name: str | None = None) -> ArrayImages:
+        return ArrayImages(name or self.name, self.array, self.all_labels, self.classes, self.index[positions])
+
+    def batch(self, positions: np.ndarray, spec: InputSpec) -> torch.Tensor:
+        """One gather and one batched resize: the fast path for in-memory sets."""
+        images = torch.from_numpy(self.array[self.index[positions]]).permute(0, 3, 1, 2)
+        return resize_uint8(images, spec)
+
+
+@dataclass
+class Splits:
+    """The three splits every source provides: train and valid (seeded split) and the source's own test."""
+
+    train: ImageSet
+    valid: ImageSet
+    test: ImageSet
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes

@@ -1,0 +1,10 @@
+"""The one exception type users see.
+
+Every mistake a user can make (a wrong name, a missing file, a bad recipe) is raised as `GraftError` with a
+message that fits on one line and says what to do. The CLI turns it into that line and exit code 2; anything
+else escaping is a bug in graft and keeps its traceback.
+"""
+
+
+class GraftError(Exception):
+    """A user-facing error: one clear line, no traceback."""

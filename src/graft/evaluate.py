@@ -1,0 +1,138 @@
+"""Evaluation: loss, accuracy, per-class precision/recall, confusion matrix and the examples it got wrong."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graft.data.base import ImageSet
+from graft.data.loader import iter_batches
+from graft.data.preprocess import to_model_input
+from graft.errors import GraftError
+from graft.io import atomic_write_json
+from graft.spec import InputSpec
+
+
+@dataclass
+class EvalResult:
+    """Outcome of running a model over a labelled set (labels already in the model's class order)."""
+
+    classes: list[str]
+    labels: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray
+    loss: float
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.predicted == self.labels).mean()) if len(self.labels) else 0.0
+
+    @property
+    def confusion(self) -> np.ndarray:
+        n = len(self.classes)
+        return np.bincount(self.labels * n + self.predicted, minlength=n * n).reshape(n, n)
+
+    def per_class(self) -> list[dict]:
+        matrix = self.confusion
+        rows = []
+        for i, name in enumerate(self.classes):
+            true_pos, predicted, support = matrix[i, i], matrix[:, i].sum(), matrix[i].sum()
+            rows.append(
+                {
+                    "class": name,
+                    "precision": float(true_pos / predicted) if predicted else None,
+                    "recall": float(true_pos / support) if support else None,
+                    "support": int(support),
+                }
+            )
+        return rows
+
+    def to_dict(self) -> dict:
+        return {
+            "images": len(self.labels),
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "per_class": self.per_class(),
+            "confusion_matrix": self.confusion.tolist(),
+            "classes": self.classes,
+        }
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    spec: InputSpec,
+    images: ImageSet,
+    *,
+    classes: list[str] | None = None,
+    label_map: np.ndarray | None = None,
+    batch_size: int = 256,
+    workers: int = 2,
+) -> EvalResult:
+    """Run `model` over `images` in eval mode; `label_map` maps the set's labels to the model's classes."""
+    model.eval()
+    labels_all = images.labels if label_map is None else label_map[images.labels]
+    predicted, confidence, total_loss = [], [], 0.0
+    for batch, labels in iter_batches(images, spec, batch_size, workers=workers):
+        logits = model(to_model_input(batch, spec))
+        if label_map is not None:
+            labels = torch.from_numpy(label_map[labels.numpy()])
+        total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+        probabilities = logits.softmax(dim=1)
+        top, index = probabilities.max(dim=1)
+        predicted.append(index.numpy())
+        confidence.append(top.numpy())
+    n = len(images)
+    return EvalResult(
+        classes=list(classes or images.classes),
+        labels=labels_all.astype(np.int64),
+        predicted=np.concatenate(predicted) if predicted else np.zeros(0, np.int64),
+        confidence=np.concatenate(confidence) if confidence else np.zeros(0, np.float32),
+        loss=total_loss / max(n, 1),
+    )
+
+
+def class_map(data_classes: list[str], model_classes: list[str]) -> np.ndarray:
+    """Index map from a data set's classes to a model's, by name; every data class must be known."""
+    unknown = [c for c in data_classes if c not in model_classes]
+    if unknown:
+        raise GraftError(f"the data has classes the model does not know: {', '.join(unknown[:10])}")
+    return np.array([model_classes.index(c) for c in data_classes], dtype=np.int64)
+
+
+def misclassified(result: EvalResult, images: ImageSet, limit: int = 48) -> tuple[list[np.ndarray], list[str]]:
+    """The most confidently wrong examples, with captions like 'true 4 → 9 (0.87)'."""
+    wrong = np.flatnonzero(result.predicted != result.labels)
+    wrong = wrong[np.argsort(-result.confidence[wrong])][:limit]
+    pictures = [images.image(int(i)) for i in wrong]
+    captions = [
+        f"true {result.classes[result.labels[i]]} → {result.classes[result.predicted[i]]} ({result.confidence[i]:.2f})"
+        for i in wrong
+    ]
+    return pictures, captions
+
+
+def write_eval_outputs(result: EvalResult, images: ImageSet, out_dir: str | Path, *, title: str = "") -> dict:
+    """eval.json, confusion.png and misclassified.png in `out_dir`; returns their paths."""
+    from graft.report.plots import plot_confusion_matrix, plot_image_grid
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pictures, captions = misclassified(result, images)
+    paths = {
+        "json": atomic_write_json(out / "eval.json", result.to_dict()),
+        "confusion": plot_confusion_matrix(result.confusion, result.classes, out / "confusion.png", title=title),
+        "misclassified": plot_image_grid(
+            pictures,
+            captions,
+            out / "misclassified.png",
+            title=f"{title} misclassified",
+            wrong=[True] * len(pictures),
+        ),
+    }
+    return {k: str(v) for k, v in paths.items()}

@@ -1,0 +1,202 @@
+"""Building graft models from timm: a backbone, an optional gray stem, and the new head.
+
+`create_model` makes a model for training (pretrained weights, input mode applied to the weights);
+`build_model` rebuilds the same structure with fresh weights, ready for a saved state dict.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import timm
+import torch
+from torch import nn
+
+from graft.errors import GraftError
+from graft.models.input_modes import FlattenHead, GrayStem, apply_fold, find_first_conv
+from graft.models.weights import TransferReport, read_state_dict, transfer_weights
+from graft.spec import INPUT_MODES, InputMode, InputSpec
+
+HeadKind = Literal["pool", "flatten"]
+_PROBE_SIZES = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 512)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What `graft.json` records to rebuild a model: the timm name and kwargs, head kind and input mode."""
+
+    timm_name: str
+    num_classes: int
+    input_mode: InputMode = "replicate"
+    head: HeadKind = "pool"
+    timm_kwargs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Architecture:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+class GraftModel(nn.Module):
+    """stem (optional) → timm backbone → head (timm's pooled classifier, or a flatten head)."""
+
+    def __init__(self, backbone: nn.Module, stem: nn.Module | None = None, head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.stem = stem
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stem is not None:
+            x = self.stem(x)
+        if self.head is None:
+            return self.backbone(x)
+        return self.head(self.backbone.forward_features(x))
+
+
+def check_model_name(name: str) -> None:
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=4, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        raise GraftError(f"unknown model {name!r}{hint}")
+
+
+def _create_backbone(name: str, num_classes: int, kwargs: dict) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=3, **kwargs)
+    except TypeError as error:
+        raise GraftError(f"{name} does not accept these options {sorted(kwargs)}: {error}") from None
+
+
+def _timm_kwargs(name: str, size: tuple[int, int], extra: dict | None) -> dict:
+    """Models with a fixed input size (ViTs) are told the size, so timm resamples position embeddings."""
+    kwargs = dict(extra or {})
+    cfg = timm.get_pretrained_cfg(name)
+    if cfg is not None and cfg.fixed_input_size and "img_size" not in kwargs:
+        kwargs["img_size"] = list(size)
+    return kwargs
+
+
+def _forward_features_shape(backbone: nn.Module, stem: nn.Module | None, spec: InputSpec, flatten: bool) -> torch.Size:
+    x = torch.zeros(1, spec.channels, *spec.size)
+    with torch.no_grad():
+        if stem is not None:
+            x = stem.eval()(x)
+        out = backbone.eval().forward_features(x) if flatten else backbone.eval()(x)
+    return out.shape
+
+
+def _minimum_size(name: str, attempt) -> int | None:
+    for size in _PROBE_SIZES:
+        try:
+            attempt(size)
+            return size
+        except (RuntimeError, ValueError, AssertionError):
+            continue
+    return None
+
+
+def build_model(arch: Architecture, spec: InputSpec) -> GraftModel:
+    """The model's structure with fresh weights; raises GraftError when the input size is too small."""
+    check_model_name(arch.timm_name)
+    if arch.input_mode not in INPUT_MODES:
+        raise GraftError(f"unknown input mode {arch.input_mode!r}; choose one of {', '.join(INPUT_MODES)}")
+    flatten = arch.head == "flatten"
+    backbone = _create_backbone(arch.timm_name, 0 if flatten else arch.num_classes, arch.timm_kwargs)
+    stem = GrayStem() if arch.input_mode == "stem" else None
+    if arch.input_mode == "fold":
+        apply_fold(backbone)
+    try:
+        shape = _forward_features_shape(backbone, stem, spec, flatten)
+    except (RuntimeError, ValueError, AssertionError):
+        smallest = _minimum_size(
+            arch.timm_name,
+            lambda s: _forward_features_shape(backbone, stem, InputSpec(size=(s, s), channels=spec.channels), flatten),
+        )
+        hint = f"; use --size {smallest} or more" if smallest else ""
+        raise GraftError(
+            f"input size {spec.size[0]}×{spec.size[1]} is below what {arch.timm_name} accepts{hint}"
+        ) from None
+    head = FlattenHead(int(torch.tensor(shape[1:]).prod()), arch.num_classes) if flatten else None
+    return GraftModel(backbone, stem, head).train()
+
+
+def _hub_state_dict(name: str, kwargs: dict) -> dict[str, torch.Tensor]:
+    try:
+        model = timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise GraftError(
+            f"could not fetch ImageNet weights for {name} from the hub ({reason}); offline? pass --weights FILE"
+        ) from None
+    return model.state_dict()
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    *,
+    input_mode: InputMode = "replicate",
+    head: HeadKind = "pool",
+    size: int | tuple[int, int] = 224,
+    pretrained: str | None = None,
+    weights: str | None = None,
+    timm_kwargs: dict | None = None,
+) -> tuple[GraftModel, Architecture, InputSpec, TransferReport | None]:
+    """A model ready to fine-tune, the records to rebuild it, and what happened to the pretrained weights.
+
+    `pretrained="imagenet"` fetches timm's hub weights; `weights=FILE` reads a local file instead.
+    """
+    check_model_name(name)
+    if pretrained not in (None, "imagenet"):
+        raise GraftError(f"unknown pretrained weights {pretrained!r}: use 'imagenet' or --weights FILE")
+    size2 = (size, size) if isinstance(size, int) else tuple(size)
+    kwargs = _timm_kwargs(name, size2, timm_kwargs)
+    arch = Architecture(name, num_classes, input_mode, head, kwargs)
+    cfg = timm.get_pretrained_cfg(name)
+    mean = tuple(cfg.mean) if cfg is not None else (0.485, 0.456, 0.406)
+    std = tuple(cfg.std) if cfg is not None else (0.229, 0.224, 0.225)
+    replicate = input_mode == "replicate"
+    spec = InputSpec(
+        size=size2,
+        channels=3 if replicate else 1,
+        mode=input_mode,
+        mean=mean if replicate else (0.0,),
+        std=std if replicate else (1.0,),
+        backbone_mean=mean,
+        backbone_std=std,
+    )
+    model = build_model(Architecture(name, num_classes, "replicate", head, kwargs), _rgb(spec))
+    report = None
+    if pretrained or weights:
+        source = _hub_state_dict(name, kwargs) if pretrained else read_state_dict(weights)
+        label = f"timm hub ({name}, ImageNet)" if pretrained else str(weights)
+        conv_name, _ = find_first_conv(model.backbone)
+        report = transfer_weights(model.backbone, source, source_name=label, first_conv=conv_name)
+    if input_mode == "fold":
+        conv_name = apply_fold(model.backbone, mean, std)
+        if report is not None:
+            report.adapted.append(
+                {
+                    "name": f"{conv_name}.weight",
+                    "how": "RGB kernels and mean/std folded into a 1-channel kernel",
+                }
+            )
+    elif input_mode == "stem":
+        model.stem = GrayStem()
+        model.stem.init_like_replicate(mean, std)
+        if report is not None:
+            report.initialised += [f"stem.{k}" for k in model.stem.state_dict() if "num_batches" not in k]
+    return model, arch, spec, report
+
+
+def _rgb(spec: InputSpec) -> InputSpec:
+    return InputSpec(size=spec.size, channels=3)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

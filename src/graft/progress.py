@@ -1,0 +1,35 @@
+"""Progress for long work: a live bar on a terminal (loss, accuracy, images/s, ETA), plain lines in logs."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+_console = Console(stderr=True, soft_wrap=True)
+
+
+def console() -> Console:
+    """The shared stderr console: progress and reports never mix with `--json` output on stdout."""
+    return _console
+
+
+def batch_progress(out: Console | None = None) -> Progress:
+    """A transient bar per epoch; the epoch summary line is printed separately so logs keep it."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=out or _console,
+        transient=True,
+    )

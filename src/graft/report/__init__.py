@@ -1,0 +1,1 @@
+"""Figures and static HTML reports for runs and evaluations."""

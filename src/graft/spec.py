@@ -1,0 +1,45 @@
+"""The input spec: everything needed to turn an image into the tensor a model was trained on.
+
+It lives in every bundle so that training, eval, predict and serve all preprocess the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+InputMode = Literal["replicate", "stem", "fold"]
+ResizeRule = Literal["stretch", "crop"]
+INPUT_MODES: tuple[str, ...] = ("replicate", "stem", "fold")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How raw uint8 images become model input.
+
+    `channels` is what the model's first layer takes (3 for `replicate`, 1 for `stem` and `fold`); images with
+    another channel count are converted by `graft.preprocess.convert_channels`. `mean`/`std` apply to pixels
+    scaled to [0, 1]; for `fold` and `stem` they are 0/1 because the model itself carries the normalisation.
+    """
+
+    size: tuple[int, int]
+    channels: int
+    mode: InputMode = "replicate"
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    antialias: bool = True
+    resize: ResizeRule = "stretch"
+    backbone_mean: tuple[float, ...] = field(default=(0.485, 0.456, 0.406))
+    backbone_std: tuple[float, ...] = field(default=(0.229, 0.224, 0.225))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InputSpec:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in ("size", "mean", "std", "backbone_mean", "backbone_std"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)

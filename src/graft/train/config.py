@@ -1,0 +1,103 @@
+"""Training settings: one validated model for defaults, TOML recipes and command-line flags.
+
+Precedence: built-in defaults < recipe file < flags. Unknown keys and wrong types are refused with the key named.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from graft.errors import GraftError
+from graft.spec import InputMode
+
+
+class TrainConfig(BaseModel):
+    """Everything `graft train` needs; every field can come from a recipe or a flag of the same name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: str = Field("digits", description="data source: mnist, fashion-mnist, kmnist, digits or folder:PATH")
+    data_root: str | None = Field(None, description="where data sets are looked for (default $GRAFT_DATA or cache)")
+    download: bool = Field(True, description="download missing MNIST-style files")
+    model: str = Field("resnet18", description="any timm model name")
+    pretrained: Literal["imagenet"] | None = Field(None, description="'imagenet' fetches timm hub weights")
+    weights: str | None = Field(None, description="local weights file (safetensors or a state dict)")
+    input_mode: InputMode = "replicate"
+    head: Literal["pool", "flatten"] = "pool"
+    size: int = Field(32, ge=8, le=1024, description="square input size in pixels")
+    resize: Literal["stretch", "crop"] = "stretch"
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    warmup_epochs: float = Field(0.3, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    valid_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+    workers: int = Field(2, ge=0, description="decoding processes for folder data")
+    max_train: int | None = Field(None, ge=1, description="use only this many training images (quick trials)")
+    output: str | None = Field(None, description="bundle directory (default: RUN_DIR/bundle)")
+    run_dir: str | None = Field(None, description="run directory (default: runs/<data>-<model>-<mode>-<time>)")
+    force: bool = Field(False, description="replace an existing output bundle")
+
+    @field_validator("model")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+def _first_error(error: ValidationError, origin: str) -> GraftError:
+    problem = error.errors()[0]
+    key = ".".join(str(p) for p in problem["loc"]) or "recipe"
+    if problem["type"] == "extra_forbidden":
+        known = ", ".join(TrainConfig.model_fields)
+        return GraftError(f"{origin}: unknown key {key!r} (known keys: {known})")
+    return GraftError(f"{origin}: {key}: {problem['msg']} (got {problem.get('input')!r})")
+
+
+def read_recipe(path: str | Path) -> dict:
+    """The settings of a TOML recipe, flat or under a [train] table; keys may use - or _."""
+    path = Path(path)
+    if not path.is_file():
+        raise GraftError(f"recipe not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise GraftError(f"{path} is not valid TOML: {error}") from None
+    if set(data) == {"train"} and isinstance(data["train"], dict):
+        data = data["train"]
+    settings = {key.replace("-", "_"): value for key, value in data.items()}
+    # Relative paths in a recipe are relative to the recipe, so recipes work from any directory.
+    for key in ("weights", "output", "run_dir", "data_root"):
+        if isinstance(settings.get(key), str) and not Path(settings[key]).expanduser().is_absolute():
+            settings[key] = str((path.parent / settings[key]).resolve())
+    if isinstance(settings.get("data"), str) and settings["data"].startswith("folder:"):
+        folder = Path(settings["data"].removeprefix("folder:")).expanduser()
+        if not folder.is_absolute():
+            settings["data"] = f"folder:{(path.parent / folder).resolve()}"
+    validate(settings, origin=str(path))
+    return settings
+
+
+def validate(settings: dict, origin: str = "settings") -> TrainConfig:
+    try:
+        return TrainConfig(**settings)
+    except ValidationError as error:
+        raise _first_error(error, origin) from None
+
+
+def make_config(recipe: str | Path | None = None, **overrides: object) -> TrainConfig:
+    """Defaults, then the recipe, then explicit overrides (None means 'not given')."""
+    settings = read_recipe(recipe) if recipe else {}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return validate(settings, origin=str(recipe) if recipe else "settings")
