@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from graft.data.preprocess import hwc_to_tensor, resize_uint8, to_model_input
+from graft.data.preprocess import hwc_to_tensor, to_model_input
 from graft.errors import GraftError
 from graft.io import atomic_directory, atomic_write_json
 from graft.models.factory import Architecture, GraftModel, build_model, count_parameters
@@ -86,15 +86,15 @@ class Bundle:
         self.model.eval()
         return self.model(to_model_input(images, self.spec))
 
-    def prepare(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        """Decode and resize images one by one (sizes may differ) into a uint8 batch at the spec's size."""
+    def model_input(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """Decode and preprocess images one by one (sizes and channel counts may differ) into one float batch."""
         from graft.data.images import decode_image
 
-        tensors = []
+        inputs = []
         for item in images:
             array = item if isinstance(item, np.ndarray) else decode_image(item)
-            tensors.append(resize_uint8(hwc_to_tensor(array), self.spec))
-        return torch.cat(tensors)
+            inputs.append(to_model_input(hwc_to_tensor(array), self.spec))
+        return torch.cat(inputs)
 
     def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 5) -> list[Prediction]:
         """Top-k classes for image files, encoded bytes or HxWxC uint8 arrays."""
@@ -102,7 +102,9 @@ class Bundle:
             images = [images]
         if not images:
             return []
-        probabilities = torch.softmax(self.logits(self.prepare(images)), dim=1)
+        self.model.eval()
+        with torch.no_grad():
+            probabilities = torch.softmax(self.model(self.model_input(images)), dim=1)
         k = max(1, min(top_k, len(self.classes)))
         values, indices = probabilities.topk(k, dim=1)
         return [

@@ -127,7 +127,7 @@ def eval_command(
         typer.Option(
             "--output",
             "-o",
-            help="Directory for eval.json, confusion.png, misclassified.png. [default: runs/eval-<bundle>-<data>-<split>]",
+            help="Directory for eval.json, confusion.png, misclassified.png.\n[default: runs/eval-BUNDLE-DATA-SPLIT]",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,

@@ -28,6 +28,8 @@ from graft.progress import console as default_console
 from graft.train.config import TrainConfig, make_config
 from graft.train.optim import make_optimizer, make_schedule
 
+LOG_EVERY_S = 30.0  # progress line interval when stderr is not a terminal (CI, nohup, pipes)
+
 
 @dataclass
 class TrainResult:
@@ -169,7 +171,7 @@ def train(
 def _train_epoch(model, spec, train_set, optimizer, schedule, config: TrainConfig, epoch: int, out: Console) -> dict:
     model.train()
     seen = correct = 0
-    loss_sum = 0.0
+    loss_sum = last_log = 0.0
     started = time.perf_counter()
     batches = iter_batches(
         train_set,
@@ -194,10 +196,14 @@ def _train_epoch(model, spec, train_set, optimizer, schedule, config: TrainConfi
             seen += n
             loss_sum += loss.item() * n
             correct += int((logits.argmax(dim=1) == labels).sum())
-            rate = seen / (time.perf_counter() - started)
-            progress.update(
-                task, advance=1, stats=f"loss {loss_sum / seen:.4f} acc {correct / seen:.2%} {rate:.0f} img/s"
-            )
+            elapsed = time.perf_counter() - started
+            stats = f"loss {loss_sum / seen:.4f} acc {correct / seen:.2%} {seen / elapsed:.0f} img/s"
+            progress.update(task, advance=1, stats=stats)
+            if not out.is_terminal and elapsed - last_log >= LOG_EVERY_S:  # logs get a line now and then
+                done = progress.tasks[0].completed
+                eta = elapsed / done * (steps - done)
+                out.print(f"  epoch {epoch}: {done}/{steps} batches  {stats}  ETA {eta:.0f}s")
+                last_log = elapsed
     seconds = time.perf_counter() - started
     return {
         "epoch": epoch,

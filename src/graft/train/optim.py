@@ -17,25 +17,31 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay, **extra)
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
-    """Stepped once per batch: linear warmup, then one-cycle, cosine decay, or constant."""
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at `step` (0-based) of `total` steps.
+
+    - onecycle: cosine rise from 1/25 of the peak over the warmup, then cosine decay to 1/10 000 (the learning-rate
+      shape of fastai's fit_one_cycle; momentum is not cycled);
+    - cosine: linear warmup from 0, then cosine decay to 0;
+    - constant: linear warmup, then flat.
+    Written as one function so that any step count works, down to a single step.
+    """
+    if step < warmup:
+        progress = (step + 1) / (warmup + 1)
+        if schedule == "onecycle":
+            return 1 / 25 + (1 - 1 / 25) * 0.5 * (1 - math.cos(math.pi * progress))
+        return progress
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    floor = 1e-4 if schedule == "onecycle" else 0.0
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Stepped once per batch; see `lr_factor` for the shapes."""
     total = max(1, config.epochs * steps_per_epoch)
     warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
-    if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=config.lr,
-            total_steps=total,
-            pct_start=max(warmup, 1) / total,
-            anneal_strategy="cos",
-        )
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if config.schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, config.schedule))

@@ -1,0 +1,46 @@
+"""Shared fixtures: the verified data beside the repository, and one tiny trained bundle."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_datasets() -> Path | None:
+    """`$GRAFT_DATA` when it holds MNIST, else ../shared/datasets beside the repository."""
+    for candidate in (os.environ.get("GRAFT_DATA"), REPO.parent / "shared" / "datasets"):
+        if candidate and (Path(candidate) / "mnist" / "train-images-idx3-ubyte.gz").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    root = shared_datasets()
+    if root is None:
+        pytest.skip("MNIST files not found: set GRAFT_DATA or put them in ../shared/datasets/mnist")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A resnet10t trained for one short epoch on scikit-learn digits at 16×16 (a few seconds)."""
+    import graft
+
+    out = tmp_path_factory.mktemp("tiny")
+    return graft.train(
+        data="digits",
+        model="resnet10t",
+        input_mode="fold",
+        size=16,
+        epochs=2,
+        batch_size=32,
+        lr=3e-3,
+        run_dir=str(out / "run"),
+        output=str(out / "bundle"),
+        workers=0,
+    )

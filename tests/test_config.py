@@ -1,0 +1,54 @@
+"""Recipes: TOML in, validated settings out; flags override; mistakes named precisely."""
+
+from __future__ import annotations
+
+import pytest
+
+from graft.errors import GraftError
+from graft.train.config import make_config, read_recipe
+
+
+def test_recipe_then_flags(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('data = "mnist"\nmodel = "resnet18"\ninput-mode = "fold"\nepochs = 5\nlr = 0.01\n')
+    config = make_config(recipe, epochs=2, lr=None)
+    assert (config.data, config.model, config.input_mode, config.epochs, config.lr) == (
+        "mnist",
+        "resnet18",
+        "fold",
+        2,
+        0.01,
+    )
+
+
+def test_train_table_and_relative_paths(tmp_path):
+    (tmp_path / "sub").mkdir()
+    recipe = tmp_path / "sub" / "r.toml"
+    recipe.write_text('[train]\ndata = "folder:photos"\noutput = "out/bundle"\n')
+    settings = read_recipe(recipe)
+    assert settings["data"] == f"folder:{(tmp_path / 'sub' / 'photos').resolve()}"
+    assert settings["output"] == str((tmp_path / "sub" / "out" / "bundle").resolve())
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("epohcs = 3\n", "unknown key 'epohcs'"),
+        ('epochs = "three"\n', "epochs: Input should be a valid integer"),
+        ("size = 2\n", "size: Input should be greater than or equal to 8"),
+        ('input_mode = "magic"\n', "input_mode: Input should be"),
+        ("lr = [1, 2]\n", "lr: Input should be a valid number"),
+        ("epochs = \n", "not valid TOML"),
+    ],
+)
+def test_bad_recipes_are_named(tmp_path, text, message):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(text)
+    with pytest.raises(GraftError, match=message) as caught:
+        make_config(recipe)
+    assert str(recipe) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_missing_recipe(tmp_path):
+    with pytest.raises(GraftError, match="recipe not found"):
+        make_config(tmp_path / "nope.toml")
