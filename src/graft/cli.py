@@ -66,10 +66,10 @@ def train(
     resize: Annotated[
         str | None, typer.Option(help="stretch to the square, or crop the centre. [default: stretch]")
     ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", "-e", help="[default: 3]")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="[default: 128]")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", "-e", help="[default: 5]")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="[default: 64]")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adamw, adam or sgd. [default: adamw]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate. [default: 0.002]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate. [default: 0.004]")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="[default: 0.05]")] = None,
     schedule: Annotated[
         str | None, typer.Option(help="onecycle, cosine or constant (after warmup). [default: onecycle]")

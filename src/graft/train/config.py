@@ -30,10 +30,10 @@ class TrainConfig(BaseModel):
     head: Literal["pool", "flatten"] = "pool"
     size: int = Field(32, ge=8, le=1024, description="square input size in pixels")
     resize: Literal["stretch", "crop"] = "stretch"
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(64, ge=1)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(4e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
