@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +23,11 @@ def _bundle(mode: str = "fold", head: str = "pool", name: str = "resnet10t", siz
     return Bundle(model.eval(), arch, spec, ["a", "b", "c", "d"], {"test_acc": 0.5}, {"note": "test"})
 
 
+def _logits(bundle: Bundle, images: list[np.ndarray]) -> torch.Tensor:
+    with torch.no_grad():
+        return bundle.model.eval()(torch.cat([bundle.model_input(image) for image in images]))
+
+
 @pytest.mark.parametrize(
     ("mode", "head", "name"),
     [
@@ -37,8 +43,9 @@ def test_save_load_gives_identical_logits(tmp_path, mode, head, name):
     bundle = _bundle(mode, head, name)
     bundle.save(tmp_path / "b")
     loaded = graft.load(tmp_path / "b")
-    images = torch.randint(0, 256, (5, 1, 30, 30), dtype=torch.uint8)
-    assert torch.equal(bundle.logits(images), loaded.logits(images))
+    images = [np.random.default_rng(i).integers(0, 256, (30, 26, 1), dtype=np.uint8) for i in range(5)]
+    assert torch.equal(_logits(bundle, images), _logits(loaded, images))
+    assert [p.probabilities for p in bundle.predict(images)] == [p.probabilities for p in loaded.predict(images)]
     assert loaded.spec == bundle.spec
     assert loaded.classes == ["a", "b", "c", "d"]
     assert loaded.architecture == bundle.architecture
@@ -88,7 +95,10 @@ def test_predict_top_k_sums_and_orders(tmp_path):
         (lambda d: (d / "model.safetensors").unlink(), "model.safetensors is missing"),
         (lambda d: (d / "graft.json").write_text("{not json"), "damaged"),
         (lambda d: (d / "model.safetensors").write_bytes(b"garbage"), "does not fit"),
-        (lambda d: (d / "graft.json").write_text(json.dumps({"format": "other"})), "damaged"),
+        (lambda d: (d / "graft.json").write_text(json.dumps({"format": "other"})), "not a graft bundle description"),
+        (lambda d: _edit_meta(d, version=99), "newer than this graft reads"),
+        (lambda d: _edit_meta(d, architecture="resnet"), "damaged"),
+        (lambda d: _edit_meta(d, input={"size": [8, 8]}), "damaged"),
     ],
 )
 def test_damaged_bundles_give_one_line_errors(tmp_path, damage, message):
@@ -97,6 +107,28 @@ def test_damaged_bundles_give_one_line_errors(tmp_path, damage, message):
     with pytest.raises(GraftError, match=message) as caught:
         graft.load(tmp_path / "b")
     assert "\n" not in str(caught.value)
+
+
+def _edit_meta(directory, **changes) -> None:
+    meta = json.loads((directory / "graft.json").read_text())
+    meta.update(changes)
+    (directory / "graft.json").write_text(json.dumps(meta))
+
+
+def test_predict_refuses_arrays_it_cannot_read():
+    bundle = _bundle()
+    for bad in (np.zeros((3, 8, 8), np.float32), np.zeros((8, 8, 4), np.uint8), np.zeros((2, 8, 8, 3), np.uint8)):
+        with pytest.raises(GraftError, match="uint8"):
+            bundle.predict(bad)
+
+
+def test_predict_in_chunks_equals_one_batch():
+    bundle = _bundle()
+    images = [np.random.default_rng(i).integers(0, 256, (20, 20, 3), dtype=np.uint8) for i in range(7)]
+    whole = bundle.predict(images, top_k=4)
+    chunked = bundle.predict(images, top_k=4, batch_size=3)
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.classes == b.classes and a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
 
 
 def test_load_rejects_non_bundles(tmp_path):

@@ -27,7 +27,7 @@ def run(args: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def _digit_pngs(tmp_path: Path, run_dir: Path, count: int = 6) -> list[Path]:
+def _digit_pngs(tmp_path: Path, count: int = 6) -> list[Path]:
     """Test-split digits written as PNG files, as a user would hand them to `graft predict`."""
     from graft.data import load_splits
 
@@ -58,7 +58,7 @@ def test_eval_and_predict_agree_with_training(tiny_run, tmp_path, capsys):
     assert (tmp_path / "ev" / "confusion.png").is_file() and (tmp_path / "ev" / "misclassified.png").is_file()
     assert len(result["per_class"]) == 10 and sum(r["support"] for r in result["per_class"]) == result["images"]
 
-    images = _digit_pngs(tmp_path, tiny_run.run_dir)
+    images = _digit_pngs(tmp_path)
     code, out, _ = run(["predict", str(bundle_dir), *map(str, images), "--json", "-k", "2"], capsys)
     assert code == 0
     printed = json.loads(out)
@@ -110,6 +110,10 @@ def _bad_image(tmp_path: Path) -> Path:
         (["eval", "/no/bundle"], "not a bundle directory"),
         (["predict", "/no/bundle", "x.png"], "not a bundle directory"),
         (["info", "/no/bundle"], "not a bundle directory"),
+        (["train", "--pretrained", "imagenet", "--weights", "w.safetensors"], "not both"),
+        (["train", "--data", "folder:/tmp/[/red]x[bold]"], "folder:/tmp/[/red]x[bold]"),
+        (["train", "--batch-size", "1"], "batch_size"),
+        (["eval", "/no/bundle", "--split", "some"], "unknown split 'some'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path, monkeypatch):
@@ -141,6 +145,13 @@ def test_existing_bundle_is_kept_when_training_would_overwrite_it(tiny_run, caps
     code, _, err = run(["train", "--output", str(bundle_dir), "--run-dir", str(tmp_path / "r")], capsys)
     assert code == 2 and "already exists" in err
     assert (bundle_dir / "model.safetensors").read_bytes() == before
+
+
+def test_os_errors_are_one_line(tiny_run, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = run(["eval", str(tiny_run.bundle.path), "-o", str(blocker / "sub")], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_real_process_exit_code_and_no_traceback(tmp_path):

@@ -52,3 +52,15 @@ def test_bad_recipes_are_named(tmp_path, text, message):
 def test_missing_recipe(tmp_path):
     with pytest.raises(GraftError, match="recipe not found"):
         make_config(tmp_path / "nope.toml")
+
+
+def test_schedules_start_low_peak_and_end_near_zero():
+    from graft.train.optim import lr_factor
+
+    total, warmup = 100, 10
+    for schedule in ("onecycle", "cosine"):
+        factors = [lr_factor(step, total, warmup, schedule) for step in range(total)]
+        assert factors[0] < 0.2 and max(factors) == pytest.approx(1.0, abs=0.02)
+        assert factors[-1] < 0.01 and factors == sorted(factors[:warmup]) + factors[warmup:]
+    assert lr_factor(0, 1, 0, "onecycle") == 1.0, "a single step runs at the peak"
+    assert all(lr_factor(s, total, warmup, "constant") == 1.0 for s in range(warmup, total))

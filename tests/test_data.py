@@ -128,3 +128,38 @@ def test_crop_rule_keeps_aspect():
     wide[..., 15:25] = 255  # a bright centre band survives a centre crop
     out = resize_uint8(wide, _spec(size=(10, 10), resize="crop"))
     assert out.shape == (1, 1, 10, 10) and out.float().mean() > 200
+
+
+def test_batch_count_matches_the_batches():
+    from graft.data.loader import batch_order, count_batches
+
+    for n in (1, 5, 63, 64, 65, 200):
+        for drop_last in (False, True):
+            assert count_batches(n, 64, drop_last=drop_last) == len(
+                batch_order(n, 64, shuffle=True, drop_last=drop_last)
+            )
+
+
+def test_every_class_keeps_a_training_image():
+    from graft.data import stratified_split
+
+    labels = np.array([0] * 10 + [1] + [2] * 2)
+    keep, _ = stratified_split(labels, 0.5, seed=0)
+    assert set(labels[keep]) == {0, 1, 2}
+
+
+def test_decoding_errors_in_loader_workers_stay_one_line(tmp_path):
+    from PIL import Image
+
+    from graft.data.folder import scan_folder
+    from graft.data.loader import iter_batches
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            Image.new("L", (10, 10), 40 * i).save(tmp_path / name / f"{i}.png")
+    images = scan_folder(tmp_path).train
+    (tmp_path / "b" / "3.png").write_bytes(b"gone bad after the scan")
+    with pytest.raises(GraftError) as caught:
+        list(iter_batches(images, _spec(channels=1, mode="fold"), 2, workers=1))
+    assert "3.png" in str(caught.value) and "\n" not in str(caught.value) and "DataLoader" not in str(caught.value)

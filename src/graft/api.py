@@ -5,15 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from graft.bundle import Bundle, load
-from graft.data.sources import load_splits
+from graft.data.sources import load_everything, load_splits
 from graft.errors import GraftError
 from graft.evaluate import EvalResult, class_map, evaluate_model, write_eval_outputs
-from graft.models.factory import count_parameters
 
-Split = Literal["test", "valid", "train"]
+Split = Literal["test", "valid", "train", "all"]
 
 
 def _bundle(bundle: Bundle | str | Path) -> Bundle:
@@ -32,22 +29,25 @@ def evaluate(
     """Evaluate a bundle on a split of a data source (default: the source it was trained on, test split).
 
     With `output`, writes eval.json, confusion.png and misclassified.png there. The valid split is the one the
-    bundle was trained with (same fraction and seed, from its provenance).
+    bundle was trained with (same fraction and seed, from its provenance); `all` is every labelled image of the
+    source, for data the model has never seen.
     """
     bundle = _bundle(bundle)
     recorded = bundle.provenance.get("data", {})
     data = data or recorded.get("source")
     if not data:
         raise GraftError("this bundle does not record its data source; pass --data")
-    splits = load_splits(
-        data,
-        data_root,
-        valid_fraction=float(recorded.get("valid_fraction", 0.2)),
-        seed=int(recorded.get("split_seed", 0)),
-    )
-    images = getattr(splits, split)
+    if split == "all":
+        images = load_everything(data, data_root)
+    else:
+        splits = load_splits(
+            data,
+            data_root or recorded.get("data_root"),
+            valid_fraction=float(recorded.get("valid_fraction", 0.2)),
+            seed=int(recorded.get("split_seed", 0)),
+        )
+        images = getattr(splits, split)
     mapping = class_map(images.classes, bundle.classes)
-    torch.set_num_threads(torch.get_num_threads())
     result = evaluate_model(
         bundle.model, bundle.spec, images, classes=bundle.classes, label_map=mapping, batch_size=batch_size
     )
@@ -60,6 +60,5 @@ def info(bundle: Bundle | str | Path) -> dict:
     """What a bundle is: architecture, parameter count, input spec, classes, metrics, provenance."""
     bundle = _bundle(bundle)
     meta = bundle.metadata()
-    meta["parameters"] = count_parameters(bundle.model)
     meta["path"] = str(bundle.path) if bundle.path else None
     return meta

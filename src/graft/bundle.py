@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from graft.data.preprocess import hwc_to_tensor, to_model_input
-from graft.errors import GraftError
+from graft.errors import GraftError, first_line
 from graft.io import atomic_directory, atomic_write_json
 from graft.models.factory import Architecture, GraftModel, build_model, count_parameters
 from graft.spec import InputSpec
@@ -80,37 +80,44 @@ class Bundle:
         return path
 
     # ---- inference ---------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for uint8 images (N, C, H, W) at any size; preprocessing comes from the spec."""
-        self.model.eval()
-        return self.model(to_model_input(images, self.spec))
+    def model_input(self, image: ImageInput) -> torch.Tensor:
+        """One image (file, encoded bytes or HxWxC uint8 array) → a (1, C, H, W) float tensor per the spec.
 
-    def model_input(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        """Decode and preprocess images one by one (sizes and channel counts may differ) into one float batch."""
+        Decoded images are reduced to the model's size at once, so many large photos never sit in memory together.
+        """
         from graft.data.images import decode_image
 
-        inputs = []
-        for item in images:
-            array = item if isinstance(item, np.ndarray) else decode_image(item)
-            inputs.append(to_model_input(hwc_to_tensor(array), self.spec))
-        return torch.cat(inputs)
+        array = _check_array(image) if isinstance(image, np.ndarray) else decode_image(image)
+        return to_model_input(hwc_to_tensor(array), self.spec)
 
-    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 5) -> list[Prediction]:
-        """Top-k classes for image files, encoded bytes or HxWxC uint8 arrays."""
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], top_k: int = 5, *, batch_size: int = 64
+    ) -> list[Prediction]:
+        """Top-k classes for image files, encoded bytes or HxWxC uint8 arrays, in the order given.
+
+        Every image is decoded and checked before the first forward pass, so a bad file fails the call early.
+        """
         if isinstance(images, str | Path | bytes | np.ndarray):
             images = [images]
-        if not images:
-            return []
+        inputs = [self.model_input(image) for image in images]
+        k = max(1, min(top_k, len(self.classes)))
+        predictions = []
         self.model.eval()
         with torch.no_grad():
-            probabilities = torch.softmax(self.model(self.model_input(images)), dim=1)
-        k = max(1, min(top_k, len(self.classes)))
-        values, indices = probabilities.topk(k, dim=1)
-        return [
-            Prediction([self.classes[i] for i in row_i.tolist()], [float(v) for v in row_v.tolist()])
-            for row_v, row_i in zip(values, indices, strict=True)
-        ]
+            for start in range(0, len(inputs), batch_size):
+                logits = self.model(torch.cat(inputs[start : start + batch_size]))
+                values, indices = torch.softmax(logits, dim=1).topk(k, dim=1)
+                predictions += [
+                    Prediction([self.classes[i] for i in row_i.tolist()], [float(v) for v in row_v.tolist()])
+                    for row_v, row_i in zip(values, indices, strict=True)
+                ]
+        return predictions
+
+
+def _check_array(image: np.ndarray) -> np.ndarray:
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
+        raise GraftError(f"arrays must be HxW or HxWxC uint8 with C = 1 or 3, got {image.dtype} {image.shape}")
+    return image
 
 
 def load(path: str | Path) -> Bundle:
@@ -124,19 +131,23 @@ def load(path: str | Path) -> Bundle:
             raise GraftError(f"{path} is not a graft bundle: {needed.name} is missing")
     try:
         meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise GraftError(f"{meta_path} is damaged: not JSON ({first_line(error)})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise GraftError(f"{meta_path} is not a graft bundle description (format is not {FORMAT!r})")
+    if not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
+        raise GraftError(f"{meta_path}: bundle version {meta.get('version')!r} is newer than this graft reads")
+    try:
         arch = Architecture.from_dict(meta["architecture"])
         spec = InputSpec.from_dict(meta["input"])
         classes = [str(c) for c in meta["classes"]]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise GraftError(f"{meta_path} is damaged or not a graft bundle ({type(error).__name__}: {error})") from None
-    if meta.get("format") != FORMAT or int(meta.get("version", 0)) > VERSION:
-        raise GraftError(f"{meta_path}: unsupported bundle format {meta.get('format')!r} v{meta.get('version')}")
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise GraftError(f"{meta_path} is damaged ({type(error).__name__}: {first_line(error)})") from None
     model = build_model(arch, spec)
     try:
         state = load_file(str(weights_path))
         model.load_state_dict(state, strict=True)
     except Exception as error:
-        first = str(error).strip().splitlines()[0][:200]
-        raise GraftError(f"{weights_path} does not fit the architecture in {META_FILE}: {first}") from None
+        raise GraftError(f"{weights_path} does not fit the architecture in {META_FILE}: {first_line(error)}") from None
     model.eval()
     return Bundle(model, arch, spec, classes, meta.get("metrics", {}), meta.get("provenance", {}), path)

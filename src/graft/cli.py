@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from graft.errors import GraftError
+from graft.errors import GraftError, first_line
 from graft.progress import console
 
 app = typer.Typer(
@@ -71,6 +72,7 @@ def train(
     optimizer: Annotated[str | None, typer.Option(help="adamw, adam or sgd. [default: adamw]")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate. [default: 0.004]")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="[default: 0.05]")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum, Nesterov when > 0. [default: 0.9]")] = None,
     schedule: Annotated[
         str | None, typer.Option(help="onecycle, cosine or constant (after warmup). [default: onecycle]")
     ] = None,
@@ -120,7 +122,9 @@ def eval_command(
         str | None,
         typer.Option("--data", "-d", help="Data source. [default: the one the bundle was trained on]"),
     ] = None,
-    split: Annotated[str, typer.Option(help="test, valid or train.")] = "test",
+    split: Annotated[
+        str, typer.Option(help="test, valid, train, or all (every labelled image: for new data such as a folder).")
+    ] = "test",
     data_root: Annotated[str | None, typer.Option(help="Where data sets are looked for.")] = None,
     output: Annotated[
         Path | None,
@@ -135,13 +139,16 @@ def eval_command(
     """Loss, accuracy, per-class precision/recall, confusion matrix and misclassified examples."""
     from graft.api import evaluate
     from graft.bundle import load
+    from graft.data.sources import source_label
 
-    if split not in ("test", "valid", "train"):
-        raise GraftError(f"unknown split {split!r}; choose test, valid or train")
+    if split not in ("test", "valid", "train", "all"):
+        raise GraftError(f"unknown split {split!r}; choose test, valid, train or all")
     loaded = load(bundle)
     source = data or loaded.provenance.get("data", {}).get("source") or "data"
-    name = source.replace("folder:", "").rstrip("/").split("/")[-1]
-    out_dir = output or Path("runs") / f"eval-{bundle.resolve().name}-{name}-{split}"
+    name = source_label(source)
+    # Bundles written by `graft train` are RUN_DIR/bundle: name the output after the run, not "bundle".
+    label = bundle.resolve().parent.name if bundle.resolve().name == "bundle" else bundle.resolve().name
+    out_dir = output or Path("runs") / f"eval-{label}-{name}-{split}"
     result = evaluate(loaded, data, split=split, data_root=data_root, output=out_dir)  # type: ignore[arg-type]
     if as_json:
         print(json.dumps({**result.to_dict(), "output": str(out_dir)}, indent=2))
@@ -168,11 +175,8 @@ def predict(
 ) -> None:
     """Top-k classes with probabilities, preprocessed exactly as in training (from the bundle's spec)."""
     from graft.bundle import load
-    from graft.data.images import decode_image
 
-    loaded = load(bundle)
-    decoded = [decode_image(path) for path in images]  # every file checked before any output
-    predictions = loaded.predict(decoded, top_k=top_k)
+    predictions = load(bundle).predict(images, top_k=top_k)  # every file is checked before any output
     if as_json:
         print(
             json.dumps(
@@ -236,12 +240,16 @@ def _fmt(value: object) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: GraftError → one line on stderr, exit 2; Ctrl-C → exit 130 with nothing half-written."""
+    """Entry point: GraftError and OS errors (permissions, disk full) → one line on stderr, exit 2."""
     try:
         app(args=argv, prog_name="graft")
     except GraftError as error:
-        console().print(f"[red]graft: error:[/red] {error}", highlight=False, markup=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        console().print("graft: interrupted; nothing was written for the unfinished step")
-        sys.exit(130)
+        _fail(str(error))
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        _fail(f"{error.strerror or first_line(error)}{where}")
+
+
+def _fail(message: str) -> None:
+    console().print(f"[red]graft: error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(2)

@@ -8,3 +8,9 @@ else escaping is a bug in graft and keeps its traceback.
 
 class GraftError(Exception):
     """A user-facing error: one clear line, no traceback."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type name), short enough for a one-line error."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from graft.data.base import ImageSet
@@ -16,6 +17,8 @@ from graft.data.preprocess import to_model_input
 from graft.errors import GraftError
 from graft.io import atomic_write_json
 from graft.spec import InputSpec
+
+THUMBNAIL_SIZE = 128  # pixels, the longest side of a misclassified example in the grid
 
 
 @dataclass
@@ -109,12 +112,21 @@ def misclassified(result: EvalResult, images: ImageSet, limit: int = 48) -> tupl
     """The most confidently wrong examples, with captions like 'true 4 → 9 (0.87)'."""
     wrong = np.flatnonzero(result.predicted != result.labels)
     wrong = wrong[np.argsort(-result.confidence[wrong])][:limit]
-    pictures = [images.image(int(i)) for i in wrong]
+    pictures = [_thumbnail(images.image(int(i))) for i in wrong]
     captions = [
         f"true {result.classes[result.labels[i]]} → {result.classes[result.predicted[i]]} ({result.confidence[i]:.2f})"
         for i in wrong
     ]
     return pictures, captions
+
+
+def _thumbnail(image: np.ndarray, largest: int = THUMBNAIL_SIZE) -> np.ndarray:
+    """A grid cell needs no 12-megapixel photo: shrink big images (keeping aspect) as soon as they are decoded."""
+    if max(image.shape[:2]) <= largest:
+        return image
+    picture = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+    picture.thumbnail((largest, largest))
+    return np.asarray(picture).reshape(picture.height, picture.width, image.shape[2])
 
 
 def write_eval_outputs(result: EvalResult, images: ImageSet, out_dir: str | Path, *, title: str = "") -> dict:

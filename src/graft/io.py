@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -39,12 +40,24 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux's renameat2(RENAME_EXCHANGE); False where that is unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temp directory; on success it replaces `path`, on any error it is removed.
 
-    An existing `path` is only replaced with `overwrite=True`, and then by two renames (old aside, new in),
-    so a reader sees either the old or the new directory, never a mix.
+    An existing `path` is only replaced with `overwrite=True`. On Linux the old and new directories are swapped in
+    one atomic step, so a reader sees either the old or the new one; elsewhere two renames leave a short moment
+    with neither (the old one then sits in a hidden `.old` directory beside it).
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -54,13 +67,15 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
     os.chmod(tmp, 0o755)
     try:
         yield tmp
-        if path.exists():
+        if not path.exists():
+            os.replace(tmp, path)
+        elif _exchange(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old directory
+        else:
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / path.name)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

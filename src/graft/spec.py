@@ -5,8 +5,10 @@ It lives in every bundle so that training, eval, predict and serve all preproces
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 InputMode = Literal["replicate", "stem", "fold"]
 ResizeRule = Literal["stretch", "crop"]
@@ -18,20 +20,20 @@ class InputSpec:
     """How raw uint8 images become model input.
 
     `channels` is what the model's first layer takes (3 for `replicate`, 1 for `stem` and `fold`); images with
-    another channel count are converted by `graft.preprocess.convert_channels`. `mean`/`std` apply to pixels
+    another channel count are converted by `graft.data.preprocess.convert_channels`. `mean`/`std` apply to pixels
     scaled to [0, 1]; for `fold` and `stem` they are 0/1 because the model itself carries the normalisation.
     """
 
     size: tuple[int, int]
     channels: int
     mode: InputMode = "replicate"
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
     antialias: bool = True
     resize: ResizeRule = "stretch"
-    backbone_mean: tuple[float, ...] = field(default=(0.485, 0.456, 0.406))
-    backbone_std: tuple[float, ...] = field(default=(0.229, 0.224, 0.225))
+    backbone_mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN  # what the backbone was trained on
+    backbone_std: tuple[float, ...] = IMAGENET_DEFAULT_STD
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,48 +7,48 @@ model's size; float conversion happens later, per batch (`graft.data.preprocess.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from graft.data.preprocess import resize_uint8
+from graft.data.preprocess import hwc_to_tensor, resize_uint8
 from graft.spec import InputSpec
 
 
 class ImageSet(ABC):
-    """A labelled set of images; `index` selects a view into the underlying storage without copying it."""
+    """A labelled set of images; `index` selects a view into the underlying storage without copying it.
+
+    Subclasses are dataclasses with `name`, `all_labels` and `index` fields; views share everything else.
+    """
 
     name: str
     classes: list[str]
     channels: int  # native channels of the stored images: 1 (gray) or 3 (RGB)
+    all_labels: np.ndarray
     index: np.ndarray
 
     @property
-    @abstractmethod
     def labels(self) -> np.ndarray:
         """Class indices of this view, int64."""
+        return self.all_labels[self.index].astype(np.int64)
 
     @abstractmethod
     def image(self, i: int) -> np.ndarray:
         """Image `i` of this view as an HxWxC uint8 array at native size."""
 
-    @abstractmethod
     def subset(self, positions: np.ndarray, name: str | None = None) -> ImageSet:
         """A view of the images at `positions` (positions within this view)."""
+        return dataclasses.replace(self, name=name or self.name, index=self.index[positions])  # type: ignore[type-var]
 
     def __len__(self) -> int:
         return len(self.index)
 
     def batch(self, positions: np.ndarray, spec: InputSpec) -> torch.Tensor:
         """uint8 (N, C, *spec.size) for the images at `positions`; resized one by one (sizes may differ)."""
-        items = []
-        for i in positions:
-            image = self.image(int(i))
-            tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-            items.append(resize_uint8(tensor, spec))
-        return torch.stack(items)
+        return torch.cat([resize_uint8(hwc_to_tensor(self.image(int(i))), spec) for i in positions])
 
 
 @dataclass
@@ -68,20 +68,21 @@ class ArrayImages(ImageSet):
             self.index = np.arange(len(self.array))
         self.channels = int(self.array.shape[-1])
 
-    @property
-    def labels(self) -> np.ndarray:
-        return self.all_labels[self.index].astype(np.int64)
-
     def image(self, i: int) -> np.ndarray:
         return self.array[self.index[i]]
-
-    def subset(self, positions: np.ndarray, name: str | None = None) -> ArrayImages:
-        return ArrayImages(name or self.name, self.array, self.all_labels, self.classes, self.index[positions])
 
     def batch(self, positions: np.ndarray, spec: InputSpec) -> torch.Tensor:
         """One gather and one batched resize: the fast path for in-memory sets."""
         images = torch.from_numpy(self.array[self.index[positions]]).permute(0, 3, 1, 2)
         return resize_uint8(images, spec)
+
+
+def concat_arrays(first: ArrayImages, second: ArrayImages, name: str) -> ArrayImages:
+    """One set holding the images of both views (copied: their storages may differ)."""
+    if first.classes != second.classes or first.array.shape[1:] != second.array.shape[1:]:
+        raise ValueError("can only join sets with the same classes and image shape")
+    array = np.concatenate([first.array[first.index], second.array[second.index]])
+    return ArrayImages(name, array, np.concatenate([first.labels, second.labels]), first.classes)
 
 
 @dataclass

@@ -46,10 +46,6 @@ class FileImages(ImageSet):
         if self.index is None:
             self.index = np.arange(len(self.paths))
 
-    @property
-    def labels(self) -> np.ndarray:
-        return self.all_labels[self.index].astype(np.int64)
-
     def image(self, i: int) -> np.ndarray:
         path = self.paths[self.index[i]]
         image = decode_image(path)
@@ -60,10 +56,14 @@ class FileImages(ImageSet):
             return np.repeat(image, self.channels, axis=2)
         raise GraftError(f"{path}: is a colour image but the folder was scanned as gray; scan it again")
 
-    def subset(self, positions: np.ndarray, name: str | None = None) -> FileImages:
-        return FileImages(
-            name or self.name, self.paths, self.all_labels, self.classes, self.channels, self.index[positions]
-        )
+
+def concat_files(first: FileImages, second: FileImages, name: str) -> FileImages:
+    """One set holding the files of both views (paths only; nothing is decoded)."""
+    if first.classes != second.classes:
+        raise ValueError("can only join sets with the same classes")
+    paths = [first.paths[i] for i in first.index] + [second.paths[i] for i in second.index]
+    labels = np.concatenate([first.labels, second.labels])
+    return FileImages(name, paths, labels, first.classes, max(first.channels, second.channels))
 
 
 @dataclass
@@ -83,7 +83,7 @@ def scan_folder(root: str | Path, *, workers: int = 4) -> FolderScan:
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    root = Path(root)
+    root = Path(root).expanduser()
     where = f"folder:{root}"
     if not root.exists():
         raise GraftError(f"{where}: no such directory")

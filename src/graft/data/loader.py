@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from graft.data.base import ArrayImages, ImageSet
+from graft.errors import GraftError
 from graft.spec import InputSpec
 
 
@@ -24,9 +25,17 @@ class _Batches(Dataset):
     def __len__(self) -> int:
         return len(self.chunks)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor] | GraftError:
         positions = self.chunks[k]
-        return self.images.batch(positions, self.spec), self.labels[torch.from_numpy(positions)]
+        try:
+            return self.images.batch(positions, self.spec), self.labels[torch.from_numpy(positions)]
+        except GraftError as error:  # handed back as a value: a worker's raise would arrive as a traceback dump
+            return error
+
+
+def count_batches(n: int, batch_size: int, *, drop_last: bool = False) -> int:
+    """How many batches `batch_order` makes: the one place the training schedule and the loop agree on."""
+    return len(range(0, n - n % batch_size if drop_last and n >= batch_size else n, batch_size))
 
 
 def batch_order(n: int, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False) -> list[np.ndarray]:
@@ -50,6 +59,10 @@ def iter_batches(
     chunks = batch_order(len(images), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
     batches = _Batches(images, chunks, spec)
     if isinstance(images, ArrayImages) or workers == 0 or len(chunks) <= 1:
-        yield from (batches[k] for k in range(len(batches)))
-        return
-    yield from DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False)
+        items = (batches[k] for k in range(len(batches)))
+    else:
+        items = DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False)
+    for item in items:
+        if isinstance(item, GraftError):
+            raise item
+        yield item

@@ -16,9 +16,11 @@ import numpy as np
 from torchvision import datasets as tvd
 from torchvision.datasets.utils import check_integrity, download_url
 
-from graft.data.base import ArrayImages, ImageSet, Splits
+from graft.data.base import ArrayImages, ImageSet, Splits, concat_arrays
+from graft.data.idx import read_idx
 from graft.data.root import DATA_ROOT_ENV, data_root
-from graft.errors import GraftError
+from graft.data.split import split_train_valid, stratified_split
+from graft.errors import GraftError, first_line
 
 # The test split of sources that have none is held out with this fixed seed, so that runs with different
 # `--seed` values are compared on the same test images.
@@ -83,15 +85,17 @@ def load_idx_source(name: str, root: Path, download: bool = True) -> tuple[Array
     """The source's own train and test sets as (N, 28, 28, 1) uint8 arrays."""
     info = IDX_DATASETS[name]
     md5s = dict(info.torchvision_class.resources)
-    from graft.data.idx import read_idx
+
+    def read(filename: str) -> np.ndarray:
+        path = _fetch(root, info, filename, md5s[filename], download)
+        try:
+            return read_idx(path)
+        except (OSError, EOFError, ValueError) as error:
+            raise GraftError(f"{path} is damaged ({first_line(error)}); delete it and try again") from None
 
     def part(prefix: str) -> ArrayImages:
-        images = read_idx(
-            _fetch(root, info, f"{prefix}-images-idx3-ubyte.gz", md5s[f"{prefix}-images-idx3-ubyte.gz"], download)
-        )
-        labels = read_idx(
-            _fetch(root, info, f"{prefix}-labels-idx1-ubyte.gz", md5s[f"{prefix}-labels-idx1-ubyte.gz"], download)
-        )
+        images = read(f"{prefix}-images-idx3-ubyte.gz")
+        labels = read(f"{prefix}-labels-idx1-ubyte.gz")
         if len(images) != len(labels):
             raise GraftError(f"{name}: {len(images)} images but {len(labels)} labels in {root / info.folder}")
         return ArrayImages(f"{name}-{prefix}", images[..., None], labels.astype(np.int64), list(info.classes))
@@ -110,35 +114,34 @@ def load_digits_source() -> tuple[ArrayImages, ArrayImages]:
 
 
 def _hold_out(pool: ImageSet) -> tuple[ImageSet, ImageSet]:
-    train, test = _stratified(pool.labels, TEST_HOLDOUT_FRACTION, TEST_HOLDOUT_SEED)
+    train, test = stratified_split(pool.labels, TEST_HOLDOUT_FRACTION, TEST_HOLDOUT_SEED)
     return pool.subset(train, f"{pool.name}-train"), pool.subset(test, f"{pool.name}-test")
 
 
-def _stratified(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions kept and held out: round(n × fraction) in all, shared among classes in proportion to their size
-    (largest remainders get the odd ones), each class's share chosen by a seeded permutation.
-
-    Written with numpy rather than scikit-learn's train_test_split: importing scikit-learn costs ~75 MB of
-    resident memory in every training process, for a dozen lines of work.
-    """
-    rng = np.random.default_rng(seed)
-    classes, sizes = np.unique(labels, return_counts=True)
-    exact = sizes * fraction
-    counts = np.floor(exact).astype(int)
-    short = round(len(labels) * fraction) - counts.sum()
-    counts[np.argsort(-(exact - counts), kind="stable")[:short]] += 1
-    held = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, counts, strict=True)]
-    held_out = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
-    return np.setdiff1d(np.arange(len(labels)), held_out), held_out
+def normalise_source(source: str) -> str:
+    """`folder:` sources as absolute paths, so a bundle's provenance still finds them from another directory."""
+    if source.startswith("folder:"):
+        return f"folder:{Path(source.removeprefix('folder:')).expanduser().resolve()}"
+    return source
 
 
-def load_folder_source(path: str, report: Callable[[str], None] | None = None) -> tuple[ImageSet, ImageSet]:
+def source_label(source: str) -> str:
+    """A short name for file names: the source name, or a folder's last path component."""
+    return source.removeprefix("folder:").rstrip("/").split("/")[-1] or "data"
+
+
+def _scan(path: str, report: Callable[[str], None] | None):
     from graft.data.folder import scan_folder
 
     scan = scan_folder(path)
     if scan.skipped and report is not None:
         first = "; ".join(f"{p.name}: {why}" for p, why in scan.skipped[:3])
         report(f"skipped {len(scan.skipped)} unreadable file(s) in {path} (e.g. {first})")
+    return scan
+
+
+def load_folder_source(path: str, report: Callable[[str], None] | None = None) -> tuple[ImageSet, ImageSet]:
+    scan = _scan(path, report)
     if scan.test is not None:
         return scan.train, scan.test
     return _hold_out(scan.train)
@@ -163,14 +166,6 @@ def load_source(
     raise GraftError(f"unknown data source {source!r}{hint}; known: {', '.join(SOURCE_NAMES)}")
 
 
-def split_train_valid(pool: ImageSet, valid_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    """Deterministic, stratified train/valid split of `pool`: same seed, same split, on every machine."""
-    if not 0.0 < valid_fraction < 1.0:
-        raise GraftError(f"valid fraction must be between 0 and 1 (exclusive), got {valid_fraction}")
-    train, valid = _stratified(pool.labels, valid_fraction, seed)
-    return pool.subset(train, f"{pool.name}-train"), pool.subset(valid, f"{pool.name}-valid")
-
-
 def load_splits(
     source: str,
     root: str | Path | None = None,
@@ -184,3 +179,20 @@ def load_splits(
     pool, test = load_source(source, root, download=download, report=report)
     train, valid = split_train_valid(pool, valid_fraction, seed)
     return Splits(train=train, valid=valid, test=test)
+
+
+def load_everything(
+    source: str, root: str | Path | None = None, *, download: bool = True, report: Callable[[str], None] | None = None
+) -> ImageSet:
+    """Every labelled image of a source, train and test together: for evaluating a model on new data."""
+    if source.startswith("folder:"):
+        from graft.data.folder import concat_files
+
+        scan = _scan(source.removeprefix("folder:"), report)
+        return scan.train if scan.test is None else concat_files(scan.train, scan.test, scan.train.name)
+    pool, test = load_source(source, root, download=download, report=report)
+    if not (isinstance(pool, ArrayImages) and isinstance(test, ArrayImages)):
+        raise GraftError(f"{source}: cannot join its splits")
+    if pool.array is test.array:  # a hold-out of one array (digits): the whole array
+        return ArrayImages(source, pool.array, pool.all_labels, pool.classes)
+    return concat_arrays(pool, test, source)

@@ -7,14 +7,16 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from graft.errors import GraftError
+from graft.errors import GraftError, first_line
 from graft.models.input_modes import FlattenHead, GrayStem, apply_fold, find_first_conv
 from graft.models.weights import TransferReport, read_state_dict, transfer_weights
 from graft.spec import INPUT_MODES, InputMode, InputSpec
@@ -49,6 +51,11 @@ class GraftModel(nn.Module):
         self.stem = stem
         self.backbone = backbone
         self.head = head
+
+    def no_weight_decay(self) -> set[str]:
+        """The backbone's own exemptions (ViT position embeddings, class tokens), for timm's optimizer factory."""
+        names = getattr(self.backbone, "no_weight_decay", lambda: set())()
+        return {f"backbone.{name}" for name in names}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stem is not None:
@@ -90,7 +97,8 @@ def _forward_features_shape(backbone: nn.Module, stem: nn.Module | None, spec: I
     return out.shape
 
 
-def _minimum_size(name: str, attempt) -> int | None:
+def _minimum_size(attempt: Callable[[int], object]) -> int | None:
+    """The smallest probe size at which `attempt(size)` runs, if any."""
     for size in _PROBE_SIZES:
         try:
             attempt(size)
@@ -114,7 +122,6 @@ def build_model(arch: Architecture, spec: InputSpec) -> GraftModel:
         shape = _forward_features_shape(backbone, stem, spec, flatten)
     except (RuntimeError, ValueError, AssertionError):
         smallest = _minimum_size(
-            arch.timm_name,
             lambda s: _forward_features_shape(backbone, stem, InputSpec(size=(s, s), channels=spec.channels), flatten),
         )
         hint = f"; use --size {smallest} or more" if smallest else ""
@@ -129,9 +136,9 @@ def _hub_state_dict(name: str, kwargs: dict) -> dict[str, torch.Tensor]:
     try:
         model = timm.create_model(name, pretrained=True, **kwargs)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise GraftError(
-            f"could not fetch ImageNet weights for {name} from the hub ({reason}); offline? pass --weights FILE"
+            f"could not fetch ImageNet weights for {name} from the hub ({first_line(error, 160)}); "
+            "offline? pass --weights FILE"
         ) from None
     return model.state_dict()
 
@@ -154,12 +161,14 @@ def create_model(
     check_model_name(name)
     if pretrained not in (None, "imagenet"):
         raise GraftError(f"unknown pretrained weights {pretrained!r}: use 'imagenet' or --weights FILE")
+    if pretrained and weights:
+        raise GraftError("give either --pretrained or --weights, not both")
     size2 = (size, size) if isinstance(size, int) else tuple(size)
     kwargs = _timm_kwargs(name, size2, timm_kwargs)
     arch = Architecture(name, num_classes, input_mode, head, kwargs)
     cfg = timm.get_pretrained_cfg(name)
-    mean = tuple(cfg.mean) if cfg is not None else (0.485, 0.456, 0.406)
-    std = tuple(cfg.std) if cfg is not None else (0.229, 0.224, 0.225)
+    mean = tuple(cfg.mean) if cfg is not None else IMAGENET_DEFAULT_MEAN
+    std = tuple(cfg.std) if cfg is not None else IMAGENET_DEFAULT_STD
     replicate = input_mode == "replicate"
     spec = InputSpec(
         size=size2,
@@ -170,21 +179,29 @@ def create_model(
         backbone_mean=mean,
         backbone_std=std,
     )
+    source = _hub_state_dict(name, kwargs) if pretrained else read_state_dict(weights) if weights else None
+    label = f"timm hub ({name}, ImageNet)" if pretrained else str(weights)
+    trained_mode = _input_mode_of(source) if source is not None else "replicate"
+    if trained_mode != "replicate":
+        # Weights of a gray-input model (fold or stem bundle): load them into the same structure as they are.
+        if trained_mode != input_mode:
+            raise GraftError(
+                f"{weights} holds a model trained with input mode {trained_mode!r}; train with "
+                f"--input-mode {trained_mode} (changing the input mode of a trained model is a surgery)"
+            )
+        model = build_model(arch, spec)
+        report = transfer_weights(model, source, source_name=label)
+        return model, arch, spec, report
     model = build_model(Architecture(name, num_classes, "replicate", head, kwargs), _rgb(spec))
     report = None
-    if pretrained or weights:
-        source = _hub_state_dict(name, kwargs) if pretrained else read_state_dict(weights)
-        label = f"timm hub ({name}, ImageNet)" if pretrained else str(weights)
+    if source is not None:
         conv_name, _ = find_first_conv(model.backbone)
         report = transfer_weights(model.backbone, source, source_name=label, first_conv=conv_name)
     if input_mode == "fold":
         conv_name = apply_fold(model.backbone, mean, std)
         if report is not None:
             report.adapted.append(
-                {
-                    "name": f"{conv_name}.weight",
-                    "how": "RGB kernels and mean/std folded into a 1-channel kernel",
-                }
+                {"name": f"{conv_name}.weight", "how": "RGB kernels and mean/std folded into a 1-channel kernel"}
             )
     elif input_mode == "stem":
         model.stem = GrayStem()
@@ -192,6 +209,15 @@ def create_model(
         if report is not None:
             report.initialised += [f"stem.{k}" for k in model.stem.state_dict() if "num_batches" not in k]
     return model, arch, spec, report
+
+
+def _input_mode_of(state: dict[str, torch.Tensor]) -> InputMode:
+    """Which input mode a state dict was trained with: fold bundles carry an offset kernel, stem bundles a stem."""
+    if any(key.endswith(".offset") for key in state):
+        return "fold"
+    if any(key.startswith("stem.") for key in state):
+        return "stem"
+    return "replicate"
 
 
 def _rgb(spec: InputSpec) -> InputSpec:

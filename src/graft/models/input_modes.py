@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from timm.layers import Conv2dSame, pad_same
 from torch import nn
 
@@ -138,8 +137,3 @@ class FlattenHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(self.drop(torch.flatten(features, 1)))
-
-
-def relu_floor(x: torch.Tensor) -> torch.Tensor:
-    """What `GrayStem.init_like_replicate` promises: replicate's input clipped at zero."""
-    return F.relu(x)

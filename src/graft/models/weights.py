@@ -12,7 +12,7 @@ import torch
 from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
-from graft.errors import GraftError
+from graft.errors import GraftError, first_line
 
 
 @dataclass
@@ -64,8 +64,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise GraftError(f"cannot read weights from {path}: {reason[:200]}") from None
+        raise GraftError(f"cannot read weights from {path}: {first_line(error)}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -126,10 +125,6 @@ def transfer_weights(
             shapes = f"{tuple(value.shape)} in the file, {tuple(want.shape)} in the model"
             report.skipped.append({"name": key, "reason": f"shape differs: {shapes}"})
     target.load_state_dict(filled, strict=False)
-    report.initialised = [k for k in own if k not in filled and _is_learned(target, k)]
+    # Parameters and BN running statistics count as initialised; the `num_batches_tracked` counters do not.
+    report.initialised = [k for k in own if k not in filled and not k.endswith("num_batches_tracked")]
     return report
-
-
-def _is_learned(model: nn.Module, key: str) -> bool:
-    """Parameters and BN running statistics count; the `num_batches_tracked` counters do not."""
-    return not key.endswith("num_batches_tracked")

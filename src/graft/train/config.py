@@ -31,11 +31,11 @@ class TrainConfig(BaseModel):
     size: int = Field(32, ge=8, le=1024, description="square input size in pixels")
     resize: Literal["stretch", "crop"] = "stretch"
     epochs: int = Field(5, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=2, description="at least 2: BatchNorm needs two images to normalise")
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(4e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov when > 0)")
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     warmup_epochs: float = Field(0.3, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)

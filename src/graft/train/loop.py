@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -13,18 +14,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from torch import nn
 
-from graft import __version__
+from graft._version import __version__
 from graft.bundle import Bundle
-from graft.data.loader import iter_batches
+from graft.data.base import ImageSet
+from graft.data.loader import count_batches, iter_batches
 from graft.data.preprocess import to_model_input
-from graft.data.sources import load_splits
+from graft.data.sources import load_splits, normalise_source, source_label
 from graft.errors import GraftError
 from graft.evaluate import evaluate_model, write_eval_outputs
 from graft.io import atomic_write_json
 from graft.models.factory import count_parameters, create_model
+from graft.models.weights import TransferReport
 from graft.progress import batch_progress
 from graft.progress import console as default_console
+from graft.spec import InputSpec
 from graft.train.config import TrainConfig, make_config
 from graft.train.optim import make_optimizer, make_schedule
 
@@ -42,8 +47,7 @@ def _run_dir(config: TrainConfig) -> Path:
     if config.run_dir:
         return Path(config.run_dir)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    data = config.data.replace("folder:", "").rstrip("/").split("/")[-1] or "data"
-    return Path("runs") / f"{data}-{config.model}-{config.input_mode}-{stamp}"
+    return Path("runs") / f"{source_label(config.data)}-{config.model}-{config.input_mode}-{stamp}"
 
 
 def _seed_everything(seed: int) -> None:
@@ -64,11 +68,14 @@ def train(
     every field of `TrainConfig` can be given here, in a TOML recipe, or both (keywords win).
     """
     config = config or make_config(recipe, **overrides)
+    config = config.model_copy(update={"data": normalise_source(config.data)})
     out = console or default_console()
     run_dir = _run_dir(config)
     bundle_dir = Path(config.output) if config.output else run_dir / "bundle"
-    if bundle_dir.exists() and not config.force:
-        raise GraftError(f"{bundle_dir} already exists; choose another --output or pass --force")
+    # Checked now as well as at save time, so a mistake costs seconds rather than a whole training run.
+    for existing in (bundle_dir, run_dir / "metrics.jsonl"):
+        if existing.exists() and not config.force:
+            raise GraftError(f"{existing} already exists; choose another --output/--run-dir or pass --force")
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     _seed_everything(config.seed)
 
@@ -78,12 +85,14 @@ def train(
         valid_fraction=config.valid_fraction,
         seed=config.seed,
         download=config.download,
-        report=lambda line: out.print(f"[yellow]{line}"),
+        report=lambda line: out.print(line, style="yellow", markup=False),
     )
     train_set = splits.train
     if config.max_train and config.max_train < len(train_set):
         keep = np.sort(np.random.default_rng(config.seed).permutation(len(train_set))[: config.max_train])
         train_set = train_set.subset(keep)
+    if len(train_set) < 2:
+        raise GraftError(f"{config.data}: {len(train_set)} training image(s) after the split; need at least 2")
     classes = splits.classes
     model, arch, spec, report = create_model(
         config.model,
@@ -94,7 +103,7 @@ def train(
         pretrained=config.pretrained,
         weights=config.weights,
     )
-    spec = type(spec).from_dict({**spec.to_dict(), "resize": config.resize})
+    spec = dataclasses.replace(spec, resize=config.resize)
     out.print(
         f"graft train: {config.model} ({count_parameters(model) / 1e6:.2f} M parameters), mode {config.input_mode}, "
         f"{spec.size[0]}×{spec.size[1]}×{spec.channels}, {config.data}: {len(train_set)} train / "
@@ -102,7 +111,7 @@ def train(
     )
     if report is not None:
         for line in report.lines():
-            out.print(line)
+            out.print(line, markup=False, highlight=False)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", config.model_dump())
@@ -111,7 +120,7 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.write_text("")
 
-    steps = -(-len(train_set) // config.batch_size)
+    steps = count_batches(len(train_set), config.batch_size, drop_last=_drop_last(train_set, config))
     optimizer = make_optimizer(model, config)
     schedule = make_schedule(optimizer, config, steps)
     history: list[dict] = []
@@ -147,6 +156,7 @@ def train(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "data": {
             "source": config.data,
+            "data_root": config.data_root,
             "classes": len(classes),
             "train": len(train_set),
             "valid": len(splits.valid),
@@ -168,7 +178,21 @@ def train(
     return TrainResult(bundle, run_dir, history)
 
 
-def _train_epoch(model, spec, train_set, optimizer, schedule, config: TrainConfig, epoch: int, out: Console) -> dict:
+def _drop_last(train_set: ImageSet, config: TrainConfig) -> bool:
+    """Drop a ragged last batch (a batch of one breaks BatchNorm) unless it is the only batch."""
+    return len(train_set) > config.batch_size
+
+
+def _train_epoch(
+    model: nn.Module,
+    spec: InputSpec,
+    train_set: ImageSet,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    epoch: int,
+    out: Console,
+) -> dict:
     model.train()
     seen = correct = 0
     loss_sum = last_log = 0.0
@@ -179,10 +203,10 @@ def _train_epoch(model, spec, train_set, optimizer, schedule, config: TrainConfi
         config.batch_size,
         shuffle=True,
         seed=config.seed * 1000 + epoch,
-        drop_last=len(train_set) > config.batch_size,
+        drop_last=_drop_last(train_set, config),
         workers=config.workers,
     )
-    steps = len(train_set) // config.batch_size if len(train_set) > config.batch_size else 1
+    steps = count_batches(len(train_set), config.batch_size, drop_last=_drop_last(train_set, config))
     with batch_progress(out) as progress:
         task = progress.add_task(f"epoch {epoch}/{config.epochs}", total=steps, stats="")
         for images, labels in batches:
@@ -216,6 +240,7 @@ def _train_epoch(model, spec, train_set, optimizer, schedule, config: TrainConfi
 
 
 def _plot_curves(history: list[dict], run_dir: Path, config: TrainConfig) -> None:
+    """Redrawn after every epoch, so a long run's curves can be watched while it trains."""
     from graft.report.plots import plot_learning_curves
 
     plot_learning_curves(
@@ -223,7 +248,15 @@ def _plot_curves(history: list[dict], run_dir: Path, config: TrainConfig) -> Non
     )
 
 
-def _write_report(run_dir, config, final, history, report, eval_files, bundle_dir) -> None:
+def _write_report(
+    run_dir: Path,
+    config: TrainConfig,
+    final: dict,
+    history: list[dict],
+    report: TransferReport | None,
+    eval_files: dict,
+    bundle_dir: Path,
+) -> None:
     from graft.report.html import write_html_report
 
     summary = {

@@ -13,8 +13,11 @@ from graft.train.config import TrainConfig
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """timm's factory: no weight decay on biases and norm layers, which matters for small data."""
-    extra = {"momentum": config.momentum} if config.optimizer == "sgd" else {}  # timm's "sgd" is Nesterov
-    return create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay, **extra)
+    name, extra = config.optimizer, {}
+    if config.optimizer == "sgd":
+        # timm's "sgd" is Nesterov SGD, which torch refuses without momentum; "momentum" is plain SGD.
+        name, extra = ("sgd" if config.momentum > 0 else "momentum"), {"momentum": config.momentum}
+    return create_optimizer_v2(model, opt=name, lr=config.lr, weight_decay=config.weight_decay, **extra)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:

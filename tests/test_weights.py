@@ -1,0 +1,108 @@
+"""Weights load by name and shape, files are read without pickle, and the report says what happened."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from graft.errors import GraftError
+from graft.models import create_model, read_state_dict, transfer_weights
+from graft.models.input_modes import find_first_conv, fold_weights
+
+
+def _source_model():
+    torch.manual_seed(123)
+    model, *_ = create_model("resnet10t", 1000, size=32)
+    return model.backbone.state_dict()
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_weights_file_loads_by_name_and_reports(tmp_path, fmt):
+    source = _source_model()
+    path = tmp_path / f"w.{fmt}"
+    if fmt == "safetensors":
+        save_file(source, str(path))
+    else:
+        torch.save({"state_dict": source}, path)
+    model, _, _, report = create_model("resnet10t", 5, size=32, weights=str(path))
+    state = model.backbone.state_dict()
+    assert torch.equal(state["layer1.0.conv1.weight"], source["layer1.0.conv1.weight"])
+    assert {s["name"] for s in report.skipped} == {"fc.weight", "fc.bias"}
+    assert all("shape differs" in s["reason"] for s in report.skipped)
+    assert set(report.initialised) == {"fc.weight", "fc.bias"}
+    assert len(report.loaded) == len(source) - 2 and not report.adapted
+
+
+def test_fold_reports_the_adapted_first_conv(tmp_path):
+    source = _source_model()
+    save_file(source, str(tmp_path / "w.safetensors"))
+    model, _, spec, report = create_model(
+        "resnet10t", 5, size=32, input_mode="fold", weights=str(tmp_path / "w.safetensors")
+    )
+    assert [a["name"] for a in report.adapted] == ["conv1.0.weight"] and spec.channels == 1
+    gray, offset = fold_weights(source["conv1.0.weight"], spec.backbone_mean, spec.backbone_std)
+    assert torch.allclose(model.backbone.conv1[0].weight, gray) and torch.allclose(
+        model.backbone.conv1[0].offset, offset
+    )
+
+
+def test_rgb_kernel_into_one_channel_model_is_summed():
+    source = _source_model()
+    one_channel = timm.create_model("resnet10t", num_classes=5, in_chans=1)
+    report = transfer_weights(one_channel, source, first_conv=find_first_conv(one_channel)[0])
+    assert [a["name"] for a in report.adapted] == ["conv1.0.weight"] and "3→1" in report.adapted[0]["how"]
+    assert torch.allclose(one_channel.state_dict()["conv1.0.weight"], source["conv1.0.weight"].sum(dim=1, keepdim=True))
+
+
+def test_pickled_code_is_never_executed(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"conv1.weight": Evil()}))
+    with pytest.raises(GraftError, match="cannot read weights"):
+        read_state_dict(path)
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_non_tensor_files_are_refused(tmp_path):
+    torch.save({"a": 1}, tmp_path / "x.pth")
+    with pytest.raises(GraftError, match="state dict of tensors"):
+        read_state_dict(tmp_path / "x.pth")
+    with pytest.raises(GraftError, match="not found"):
+        read_state_dict(tmp_path / "missing.safetensors")
+
+
+def test_bundle_directory_as_weights(tmp_path):
+    from graft.bundle import Bundle
+
+    torch.manual_seed(1)
+    model, arch, spec, _ = create_model("resnet10t", 3, size=32)
+    Bundle(model, arch, spec, ["a", "b", "c"]).save(tmp_path / "b")
+    fresh, _, _, report = create_model("resnet10t", 3, size=32, weights=str(tmp_path / "b"))
+    assert not report.skipped and not report.initialised
+    assert torch.equal(fresh.backbone.fc.weight, model.backbone.fc.weight)
+
+
+def test_fold_bundle_seeds_a_fold_model_and_nothing_else(tmp_path):
+    from graft.bundle import Bundle
+
+    torch.manual_seed(2)
+    model, arch, spec, _ = create_model("resnet10t", 3, size=32, input_mode="fold")
+    Bundle(model, arch, spec, ["a", "b", "c"]).save(tmp_path / "fold")
+    again, _, _, report = create_model("resnet10t", 3, size=32, input_mode="fold", weights=str(tmp_path / "fold"))
+    assert not report.skipped and not report.initialised and not report.adapted
+    for key, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+    with pytest.raises(GraftError, match="input mode 'fold'"):
+        create_model("resnet10t", 3, size=32, input_mode="replicate", weights=str(tmp_path / "fold"))
+
+
+def test_pretrained_and_weights_together_are_refused(tmp_path):
+    with pytest.raises(GraftError, match="not both"):
+        create_model("resnet10t", 3, size=32, pretrained="imagenet", weights=str(tmp_path / "w.safetensors"))
