@@ -37,12 +37,13 @@ def evaluate(
     data = data or recorded.get("source")
     if not data:
         raise GraftError("this bundle does not record its data source; pass --data")
+    root = data_root or recorded.get("data_root")
     if split == "all":
-        images = load_everything(data, data_root)
+        images = load_everything(data, root)
     else:
         splits = load_splits(
             data,
-            data_root or recorded.get("data_root"),
+            root,
             valid_fraction=float(recorded.get("valid_fraction", 0.2)),
             seed=int(recorded.get("split_seed", 0)),
         )
