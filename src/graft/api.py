@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from rich.console import Console
+
 from graft.bundle import Bundle, load
 from graft.data.sources import load_everything, load_splits
 from graft.errors import GraftError
@@ -25,6 +27,7 @@ def evaluate(
     data_root: str | Path | None = None,
     output: str | Path | None = None,
     batch_size: int = 256,
+    console: Console | None = None,
 ) -> EvalResult:
     """Evaluate a bundle on a split of a data source (default: the source it was trained on, test split).
 
@@ -50,7 +53,13 @@ def evaluate(
         images = getattr(splits, split)
     mapping = class_map(images.classes, bundle.classes)
     result = evaluate_model(
-        bundle.model, bundle.spec, images, classes=bundle.classes, label_map=mapping, batch_size=batch_size
+        bundle.model,
+        bundle.spec,
+        images,
+        classes=bundle.classes,
+        label_map=mapping,
+        batch_size=batch_size,
+        console=console,
     )
     if output is not None:
         write_eval_outputs(result, images, output, title=f"{data} {split}")

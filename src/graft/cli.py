@@ -149,7 +149,7 @@ def eval_command(
     # Bundles written by `graft train` are RUN_DIR/bundle: name the output after the run, not "bundle".
     label = bundle.resolve().parent.name if bundle.resolve().name == "bundle" else bundle.resolve().name
     out_dir = output or Path("runs") / f"eval-{label}-{name}-{split}"
-    result = evaluate(loaded, data, split=split, data_root=data_root, output=out_dir)  # type: ignore[arg-type]
+    result = evaluate(loaded, data, split=split, data_root=data_root, output=out_dir, console=console())  # type: ignore[arg-type]
     if as_json:
         print(json.dumps({**result.to_dict(), "output": str(out_dir)}, indent=2))
         return

@@ -9,13 +9,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from rich.console import Console
 from torch import nn
 
 from graft.data.base import ImageSet
-from graft.data.loader import iter_batches
+from graft.data.loader import count_batches, iter_batches
 from graft.data.preprocess import to_model_input
 from graft.errors import GraftError
 from graft.io import atomic_write_json
+from graft.progress import batch_progress
 from graft.spec import InputSpec
 
 THUMBNAIL_SIZE = 128  # pixels, the longest side of a misclassified example in the grid
@@ -76,20 +78,27 @@ def evaluate_model(
     label_map: np.ndarray | None = None,
     batch_size: int = 256,
     workers: int = 2,
+    console: Console | None = None,
 ) -> EvalResult:
-    """Run `model` over `images` in eval mode; `label_map` maps the set's labels to the model's classes."""
+    """Run `model` over `images` in eval mode; `label_map` maps the set's labels to the model's classes.
+
+    With a `console`, a transient progress bar shows batches, images/s and ETA (large folders take minutes).
+    """
     model.eval()
     labels_all = images.labels if label_map is None else label_map[images.labels]
     predicted, confidence, total_loss = [], [], 0.0
-    for batch, labels in iter_batches(images, spec, batch_size, workers=workers):
-        logits = model(to_model_input(batch, spec))
-        if label_map is not None:
-            labels = torch.from_numpy(label_map[labels.numpy()])
-        total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-        probabilities = logits.softmax(dim=1)
-        top, index = probabilities.max(dim=1)
-        predicted.append(index.numpy())
-        confidence.append(top.numpy())
+    batches = iter_batches(images, spec, batch_size, workers=workers)
+    with batch_progress(console, disable=console is None) as progress:
+        task = progress.add_task(f"evaluating {images.name}", total=count_batches(len(images), batch_size), stats="")
+        for batch, labels in batches:
+            logits = model(to_model_input(batch, spec))
+            if label_map is not None:
+                labels = torch.from_numpy(label_map[labels.numpy()])
+            total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+            top, index = logits.softmax(dim=1).max(dim=1)
+            predicted.append(index.numpy())
+            confidence.append(top.numpy())
+            progress.update(task, advance=1)
     n = len(images)
     return EvalResult(
         classes=list(classes or images.classes),

@@ -20,7 +20,7 @@ def console() -> Console:
     return _console
 
 
-def batch_progress(out: Console | None = None) -> Progress:
+def batch_progress(out: Console | None = None, *, disable: bool = False) -> Progress:
     """A transient bar per epoch; the epoch summary line is printed separately so logs keep it."""
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -32,4 +32,5 @@ def batch_progress(out: Console | None = None) -> Progress:
         TimeRemainingColumn(),
         console=out or _console,
         transient=True,
+        disable=disable,
     )

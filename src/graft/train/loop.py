@@ -18,12 +18,12 @@ from torch import nn
 
 from graft._version import __version__
 from graft.bundle import Bundle
-from graft.data.base import ImageSet
+from graft.data.base import ImageSet, Splits
 from graft.data.loader import count_batches, iter_batches
 from graft.data.preprocess import to_model_input
 from graft.data.sources import load_splits, normalise_source, source_label
 from graft.errors import GraftError
-from graft.evaluate import evaluate_model, write_eval_outputs
+from graft.evaluate import EvalResult, evaluate_model, write_eval_outputs
 from graft.io import atomic_write_json
 from graft.models.factory import count_parameters, create_model
 from graft.models.weights import TransferReport
@@ -79,20 +79,7 @@ def train(
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     _seed_everything(config.seed)
 
-    splits = load_splits(
-        config.data,
-        config.data_root,
-        valid_fraction=config.valid_fraction,
-        seed=config.seed,
-        download=config.download,
-        report=lambda line: out.print(line, style="yellow", markup=False),
-    )
-    train_set = splits.train
-    if config.max_train and config.max_train < len(train_set):
-        keep = np.sort(np.random.default_rng(config.seed).permutation(len(train_set))[: config.max_train])
-        train_set = train_set.subset(keep)
-    if len(train_set) < 2:
-        raise GraftError(f"{config.data}: {len(train_set)} training image(s) after the split; need at least 2")
+    splits, train_set = _load_data(config, out)
     classes = splits.classes
     model, arch, spec, report = create_model(
         config.model,
@@ -127,7 +114,7 @@ def train(
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         record = _train_epoch(model, spec, train_set, optimizer, schedule, config, epoch, out)
-        valid = evaluate_model(model, spec, splits.valid, classes=classes, workers=config.workers)
+        valid = evaluate_model(model, spec, splits.valid, classes=classes, workers=config.workers, console=out)
         record.update(valid_loss=valid.loss, valid_acc=valid.accuracy)
         history.append(record)
         with metrics_path.open("a") as handle:
@@ -139,25 +126,62 @@ def train(
         )
         _plot_curves(history, run_dir, config)
 
-    test = evaluate_model(model, spec, splits.test, classes=classes, workers=config.workers)
+    test = evaluate_model(model, spec, splits.test, classes=classes, workers=config.workers, console=out)
     out.print(f"test: loss {test.loss:.4f}  accuracy {test.accuracy:.2%} on {len(splits.test)} images")
-    final = {
-        "train_loss": history[-1]["train_loss"],
-        "train_acc": history[-1]["train_acc"],
-        "valid_loss": history[-1]["valid_loss"],
-        "valid_acc": history[-1]["valid_acc"],
+    final = _final_metrics(history, test, time.perf_counter() - started)
+    provenance = _provenance(config, splits, train_set, report, run_dir)
+    bundle = Bundle(model.eval(), arch, spec, list(classes), final, provenance)
+    bundle.save(bundle_dir, overwrite=config.force)
+    eval_files = write_eval_outputs(test, splits.test, run_dir, title=f"{config.data} test")
+    _write_report(run_dir, config, final, history, report, eval_files, bundle_dir)
+    out.print(f"bundle: {bundle_dir}   run: {run_dir} (report.html, curves.png, metrics.jsonl)")
+    return TrainResult(bundle, run_dir, history)
+
+
+def _load_data(config: TrainConfig, out: Console) -> tuple[Splits, ImageSet]:
+    """The splits, and the training set actually used (`max_train` takes a seeded sample)."""
+    splits = load_splits(
+        config.data,
+        config.data_root,
+        valid_fraction=config.valid_fraction,
+        seed=config.seed,
+        download=config.download,
+        report=lambda line: out.print(line, style="yellow", markup=False),
+    )
+    train_set = splits.train
+    if config.max_train and config.max_train < len(train_set):
+        keep = np.sort(np.random.default_rng(config.seed).permutation(len(train_set))[: config.max_train])
+        train_set = train_set.subset(keep)
+    if len(train_set) < 2:
+        raise GraftError(f"{config.data}: {len(train_set)} training image(s) after the split; need at least 2")
+    return splits, train_set
+
+
+def _final_metrics(history: list[dict], test: EvalResult, seconds: float) -> dict:
+    last = history[-1]
+    return {
+        "train_loss": last["train_loss"],
+        "train_acc": last["train_acc"],
+        "valid_loss": last["valid_loss"],
+        "valid_acc": last["valid_acc"],
         "test_loss": test.loss,
         "test_acc": test.accuracy,
         "train_images_per_s": float(np.mean([h["images_per_s"] for h in history])),
-        "train_seconds": time.perf_counter() - started,
+        "train_seconds": seconds,
     }
-    provenance = {
+
+
+def _provenance(
+    config: TrainConfig, splits: Splits, train_set: ImageSet, report: TransferReport | None, run_dir: Path
+) -> dict:
+    """Where a bundle came from: enough to rebuild its splits (`graft eval`) and to repeat its training."""
+    return {
         "graft_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "data": {
             "source": config.data,
             "data_root": config.data_root,
-            "classes": len(classes),
+            "classes": len(splits.classes),
             "train": len(train_set),
             "valid": len(splits.valid),
             "test": len(splits.test),
@@ -170,12 +194,6 @@ def train(
         "transfer": report.to_dict() if report is not None else None,
         "run_dir": str(run_dir),
     }
-    bundle = Bundle(model.eval(), arch, spec, list(classes), final, provenance)
-    bundle.save(bundle_dir, overwrite=config.force)
-    eval_files = write_eval_outputs(test, splits.test, run_dir, title=f"{config.data} test")
-    _write_report(run_dir, config, final, history, report, eval_files, bundle_dir)
-    out.print(f"bundle: {bundle_dir}   run: {run_dir} (report.html, curves.png, metrics.jsonl)")
-    return TrainResult(bundle, run_dir, history)
 
 
 def _drop_last(train_set: ImageSet, config: TrainConfig) -> bool:
