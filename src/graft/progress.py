@@ -21,7 +21,8 @@ def console() -> Console:
 
 
 def batch_progress(out: Console | None = None, *, disable: bool = False) -> Progress:
-    """A transient bar per epoch; the epoch summary line is printed separately so logs keep it."""
+    """A transient bar on a terminal; elsewhere (logs, CI) nothing, as callers print summary lines themselves."""
+    out = out or _console
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -30,7 +31,7 @@ def batch_progress(out: Console | None = None, *, disable: bool = False) -> Prog
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
-        console=out or _console,
+        console=out,
         transient=True,
-        disable=disable,
+        disable=disable or not out.is_terminal,
     )
