@@ -106,3 +106,21 @@ def test_fold_bundle_seeds_a_fold_model_and_nothing_else(tmp_path):
 def test_pretrained_and_weights_together_are_refused(tmp_path):
     with pytest.raises(GraftError, match="not both"):
         create_model("resnet10t", 3, size=32, pretrained="imagenet", weights=str(tmp_path / "w.safetensors"))
+
+
+def test_a_bundle_as_weights_keeps_its_normalisation(tmp_path):
+    """A bundle seeding a new model: the fold uses the mean/std the bundle records, not timm's for the name."""
+    import json
+
+    from graft.bundle import Bundle
+
+    torch.manual_seed(3)
+    model, arch, spec, _ = create_model("resnet10t", 3, size=32)
+    Bundle(model, arch, spec, ["a", "b", "c"]).save(tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "graft.json").read_text())
+    meta["input"]["backbone_mean"], meta["input"]["backbone_std"] = [0.5, 0.5, 0.5], [0.25, 0.5, 1.0]
+    (tmp_path / "b" / "graft.json").write_text(json.dumps(meta))
+    folded, _, again, _ = create_model("resnet10t", 3, size=32, input_mode="fold", weights=str(tmp_path / "b"))
+    assert again.backbone_mean == (0.5, 0.5, 0.5) and again.backbone_std == (0.25, 0.5, 1.0)
+    gray, _ = fold_weights(model.backbone.conv1[0].weight, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
+    assert torch.allclose(folded.backbone.conv1[0].weight, gray)

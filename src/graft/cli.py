@@ -95,7 +95,9 @@ def train(
         str | None,
         typer.Option(help="Run directory for metrics, curves and report. [default: runs/<data>-<model>-<mode>-<time>]"),
     ] = None,
-    force: Annotated[bool | None, typer.Option("--force", help="Replace an existing output bundle.")] = None,
+    force: Annotated[
+        bool | None, typer.Option("--force", help="Replace an existing output bundle and run directory.")
+    ] = None,
     offline: Annotated[
         bool | None, typer.Option("--offline", help="Never download data; fail with the files to provide.")
     ] = None,
@@ -105,7 +107,7 @@ def train(
     \b
     Examples:
       graft train --data mnist --model resnet18 --input-mode fold --size 32 --epochs 1
-      graft train recipes/mnist.toml --epochs 5
+      graft train recipes/mnist-fold-32.toml --epochs 2
     """
     from graft.train import train as run_training
 

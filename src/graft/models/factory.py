@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import timm
@@ -166,9 +168,7 @@ def create_model(
     size2 = (size, size) if isinstance(size, int) else tuple(size)
     kwargs = _timm_kwargs(name, size2, timm_kwargs)
     arch = Architecture(name, num_classes, input_mode, head, kwargs)
-    cfg = timm.get_pretrained_cfg(name)
-    mean = tuple(cfg.mean) if cfg is not None else IMAGENET_DEFAULT_MEAN
-    std = tuple(cfg.std) if cfg is not None else IMAGENET_DEFAULT_STD
+    mean, std = backbone_normalisation(name, weights)
     replicate = input_mode == "replicate"
     spec = InputSpec(
         size=size2,
@@ -209,6 +209,20 @@ def create_model(
         if report is not None:
             report.initialised += [f"stem.{k}" for k in model.stem.state_dict() if "num_batches" not in k]
     return model, arch, spec, report
+
+
+def backbone_normalisation(name: str, weights: str | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean/std the backbone's weights expect: a bundle's own record, else timm's for the name."""
+    if weights and (Path(weights) / "graft.json").is_file():
+        try:
+            recorded = json.loads((Path(weights) / "graft.json").read_text())["input"]
+            return tuple(recorded["backbone_mean"]), tuple(recorded["backbone_std"])
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise GraftError(f"{weights}/graft.json is damaged ({first_line(error)})") from None
+    cfg = timm.get_pretrained_cfg(name)
+    if cfg is None:
+        return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    return tuple(cfg.mean), tuple(cfg.std)
 
 
 def _input_mode_of(state: dict[str, torch.Tensor]) -> InputMode:
