@@ -46,8 +46,11 @@ SOURCE_NAMES: tuple[str, ...] = (*IDX_DATASETS, "digits", "folder:PATH")
 
 
 def _find_local(root: Path, info: IdxDataset, filename: str) -> Path | None:
-    """The first existing copy of `filename` (or its un-gzipped twin) in the places people keep it."""
-    folders = [root / info.folder, root / info.torchvision_class.__name__ / "raw", root]
+    """The first existing copy of `filename` (or its un-gzipped twin) in graft's or torchvision's layout.
+
+    Never the bare root: MNIST and Fashion-MNIST share file names, so only a named folder says which is which.
+    """
+    folders = [root / info.folder, root / info.torchvision_class.__name__ / "raw"]
     for folder in folders:
         for name in (filename, filename.removesuffix(".gz")):
             if (folder / name).is_file():
