@@ -99,6 +99,8 @@ def test_predict_top_k_sums_and_orders(tmp_path):
         (lambda d: _edit_meta(d, version=99), "newer than this graft reads"),
         (lambda d: _edit_meta(d, architecture="resnet"), "damaged"),
         (lambda d: _edit_meta(d, input={"size": [8, 8]}), "damaged"),
+        (lambda d: _edit_meta(d, classes=["a"]), "1 class names for a 4-class model"),
+        (lambda d: _edit_meta(d, input={**_meta(d)["input"], "interpolation": "lanczos"}), "interpolation 'lanczos'"),
     ],
 )
 def test_damaged_bundles_give_one_line_errors(tmp_path, damage, message):
@@ -107,6 +109,17 @@ def test_damaged_bundles_give_one_line_errors(tmp_path, damage, message):
     with pytest.raises(GraftError, match=message) as caught:
         graft.load(tmp_path / "b")
     assert "\n" not in str(caught.value)
+
+
+def _meta(directory) -> dict:
+    return json.loads((directory / "graft.json").read_text())
+
+
+def test_missing_provenance_is_fine(tmp_path):
+    _bundle().save(tmp_path / "b")
+    _edit_meta(tmp_path / "b", provenance=None, metrics=None)
+    loaded = graft.load(tmp_path / "b")
+    assert loaded.provenance == {} and graft.info(loaded)["classes"] == ["a", "b", "c", "d"]
 
 
 def _edit_meta(directory, **changes) -> None:

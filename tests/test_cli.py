@@ -114,6 +114,16 @@ def _bad_image(tmp_path: Path) -> Path:
         (["train", "--data", "folder:/tmp/[/red]x[bold]"], "folder:/tmp/[/red]x[bold]"),
         (["train", "--batch-size", "1"], "batch_size"),
         (["eval", "/no/bundle", "--split", "some"], "unknown split 'some'"),
+        (["train", "--size", "abc"], "Invalid value for '--size'"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["predict", "x.png", "-k", "0"], "Invalid value for '--top-k'"),
+        (["info"], "Missing argument 'bundle'"),
+        (["train", "--lr", "inf"], "lr: Input should be a finite number"),
+        (["train", "--seed", "-1"], "seed: Input should be greater than or equal to 0"),
+        (["train", "--data", "folder:"], "folder: needs a path"),
+        (["train", "--valid-fraction", "0.0001"], "the valid split is empty"),
+        (["train", "--data", "mnist", "--data-root", ".", "--offline"], "downloads are off"),
+        (["train", "--output", "same", "--run-dir", "same"], "cannot be the run directory"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path, monkeypatch):
@@ -167,3 +177,38 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("graft: error: unknown data source 'nope'")
     assert "Traceback" not in proc.stderr
+
+
+def test_force_never_deletes_a_folder_that_is_not_a_bundle(tmp_path, capsys):
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.txt").write_text("years of work")
+    code, _, err = run(["train", "--output", str(precious), "--force", "--run-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and "not a graft bundle" in err
+    assert (precious / "chapter1.txt").read_text() == "years of work"
+
+
+def test_eval_rebuilds_the_valid_split_of_a_seeded_run(tmp_path):
+    """The valid split depends on the training seed; eval must rebuild the same one from the provenance."""
+    result = graft.train(
+        data="digits", model="resnet10t", size=16, epochs=1, seed=3, resize="crop", run_dir=str(tmp_path / "r")
+    )
+    assert result.bundle.spec.resize == "crop"
+    assert graft.load(result.bundle.path).spec.resize == "crop"
+    again = graft.evaluate(result.bundle.path, split="valid")
+    assert again.accuracy == result.bundle.metrics["valid_acc"]
+    assert len(again.labels) == result.bundle.provenance["data"]["valid"]
+
+
+def test_force_rerun_without_weights_drops_the_old_transfer_report(tmp_path):
+    from safetensors.torch import save_file
+
+    from graft.models import create_model
+
+    model, *_ = create_model("resnet10t", 10, size=16)
+    save_file(model.backbone.state_dict(), str(tmp_path / "w.safetensors"))
+    settings = {"data": "digits", "model": "resnet10t", "size": 16, "epochs": 1, "max_train": 64}
+    graft.train(**settings, weights=str(tmp_path / "w.safetensors"), run_dir=str(tmp_path / "r"))
+    assert (tmp_path / "r" / "transfer.json").is_file()
+    graft.train(**settings, run_dir=str(tmp_path / "r"), force=True)
+    assert not (tmp_path / "r" / "transfer.json").exists()

@@ -39,6 +39,9 @@ def test_train_table_and_relative_paths(tmp_path):
         ('input_mode = "magic"\n', "input_mode: Input should be"),
         ("lr = [1, 2]\n", "lr: Input should be a valid number"),
         ("epochs = \n", "not valid TOML"),
+        ('size = "16"\n', "size: Input should be a valid integer"),
+        ("epochs = 1.0\n", "epochs: Input should be a valid integer"),
+        ('[train]\nepochs = 1\n[eval]\nsplit = "test"\n', "put every setting in it"),
     ],
 )
 def test_bad_recipes_are_named(tmp_path, text, message):
@@ -64,3 +67,9 @@ def test_schedules_start_low_peak_and_end_near_zero():
         assert factors[-1] < 0.01 and factors == sorted(factors[:warmup]) + factors[warmup:]
     assert lr_factor(0, 1, 0, "onecycle") == 1.0, "a single step runs at the peak"
     assert all(lr_factor(s, total, warmup, "constant") == 1.0 for s in range(warmup, total))
+
+
+def test_recipe_offline_key_means_no_download(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("offline = true\n")
+    assert make_config(recipe).download is False

@@ -54,4 +54,5 @@ def test_eval_finds_a_relative_folder_from_elsewhere(tmp_path, monkeypatch):
     result = graft.train(data="folder:photos", model="resnet10t", size=16, epochs=1, batch_size=4, workers=0)
     assert result.bundle.provenance["data"]["source"] == f"folder:{(tmp_path / 'photos').resolve()}"
     monkeypatch.chdir("/")
-    assert graft.evaluate(result.bundle.path if result.bundle.path.is_absolute() else tmp_path / result.bundle.path)
+    bundle_path = tmp_path / result.bundle.path  # the run was written relative to tmp_path
+    assert graft.evaluate(bundle_path).accuracy == result.bundle.metrics["test_acc"]

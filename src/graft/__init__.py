@@ -9,8 +9,7 @@ The Python API mirrors the CLI:
     graft.evaluate(bundle, data="digits")
 """
 
-__version__ = "0.1.0"
-
+from graft._version import __version__
 from graft.api import evaluate, info
 from graft.bundle import Bundle, Prediction, load
 from graft.errors import GraftError

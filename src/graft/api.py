@@ -27,6 +27,7 @@ def evaluate(
     data_root: str | Path | None = None,
     output: str | Path | None = None,
     batch_size: int = 256,
+    download: bool = True,
     console: Console | None = None,
 ) -> EvalResult:
     """Evaluate a bundle on a split of a data source (default: the source it was trained on, test split).
@@ -42,13 +43,14 @@ def evaluate(
         raise GraftError("this bundle does not record its data source; pass --data")
     root = data_root or recorded.get("data_root")
     if split == "all":
-        images = load_everything(data, root)
+        images = load_everything(data, root, download=download)
     else:
         splits = load_splits(
             data,
             root,
             valid_fraction=float(recorded.get("valid_fraction", 0.2)),
             seed=int(recorded.get("split_seed", 0)),
+            download=download,
         )
         images = getattr(splits, split)
     mapping = class_map(images.classes, bundle.classes)

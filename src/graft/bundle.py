@@ -67,8 +67,13 @@ class Bundle:
         }
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the bundle atomically; an existing bundle is only replaced with `overwrite=True`."""
+        """Write the bundle atomically; an existing bundle is only replaced with `overwrite=True`.
+
+        Even then, only a bundle or an empty directory is replaced: `--force` must never delete someone's folder.
+        """
         path = Path(path)
+        if overwrite:
+            check_replaceable(path)
         try:
             with atomic_directory(path, overwrite=overwrite) as tmp:
                 state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
@@ -120,6 +125,20 @@ def _check_array(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def check_replaceable(path: Path) -> None:
+    """Refuse to replace anything but an existing bundle or an empty directory."""
+    if not path.exists():
+        return
+    if path.is_dir() and not any(path.iterdir()):
+        return
+    try:
+        is_bundle = json.loads((path / META_FILE).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_bundle = False
+    if not is_bundle:
+        raise GraftError(f"{path} exists and is not a graft bundle; refusing to replace it, even with --force")
+
+
 def load(path: str | Path) -> Bundle:
     """Read a bundle directory; every way it can be broken is a one-line GraftError."""
     path = Path(path)
@@ -141,6 +160,9 @@ def load(path: str | Path) -> Bundle:
         arch = Architecture.from_dict(meta["architecture"])
         spec = InputSpec.from_dict(meta["input"])
         classes = [str(c) for c in meta["classes"]]
+        spec.validate()
+        if len(classes) != arch.num_classes:
+            raise ValueError(f"{len(classes)} class names for a {arch.num_classes}-class model")
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise GraftError(f"{meta_path} is damaged ({type(error).__name__}: {first_line(error)})") from None
     model = build_model(arch, spec)
@@ -150,4 +172,4 @@ def load(path: str | Path) -> Bundle:
     except Exception as error:
         raise GraftError(f"{weights_path} does not fit the architecture in {META_FILE}: {first_line(error)}") from None
     model.eval()
-    return Bundle(model, arch, spec, classes, meta.get("metrics", {}), meta.get("provenance", {}), path)
+    return Bundle(model, arch, spec, classes, meta.get("metrics") or {}, meta.get("provenance") or {}, path)

@@ -27,12 +27,6 @@ app = typer.Typer(
 )
 
 
-def _field_help(name: str) -> str:
-    from graft.train.config import TrainConfig
-
-    return TrainConfig.model_fields[name].description or ""
-
-
 @app.command()
 def train(
     recipe: Annotated[
@@ -136,6 +130,8 @@ def eval_command(
             help="Directory for eval.json, confusion.png, misclassified.png.\n[default: runs/eval-BUNDLE-DATA-SPLIT]",
         ),
     ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 256,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download data.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
 ) -> None:
     """Loss, accuracy, per-class precision/recall, confusion matrix and misclassified examples."""
@@ -151,7 +147,16 @@ def eval_command(
     # Bundles written by `graft train` are RUN_DIR/bundle: name the output after the run, not "bundle".
     label = bundle.resolve().parent.name if bundle.resolve().name == "bundle" else bundle.resolve().name
     out_dir = output or Path("runs") / f"eval-{label}-{name}-{split}"
-    result = evaluate(loaded, data, split=split, data_root=data_root, output=out_dir, console=console())  # type: ignore[arg-type]
+    result = evaluate(
+        loaded,
+        data,
+        split=split,  # type: ignore[arg-type]
+        data_root=data_root,
+        output=out_dir,
+        batch_size=batch_size,
+        download=not offline,
+        console=console(),
+    )
     if as_json:
         print(json.dumps({**result.to_dict(), "output": str(out_dir)}, indent=2))
         return
@@ -242,16 +247,23 @@ def _fmt(value: object) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: GraftError and OS errors (permissions, disk full) → one line on stderr, exit 2."""
+    """Entry point: usage mistakes, GraftError and OS errors (permissions, disk full) → one line on stderr, exit 2."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, prog_name="graft")
+        code = app(args=args or ["--help"], prog_name="graft", standalone_mode=False)
+    except typer.Abort:
+        console().print("graft: interrupted", markup=False)
+        sys.exit(130)
+    except typer.TyperException as error:  # unknown command or option, wrong type, missing argument
+        _fail(error.format_message() if hasattr(error, "format_message") else str(error))
     except GraftError as error:
         _fail(str(error))
     except OSError as error:
         where = f": {error.filename}" if error.filename else ""
         _fail(f"{error.strerror or first_line(error)}{where}")
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _fail(message: str) -> None:
-    console().print(f"[red]graft: error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    console().print(f"[red]graft: error:[/red] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
     sys.exit(2)

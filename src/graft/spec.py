@@ -13,6 +13,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 InputMode = Literal["replicate", "stem", "fold"]
 ResizeRule = Literal["stretch", "crop"]
 INPUT_MODES: tuple[str, ...] = ("replicate", "stem", "fold")
+INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic", "nearest")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,21 @@ class InputSpec:
     resize: ResizeRule = "stretch"
     backbone_mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN  # what the backbone was trained on
     backbone_std: tuple[float, ...] = IMAGENET_DEFAULT_STD
+
+    def validate(self) -> None:
+        """ValueError unless every field holds a value graft can act on (specs are read from hand-editable JSON)."""
+        allowed = {
+            "mode": INPUT_MODES,
+            "interpolation": ("bilinear", "bicubic", "nearest"),
+            "resize": ("stretch", "crop"),
+        }
+        for key, values in allowed.items():
+            if getattr(self, key) not in values:
+                raise ValueError(f"input {key} {getattr(self, key)!r} is not one of {', '.join(values)}")
+        if len(self.size) != 2 or min(self.size) < 1 or self.channels < 1:
+            raise ValueError(f"input size {self.size} / channels {self.channels} make no image")
+        if len(self.mean) != self.channels or len(self.std) != self.channels or 0 in self.std:
+            raise ValueError("input mean/std need one non-zero value per channel")
 
     def to_dict(self) -> dict:
         return asdict(self)

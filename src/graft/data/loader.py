@@ -33,16 +33,19 @@ class _Batches(Dataset):
             return error
 
 
+def _batch_starts(n: int, batch_size: int, drop_last: bool) -> range:
+    return range(0, n - n % batch_size if drop_last and n >= batch_size else n, batch_size)
+
+
 def count_batches(n: int, batch_size: int, *, drop_last: bool = False) -> int:
     """How many batches `batch_order` makes: the one place the training schedule and the loop agree on."""
-    return len(range(0, n - n % batch_size if drop_last and n >= batch_size else n, batch_size))
+    return len(_batch_starts(n, batch_size, drop_last))
 
 
 def batch_order(n: int, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False) -> list[np.ndarray]:
     """Positions of each batch; shuffled with a seed so that a run can be replayed exactly."""
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-    stop = n - n % batch_size if drop_last and n >= batch_size else n
-    return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
+    return [order[i : i + batch_size] for i in _batch_starts(n, batch_size, drop_last)]
 
 
 def iter_batches(

@@ -124,7 +124,10 @@ def _hold_out(pool: ImageSet) -> tuple[ImageSet, ImageSet]:
 def normalise_source(source: str) -> str:
     """`folder:` sources as absolute paths, so a bundle's provenance still finds them from another directory."""
     if source.startswith("folder:"):
-        return f"folder:{Path(source.removeprefix('folder:')).expanduser().resolve()}"
+        folder = source.removeprefix("folder:")
+        if not folder.strip():
+            raise GraftError("folder: needs a path, e.g. folder:~/photos (one sub-folder per class)")
+        return f"folder:{Path(folder).expanduser().resolve()}"
     return source
 
 
@@ -159,7 +162,7 @@ def load_source(
 ) -> tuple[ImageSet, ImageSet]:
     """A source's (train pool, test set) by name; see SOURCE_NAMES."""
     if source.startswith("folder:"):
-        return load_folder_source(source.removeprefix("folder:"), report)
+        return load_folder_source(normalise_source(source).removeprefix("folder:"), report)
     if source in IDX_DATASETS:
         return load_idx_source(source, data_root(root), download)
     if source == "digits":

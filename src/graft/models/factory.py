@@ -215,8 +215,8 @@ def backbone_normalisation(name: str, weights: str | None = None) -> tuple[tuple
     """The per-channel mean/std the backbone's weights expect: a bundle's own record, else timm's for the name."""
     if weights and (Path(weights) / "graft.json").is_file():
         try:
-            recorded = json.loads((Path(weights) / "graft.json").read_text())["input"]
-            return tuple(recorded["backbone_mean"]), tuple(recorded["backbone_std"])
+            recorded = InputSpec.from_dict(json.loads((Path(weights) / "graft.json").read_text())["input"])
+            return recorded.backbone_mean, recorded.backbone_std
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise GraftError(f"{weights}/graft.json is damaged ({first_line(error)})") from None
     cfg = timm.get_pretrained_cfg(name)

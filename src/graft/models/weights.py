@@ -12,7 +12,7 @@ import torch
 from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
-from graft.errors import GraftError, first_line
+from graft.errors import GraftError
 
 
 @dataclass
@@ -27,10 +27,6 @@ class TransferReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TransferReport:
-        return cls(**data)
 
     def summary(self) -> str:
         return (
@@ -63,8 +59,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise GraftError(f"cannot read weights from {path}: {first_line(error)}") from None
+    except Exception:
+        raise GraftError(
+            f"cannot read weights from {path}: not a safetensors file or a PyTorch state dict of tensors "
+            "(graft never unpickles code)"
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

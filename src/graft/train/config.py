@@ -18,7 +18,7 @@ from graft.spec import InputMode
 class TrainConfig(BaseModel):
     """Everything `graft train` needs; every field can come from a recipe or a flag of the same name."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     data: str = Field("digits", description="data source: mnist, fashion-mnist, kmnist, digits or folder:PATH")
     data_root: str | None = Field(None, description="where data sets are looked for (default $GRAFT_DATA or cache)")
@@ -37,10 +37,10 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.05, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov when > 0)")
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    warmup_epochs: float = Field(0.3, ge=0)
+    warmup_epochs: float = Field(0.3, ge=0, le=1000)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     valid_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
     workers: int = Field(2, ge=0, description="decoding processes for folder data")
     max_train: int | None = Field(None, ge=1, description="use only this many training images (quick trials)")
@@ -74,9 +74,14 @@ def read_recipe(path: str | Path) -> dict:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise GraftError(f"{path} is not valid TOML: {error}") from None
-    if set(data) == {"train"} and isinstance(data["train"], dict):
+    if isinstance(data.get("train"), dict):
+        others = [key for key in data if key != "train"]
+        if others:
+            raise GraftError(f"{path}: with a [train] table, put every setting in it (found {', '.join(others)})")
         data = data["train"]
     settings = {key.replace("-", "_"): value for key, value in data.items()}
+    if isinstance(settings.get("offline"), bool):  # the flag's name, as the README promises recipe keys = flags
+        settings["download"] = not settings.pop("offline")
     # Relative paths in a recipe are relative to the recipe, so recipes work from any directory.
     for key in ("weights", "output", "run_dir", "data_root"):
         if isinstance(settings.get(key), str) and not Path(settings[key]).expanduser().is_absolute():

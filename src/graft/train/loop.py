@@ -8,6 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from rich.console import Console
 from torch import nn
 
 from graft._version import __version__
-from graft.bundle import Bundle
+from graft.bundle import Bundle, check_replaceable
 from graft.data.base import ImageSet, Splits
 from graft.data.loader import count_batches, iter_batches
 from graft.data.preprocess import to_model_input
@@ -72,10 +73,7 @@ def train(
     out = console or default_console()
     run_dir = _run_dir(config)
     bundle_dir = Path(config.output) if config.output else run_dir / "bundle"
-    # Checked now as well as at save time, so a mistake costs seconds rather than a whole training run.
-    for existing in (bundle_dir, run_dir / "metrics.jsonl"):
-        if existing.exists() and not config.force:
-            raise GraftError(f"{existing} already exists; choose another --output/--run-dir or pass --force")
+    _check_outputs(bundle_dir, run_dir, config.force)
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     _seed_everything(config.seed)
 
@@ -104,17 +102,22 @@ def train(
     atomic_write_json(run_dir / "config.json", config.model_dump())
     if report is not None:
         atomic_write_json(run_dir / "transfer.json", report.to_dict())
+    else:
+        (run_dir / "transfer.json").unlink(missing_ok=True)  # a --force re-run must not keep an old report
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.write_text("")
 
     steps = count_batches(len(train_set), config.batch_size, drop_last=_drop_last(train_set, config))
     optimizer = make_optimizer(model, config)
     schedule = make_schedule(optimizer, config, steps)
+    evaluate = partial(
+        evaluate_model, model, spec, classes=classes, batch_size=config.batch_size, workers=config.workers, console=out
+    )
     history: list[dict] = []
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        record = _train_epoch(model, spec, train_set, optimizer, schedule, config, epoch, out)
-        valid = evaluate_model(model, spec, splits.valid, classes=classes, workers=config.workers, console=out)
+        record = _train_epoch(model, spec, train_set, optimizer, schedule, steps, config, epoch, out)
+        valid = evaluate(splits.valid)
         record.update(valid_loss=valid.loss, valid_acc=valid.accuracy)
         history.append(record)
         with metrics_path.open("a") as handle:
@@ -126,7 +129,7 @@ def train(
         )
         _plot_curves(history, run_dir, config)
 
-    test = evaluate_model(model, spec, splits.test, classes=classes, workers=config.workers, console=out)
+    test = evaluate(splits.test)
     out.print(f"test: loss {test.loss:.4f}  accuracy {test.accuracy:.2%} on {len(splits.test)} images")
     final = _final_metrics(history, test, time.perf_counter() - started)
     provenance = _provenance(config, splits, train_set, report, run_dir)
@@ -136,6 +139,20 @@ def train(
     _write_report(run_dir, config, final, history, report, eval_files, bundle_dir)
     out.print(f"bundle: {bundle_dir}   run: {run_dir} (report.html, curves.png, metrics.jsonl)")
     return TrainResult(bundle, run_dir, history)
+
+
+def _check_outputs(bundle_dir: Path, run_dir: Path, force: bool) -> None:
+    """Checked before training as well as at save time, so a mistake costs seconds rather than a whole run."""
+    bundle, run = bundle_dir.resolve(), run_dir.resolve()
+    if bundle == run or run.is_relative_to(bundle):
+        raise GraftError(
+            f"the bundle ({bundle_dir}) cannot be the run directory or contain it; choose another --output"
+        )
+    for existing in (bundle_dir, run_dir / "metrics.jsonl"):
+        if existing.exists() and not force:
+            raise GraftError(f"{existing} already exists; choose another --output/--run-dir or pass --force")
+    if force:
+        check_replaceable(bundle_dir)
 
 
 def _load_data(config: TrainConfig, out: Console) -> tuple[Splits, ImageSet]:
@@ -154,6 +171,9 @@ def _load_data(config: TrainConfig, out: Console) -> tuple[Splits, ImageSet]:
         train_set = train_set.subset(keep)
     if len(train_set) < 2:
         raise GraftError(f"{config.data}: {len(train_set)} training image(s) after the split; need at least 2")
+    for name, part in (("valid", splits.valid), ("test", splits.test)):
+        if len(part) == 0:
+            raise GraftError(f"{config.data}: the {name} split is empty; use more images or another --valid-fraction")
     return splits, train_set
 
 
@@ -207,6 +227,7 @@ def _train_epoch(
     train_set: ImageSet,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
+    steps: int,
     config: TrainConfig,
     epoch: int,
     out: Console,
@@ -224,7 +245,6 @@ def _train_epoch(
         drop_last=_drop_last(train_set, config),
         workers=config.workers,
     )
-    steps = count_batches(len(train_set), config.batch_size, drop_last=_drop_last(train_set, config))
     with batch_progress(out) as progress:
         task = progress.add_task(f"epoch {epoch}/{config.epochs}", total=steps, stats="")
         for images, labels in batches:
