@@ -286,6 +286,11 @@ def _plot_curves(history: list[dict], run_dir: Path, config: TrainConfig) -> Non
     )
 
 
+def _short(value: object) -> object:
+    """Four significant digits: enough to read a table, and what the figures show anyway."""
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
 def _write_report(
     run_dir: Path,
     config: TrainConfig,
@@ -309,7 +314,8 @@ def _write_report(
         "train images/s": f"{final['train_images_per_s']:.0f}",
         "time": f"{final['train_seconds']:.0f} s",
     }
-    sections: list[tuple[str, object]] = [("Epochs", history), ("Settings", config.model_dump())]
+    epochs = [{key: _short(value) for key, value in record.items()} for record in history]
+    sections: list[tuple[str, object]] = [("Epochs", epochs), ("Settings", config.model_dump())]
     if report is not None:
         sections.append(("Weight transfer", "\n".join(report.lines(limit=50))))
     images = [
