@@ -145,7 +145,8 @@ def eval_command(
     source = data or loaded.provenance.get("data", {}).get("source") or "data"
     name = source_label(source)
     # Bundles written by `graft train` are RUN_DIR/bundle: name the output after the run, not "bundle".
-    label = bundle.resolve().parent.name if bundle.resolve().name == "bundle" else bundle.resolve().name
+    resolved = bundle.resolve()
+    label = resolved.parent.name if resolved.name == "bundle" else resolved.name
     out_dir = output or Path("runs") / f"eval-{label}-{name}-{split}"
     result = evaluate(
         loaded,

@@ -40,7 +40,7 @@ class InputSpec:
         """ValueError unless every field holds a value graft can act on (specs are read from hand-editable JSON)."""
         allowed = {
             "mode": INPUT_MODES,
-            "interpolation": ("bilinear", "bicubic", "nearest"),
+            "interpolation": INTERPOLATIONS,
             "resize": ("stretch", "crop"),
         }
         for key, values in allowed.items():

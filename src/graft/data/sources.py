@@ -194,7 +194,7 @@ def load_everything(
     if source.startswith("folder:"):
         from graft.data.folder import concat_files
 
-        scan = _scan(source.removeprefix("folder:"), report)
+        scan = _scan(normalise_source(source).removeprefix("folder:"), report)
         return scan.train if scan.test is None else concat_files(scan.train, scan.test, scan.train.name)
     pool, test = load_source(source, root, download=download, report=report)
     if not (isinstance(pool, ArrayImages) and isinstance(test, ArrayImages)):
