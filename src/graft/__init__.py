@@ -7,22 +7,26 @@ The Python API mirrors the CLI:
     bundle = graft.load(result.bundle.path)
     bundle.predict("photo.png", top_k=3)
     graft.evaluate(bundle, data="digits")
+    graft.surgery(bundle, "bundle-rgb", channels=3, size=64)   # certified model changes
 """
 
 from graft._version import __version__
 from graft.api import evaluate, info
 from graft.bundle import Bundle, Prediction, load
 from graft.errors import GraftError
+from graft.surgery import SurgeryResult, surgery
 from graft.train import TrainConfig, train
 
 __all__ = [
     "Bundle",
     "GraftError",
     "Prediction",
+    "SurgeryResult",
     "TrainConfig",
     "__version__",
     "evaluate",
     "info",
     "load",
+    "surgery",
     "train",
 ]

@@ -74,3 +74,28 @@ def info(bundle: Bundle | str | Path) -> dict:
     meta = bundle.metadata()
     meta["path"] = str(bundle.path) if bundle.path else None
     return meta
+
+
+def layer_table(bundle: Bundle | str | Path) -> list[tuple[str, str, str]]:
+    """(name, type, output shape) of every layer that runs, in order: the names surgery takes."""
+    import torch
+
+    bundle = _bundle(bundle)
+    rows: list[tuple[str, str, str]] = []
+    handles = []
+    for name, module in bundle.model.named_modules():
+        if not name:
+            continue
+
+        def record(_module, _inputs, output, name=name, kind=type(module).__name__):
+            shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else "—"
+            rows.append((name.removeprefix("backbone."), kind, str(shape)))
+
+        handles.append(module.register_forward_hook(record))
+    try:
+        with torch.no_grad():
+            bundle.model.eval()(torch.zeros(1, bundle.spec.channels, *bundle.spec.size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return rows

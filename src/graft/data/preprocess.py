@@ -63,10 +63,23 @@ def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 
 def to_model_input(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     """uint8 images (N, C, H, W) at any size → normalised float32 (N, spec.channels, *spec.size)."""
+    return normalise(to_unit_float(images, spec), spec)
+
+
+def to_unit_float(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """uint8 images (N, C, H, W) → float32 pixels in [0, 1] at `spec.size`, channels untouched."""
     if images.dtype != torch.uint8:
         raise TypeError(f"expected uint8 images, got {images.dtype}")
-    x = resize_uint8(images, spec).float().div_(255.0)
-    x = convert_channels(x, spec.channels)
+    return resize_uint8(images, spec).float().div_(255.0)
+
+
+def normalise(pixels: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """Float pixels in [0, 1] at the spec's size → the model's channel count, normalised by the spec's mean/std.
+
+    Split from `to_model_input` so model surgery can certify on exact float images (e.g. a colour image's
+    luminance) without rounding them back to uint8.
+    """
+    x = convert_channels(pixels, spec.channels)
     mean = torch.tensor(spec.mean, dtype=x.dtype).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - mean) / std

@@ -19,7 +19,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from graft.errors import GraftError, first_line
-from graft.models.input_modes import FlattenHead, GrayStem, apply_fold, find_first_conv
+from graft.models.edits import apply_edits
+from graft.models.input_modes import FlattenHead, GrayStem, apply_fold, find_first_conv, set_input_channels
 from graft.models.weights import TransferReport, read_state_dict, transfer_weights
 from graft.spec import INPUT_MODES, InputMode, InputSpec
 
@@ -36,6 +37,7 @@ class Architecture:
     input_mode: InputMode = "replicate"
     head: HeadKind = "pool"
     timm_kwargs: dict = field(default_factory=dict)
+    edits: list[dict] = field(default_factory=list)  # structural surgery, replayed in order (models/edits.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +67,19 @@ class GraftModel(nn.Module):
         if self.head is None:
             return self.backbone(x)
         return self.head(self.backbone.forward_features(x))
+
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The features the classifier reads (one vector per image): for imprinting new classes."""
+        if self.stem is not None:
+            x = self.stem(x)
+        features = self.backbone.forward_features(x)
+        if self.head is None:
+            return self.backbone.forward_head(features, pre_logits=True)
+        return torch.flatten(features, 1)
+
+    def classifier(self) -> nn.Module:
+        """The layer that turns pre-logit features into class scores."""
+        return self.head.fc if self.head is not None else self.backbone.get_classifier()
 
 
 def check_model_name(name: str) -> None:
@@ -99,6 +114,17 @@ def _forward_features_shape(backbone: nn.Module, stem: nn.Module | None, spec: I
     return out.shape
 
 
+def _input_layer(backbone: nn.Module, mode: str, channels: int) -> nn.Module | None:
+    """Shape the layer that sees the image for the input mode and channel count; returns the stem if any."""
+    if mode == "fold":
+        apply_fold(backbone, in_channels=channels)
+    elif mode == "stem":
+        return GrayStem(in_channels=channels)
+    elif channels != 3:
+        set_input_channels(backbone, channels)
+    return None
+
+
 def _minimum_size(attempt: Callable[[int], object]) -> int | None:
     """The smallest probe size at which `attempt(size)` runs, if any."""
     for size in _PROBE_SIZES:
@@ -117,9 +143,9 @@ def build_model(arch: Architecture, spec: InputSpec) -> GraftModel:
         raise GraftError(f"unknown input mode {arch.input_mode!r}; choose one of {', '.join(INPUT_MODES)}")
     flatten = arch.head == "flatten"
     backbone = _create_backbone(arch.timm_name, 0 if flatten else arch.num_classes, arch.timm_kwargs)
-    stem = GrayStem() if arch.input_mode == "stem" else None
-    if arch.input_mode == "fold":
-        apply_fold(backbone)
+    stem = _input_layer(backbone, arch.input_mode, spec.channels)
+    if arch.edits:
+        apply_edits(GraftModel(backbone, stem), arch.edits)
     try:
         shape = _forward_features_shape(backbone, stem, spec, flatten)
     except (RuntimeError, ValueError, AssertionError):

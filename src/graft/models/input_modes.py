@@ -47,11 +47,11 @@ class FoldedConv2d(nn.Conv2d):
     the padding: the offset carries −Σ_c W_c·mean_c/std_c only where the original conv saw real pixels.
     """
 
-    def __init__(self, conv: nn.Conv2d) -> None:
+    def __init__(self, conv: nn.Conv2d, in_channels: int = 1) -> None:
         if conv.groups != 1:
             raise GraftError("cannot fold a grouped first conv")
         super().__init__(
-            1,
+            in_channels,
             conv.out_channels,
             conv.kernel_size,
             conv.stride,
@@ -62,7 +62,7 @@ class FoldedConv2d(nn.Conv2d):
             conv.padding_mode,
         )
         self.same_padding = isinstance(conv, Conv2dSame)
-        self.offset = nn.Parameter(torch.zeros_like(self.weight))
+        self.offset = nn.Parameter(torch.zeros_like(self.weight[:, :1]))
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         if self.same_padding:
@@ -86,16 +86,22 @@ def fold_weights(
     return gray, offset
 
 
-def apply_fold(model: nn.Module, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> str:
+def apply_fold(
+    model: nn.Module,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    *,
+    in_channels: int = 1,
+) -> str:
     """Swap the first conv for a `FoldedConv2d`; with mean/std, fold the current RGB weights into it.
 
-    Without mean/std only the structure changes (used when rebuilding a saved model before loading weights).
-    Returns the conv's name.
+    Without mean/std only the structure changes (used when rebuilding a saved model before loading weights;
+    `in_channels` is then the bundle's channel count, which model surgery may have changed). Returns the name.
     """
     name, conv = find_first_conv(model)
     if conv.in_channels != 3:
         raise GraftError(f"fold needs a 3-channel first conv, {name} takes {conv.in_channels}")
-    folded = FoldedConv2d(conv)
+    folded = FoldedConv2d(conv, in_channels)
     if mean is not None and std is not None:
         with torch.no_grad():
             gray, offset = fold_weights(conv.weight, mean, std)
@@ -107,12 +113,25 @@ def apply_fold(model: nn.Module, mean: tuple[float, ...] | None = None, std: tup
     return name
 
 
-class GrayStem(nn.Sequential):
-    """The reference approach B: Conv3×3(1→3) + BatchNorm + ReLU in front of an RGB backbone."""
+def set_input_channels(model: nn.Module, channels: int) -> str:
+    """Give the first conv `channels` inputs (structure only; fresh weights). Returns its name."""
+    name, conv = find_first_conv(model)
+    if conv.in_channels != channels:
+        conv.in_channels = channels
+        shape = (conv.out_channels, channels // conv.groups, *conv.kernel_size)
+        conv.weight = nn.Parameter(torch.zeros(shape, dtype=conv.weight.dtype))
+    return name
 
-    def __init__(self, out_channels: int = 3) -> None:
+
+class GrayStem(nn.Sequential):
+    """The reference approach B: Conv3×3(1→3) + BatchNorm + ReLU in front of an RGB backbone.
+
+    `in_channels` is 1 when trained; model surgery can change it (e.g. to 3 to take colour images).
+    """
+
+    def __init__(self, out_channels: int = 3, in_channels: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(1, out_channels, 3, padding=1, bias=False)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
         self.act = nn.ReLU(inplace=False)
 

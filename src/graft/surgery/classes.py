@@ -1,0 +1,124 @@
+"""Changing a trained model's class list by name: kept classes keep their classifier rows exactly.
+
+New classes are *imprinted* when examples are given (Qi et al., 2018: the normalised mean feature of their
+images, scaled to the typical norm of the existing rows, with the mean existing bias), else start at zero
+(their logit is 0 until fine-tuning). Removed classes' rows are dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from graft.bundle import Bundle
+from graft.data.base import ImageSet
+from graft.data.preprocess import to_model_input
+from graft.errors import GraftError
+from graft.models.factory import GraftModel, build_model
+from graft.surgery.certificate import Views
+
+
+def resolve_classes(
+    current: list[str], classes: list[str] | None = None, add: list[str] | None = None, drop: list[str] | None = None
+) -> list[str]:
+    """The new class list from a full list, or from additions and removals."""
+    if classes is not None and (add or drop):
+        raise GraftError("give either the full new class list or classes to add/drop, not both")
+    if classes is None:
+        unknown = [c for c in drop or [] if c not in current]
+        if unknown:
+            raise GraftError(f"cannot drop {', '.join(unknown)}: the model has no such class")
+        existing = [c for c in add or [] if c in current]
+        if existing:
+            raise GraftError(f"cannot add {', '.join(existing)}: the model already has it")
+        classes = [c for c in current if c not in (drop or [])] + list(add or [])
+    classes = [c.strip() for c in classes]
+    duplicates = sorted({c for c in classes if classes.count(c) > 1})
+    if duplicates or "" in classes:
+        raise GraftError(f"class names must be unique and non-empty (repeated: {', '.join(duplicates) or '«empty»'})")
+    if not any(c in current for c in classes):
+        raise GraftError("the new class list keeps none of the model's classes; train a new model instead")
+    if len(classes) < 2:
+        raise GraftError("a classifier needs at least two classes")
+    return classes
+
+
+def _classifier_keys(model: GraftModel) -> tuple[str, str | None]:
+    layer = model.classifier()
+    name = next(n for n, m in model.named_modules() if m is layer)
+    return f"{name}.weight", f"{name}.bias" if getattr(layer, "bias", None) is not None else None
+
+
+def change_classes(
+    bundle: Bundle, classes: list[str], *, imprint: ImageSet | None = None, per_class: int = 256
+) -> tuple[Bundle, Views, dict]:
+    old_classes = bundle.classes
+    if classes == old_classes:
+        raise GraftError("the class list is unchanged")
+    new_arch = dataclasses.replace(bundle.architecture, num_classes=len(classes))
+    model = build_model(new_arch, bundle.spec)
+    own, state = model.state_dict(), bundle.model.state_dict()
+    keep = [(old_classes.index(c), i) for i, c in enumerate(classes) if c in old_classes]
+    added = [i for i, c in enumerate(classes) if c not in old_classes]
+    for key, value in state.items():
+        if own[key].shape == value.shape:
+            continue
+        if value.shape[0] != len(old_classes) or own[key].shape[1:] != value.shape[1:]:
+            raise GraftError(f"{key} changes shape with the class count in a way graft cannot map ({value.shape})")
+        rows = torch.zeros_like(own[key])
+        for old_i, new_i in keep:
+            rows[new_i] = value[old_i]
+        state[key] = rows
+    weight_key, bias_key = _classifier_keys(model)
+    imprinted: list[str] = []
+    if imprint is not None and added:
+        imprinted = _imprint(bundle, state, weight_key, bias_key, classes, added, keep, imprint, per_class)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    new = dataclasses.replace(bundle, model=model, architecture=new_arch, classes=list(classes), path=None)
+    details = {
+        "kept": [old_classes[o] for o, _ in keep],
+        "removed": [c for c in old_classes if c not in classes],
+        "added": [classes[i] for i in added],
+        "imprinted": imprinted,
+        "zero_initialised": [classes[i] for i in added if classes[i] not in imprinted],
+        "claim": "exact on the kept classes",
+    }
+    return new, Views(note="logits of the classes both models have"), details
+
+
+def _imprint(
+    bundle: Bundle,
+    state: dict[str, torch.Tensor],
+    weight_key: str,
+    bias_key: str | None,
+    classes: list[str],
+    added: list[int],
+    keep: list[tuple[int, int]],
+    images: ImageSet,
+    per_class: int,
+) -> list[str]:
+    weight = state[weight_key]
+    kept_rows = weight[[n for _, n in keep]].flatten(1)
+    target_norm = kept_rows.norm(dim=1).mean()
+    labels = images.labels
+    done = []
+    bundle.model.eval()
+    for i in added:
+        name = classes[i]
+        if name not in images.classes:
+            continue
+        positions = np.flatnonzero(labels == images.classes.index(name))[:per_class]
+        if len(positions) == 0:
+            continue
+        with torch.no_grad():
+            features = bundle.model.pre_logits(to_model_input(images.batch(positions, bundle.spec), bundle.spec))
+        features = torch.nn.functional.normalize(features.flatten(1).double(), dim=1).mean(0)
+        row = torch.nn.functional.normalize(features, dim=0) * target_norm
+        state[weight_key][i] = row.reshape(weight.shape[1:]).to(weight.dtype)
+        if bias_key is not None:
+            state[bias_key][i] = state[bias_key][[n for _, n in keep]].mean()
+        done.append(name)
+    return done

@@ -1,0 +1,127 @@
+"""Changing a trained model's input size, and re-estimating BatchNorm statistics for the new images.
+
+- Convolutional backbones with global pooling keep every weight: only the input spec changes.
+- `flatten` heads read a feature map whose size follows the input: their weight grid (classes × C × h × w) is
+  resampled to the new h′ × w′ and scaled by (h·w)/(h′·w′), so that an upsampled image, whose feature map is
+  roughly the upsampled old one, gives roughly the old logits.
+- ViT-style models get their absolute position embeddings resampled (timm's `resample_abs_pos_embed`).
+Other size-dependent tensors (e.g. relative position tables) are refused by name rather than guessed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+from graft.bundle import Bundle
+from graft.data.base import ImageSet
+from graft.data.preprocess import to_model_input
+from graft.errors import GraftError
+from graft.models.factory import GraftModel, build_model
+from graft.spec import InputSpec
+from graft.surgery.certificate import Views
+
+
+def _feature_shape(model: GraftModel, spec: InputSpec) -> tuple[int, ...]:
+    x = torch.zeros(1, spec.channels, *spec.size)
+    with torch.no_grad():
+        if model.stem is not None:
+            x = model.stem.eval()(x)
+        return tuple(model.backbone.eval().forward_features(x).shape[1:])
+
+
+def resample_flatten_head(weight: torch.Tensor, old: tuple[int, ...], new: tuple[int, ...]) -> torch.Tensor:
+    """A Dense weight over a flattened C×h×w map → the same over C×h′×w′, scaled to keep the sum over positions."""
+    if len(old) != 3 or len(new) != 3 or old[0] != new[0]:
+        raise GraftError(f"cannot resample a flatten head from features {old} to {new}")
+    grid = weight.double().reshape(weight.shape[0], *old)
+    resized = F.interpolate(grid, size=new[1:], mode="bilinear", align_corners=False, antialias=new[1] < old[1])
+    scale = (old[1] * old[2]) / (new[1] * new[2])
+    return (resized * scale).reshape(weight.shape[0], -1).to(weight.dtype)
+
+
+def change_size(bundle: Bundle, size: tuple[int, int]) -> tuple[Bundle, Views, dict]:
+    spec, arch = bundle.spec, bundle.architecture
+    if tuple(size) == tuple(spec.size):
+        raise GraftError(f"this model already takes {size[0]}×{size[1]} images")
+    new_spec = dataclasses.replace(spec, size=tuple(size))
+    kwargs = dict(arch.timm_kwargs)
+    if "img_size" in kwargs:
+        kwargs["img_size"] = list(size)
+    new_arch = dataclasses.replace(arch, timm_kwargs=kwargs)
+    model = build_model(new_arch, new_spec)  # a one-line error when the size is below the model's minimum
+    own, state = model.state_dict(), bundle.model.state_dict()
+    adapted: list[str] = []
+    for key, value in state.items():
+        if own[key].shape == value.shape:
+            continue
+        if key.endswith("pos_embed"):
+            state[key] = _resample_pos_embed(bundle.model.backbone, model.backbone, value)
+        elif key == "head.fc.weight":
+            old_map, new_map = _feature_shape(bundle.model, spec), _feature_shape(model, new_spec)
+            state[key] = resample_flatten_head(value, old_map, new_map)
+        else:
+            raise GraftError(
+                f"{key} depends on the input size ({tuple(value.shape)} → {tuple(own[key].shape)}) "
+                "and graft has no rule to resample it"
+            )
+        adapted.append(key)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    new = dataclasses.replace(bundle, model=model, architecture=new_arch, spec=new_spec, path=None)
+    details = {
+        "from": list(spec.size),
+        "to": list(size),
+        "resampled": adapted,
+        "claim": "approximate (the same weights see the image at another scale)",
+    }
+    return new, Views(note="each model sees the probe images resized to its own input size"), details
+
+
+def _resample_pos_embed(old: nn.Module, new: nn.Module, value: torch.Tensor) -> torch.Tensor:
+    prefix = 0 if getattr(old, "no_embed_class", False) else int(getattr(old, "num_prefix_tokens", 1))
+    return resample_abs_pos_embed(
+        value,
+        new_size=list(new.patch_embed.grid_size),
+        old_size=list(old.patch_embed.grid_size),
+        num_prefix_tokens=prefix,
+    )
+
+
+def recalibrate_batchnorm(
+    bundle: Bundle, images: ImageSet, *, count: int = 2048, batch_size: int = 64, seed: int = 0
+) -> tuple[Bundle, Views, dict]:
+    """Re-estimate every BatchNorm's running mean/variance on unlabelled images seen through the bundle's spec.
+
+    After a change of input size or channels the statistics of intermediate features shift; averaging them anew
+    over real images (labels unused) is a cheap fix that changes no learned weight.
+    """
+    model = build_model(bundle.architecture, bundle.spec)
+    model.load_state_dict(bundle.model.state_dict(), strict=True)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise GraftError("this model has no BatchNorm layers to recalibrate")
+    positions = np.random.default_rng(seed).permutation(len(images))[:count]
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over all batches, not an exponential one
+        m.train()
+    with torch.no_grad():
+        for start in range(0, len(positions), batch_size):
+            chunk = positions[start : start + batch_size]
+            if len(chunk) < 2:
+                break
+            model(to_model_input(images.batch(chunk, bundle.spec), bundle.spec))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
+    new = dataclasses.replace(bundle, model=model, path=None)
+    details = {"images": len(positions), "source": images.name, "batchnorm_layers": len(norms)}
+    return new, Views(note="both models see the same images"), details

@@ -1,0 +1,129 @@
+"""Deeper and wider models that start out computing what the trained model computes.
+
+- Deeper (Net2DeeperNet, Chen et al. 2016): after a named stage, insert Conv3×3 + BN + ReLU with an identity
+  (Dirac) kernel and BN set to pass values through. ReLU(x) = x only for x ≥ 0, so this is exact after a stage
+  that ends in a ReLU (ResNets, DenseNets…); the certificate reports the stage's smallest output on the probe.
+  `residual` blocks, x + BN(Conv(x)) with BN's scale and shift at 0, are exact after any stage.
+- Wider (Net2WiderNet): a conv gets extra output channels copied from existing ones; per-channel layers after
+  it (BatchNorm, activations, depthwise convs) copy along, and the convs that read the channels divide each
+  copy's input weights by the number of copies. Exact for any input.
+In train mode BatchNorm normalises with batch statistics, so training starts from the same function only in
+eval mode; this is the usual caveat of both methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from graft.bundle import Bundle
+from graft.errors import GraftError
+from graft.models.edits import ConvBnRelu, insert_block, make_block, resolve_name, widen_plan, widen_structure
+from graft.models.factory import GraftModel, build_model
+from graft.surgery.certificate import Views
+
+
+def _copy_model(bundle: Bundle) -> GraftModel:
+    model = build_model(bundle.architecture, bundle.spec)
+    model.load_state_dict(bundle.model.state_dict(), strict=True)
+    return model.eval()
+
+
+def _rebuilt(bundle: Bundle, edited: GraftModel, edit: dict) -> Bundle:
+    """The edited model as a bundle, checked to rebuild from its record alone (what `graft.load` will do)."""
+    arch = dataclasses.replace(bundle.architecture, edits=[*bundle.architecture.edits, edit])
+    model = build_model(arch, bundle.spec)
+    model.load_state_dict(edited.state_dict(), strict=True)
+    return dataclasses.replace(bundle, model=model.eval(), architecture=arch, path=None)
+
+
+def _stage_output(model: GraftModel, name: str, probe: torch.Tensor) -> torch.Tensor:
+    captured: list[torch.Tensor] = []
+    handle = model.get_submodule(name).register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        with torch.no_grad():
+            model(probe)
+    finally:
+        handle.remove()
+    if not captured or not isinstance(captured[0], torch.Tensor):
+        raise GraftError(f"{name.removeprefix('backbone.')} does not run in the forward pass")
+    return captured[0]
+
+
+def insert_identity_block(
+    bundle: Bundle, after: str, probe_inputs: torch.Tensor, kind: str = "relu"
+) -> tuple[Bundle, Views, dict]:
+    """A new bundle with an identity-initialised block after stage `after` (probe inputs: normalised tensors)."""
+    model = _copy_model(bundle)
+    name = resolve_name(model, after)
+    output = _stage_output(model, name, probe_inputs)
+    if output.ndim != 4:
+        raise GraftError(
+            f"{after} outputs {tuple(output.shape[1:])}, not a feature map (C, H, W); a conv block cannot follow it"
+        )
+    channels = int(output.shape[1])
+    block = make_block(kind, channels)
+    _init_identity(block)
+    block_name = insert_block(model, name, block)
+    edit = {"op": "insert", "after": name, "block": kind, "channels": channels, "name": block_name}
+    smallest = float(output.min())
+    details = {
+        "after": name.removeprefix("backbone."),
+        "block": kind,
+        "channels": channels,
+        "module": block_name.removeprefix("backbone."),
+        "stage_output_min": smallest,
+        "claim": "exact" if kind == "residual" or smallest >= 0 else "approximate (the stage outputs negatives)",
+    }
+    return _rebuilt(bundle, model, edit), Views(), details
+
+
+def _init_identity(block: nn.Module) -> None:
+    with torch.no_grad():
+        if isinstance(block, ConvBnRelu):
+            nn.init.dirac_(block.conv.weight)
+            block.bn.running_mean.zero_()
+            block.bn.running_var.fill_(1.0)
+            block.bn.weight.fill_(math.sqrt(1.0 + block.bn.eps))
+            block.bn.bias.zero_()
+        else:
+            block.bn.weight.zero_()
+            block.bn.bias.zero_()
+
+
+def widen_layer(bundle: Bundle, layer: str, width: int, *, seed: int = 0) -> tuple[Bundle, Views, dict]:
+    """A new bundle where conv `layer` has `width` output channels and computes the same function."""
+    model = _copy_model(bundle)
+    plan = widen_plan(model, layer)
+    conv = model.get_submodule(plan.conv)
+    channels = conv.out_channels
+    if width <= channels:
+        raise GraftError(f"{layer} already has {channels} output channels; widen to more than that")
+    generator = torch.Generator().manual_seed(seed)
+    mapping = torch.cat([torch.arange(channels), torch.randint(channels, (width - channels,), generator=generator)])
+    copies = torch.bincount(mapping, minlength=channels)[mapping].double()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    widen_structure(model, plan, width)
+    state = model.state_dict()
+    for module_name in (plan.conv, *plan.channelwise):
+        for key, value in before.items():
+            if key.startswith(f"{module_name}.") and value.ndim >= 1 and value.shape[0] == channels:
+                state[key] = value[mapping]
+    for module_name in plan.consumers:
+        key = f"{module_name}.weight"
+        shape = (1, -1) + (1,) * (before[key].ndim - 2)
+        state[key] = (before[key][:, mapping].double() / copies.view(shape)).to(before[key].dtype)
+    model.load_state_dict(state, strict=True)
+    edit = {"op": "widen", "layer": plan.conv, "width": width}
+    details = {
+        "layer": plan.conv.removeprefix("backbone."),
+        "from": channels,
+        "to": width,
+        "per_channel_layers": [n.removeprefix("backbone.") for n in plan.channelwise],
+        "consumers": [n.removeprefix("backbone.") for n in plan.consumers],
+        "claim": "exact",
+    }
+    return _rebuilt(bundle, model, edit), Views(), details
