@@ -108,6 +108,8 @@ _CHANNELWISE_MODULES = (
     nn.SiLU,
     nn.GELU,
     nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
     nn.ELU,
     nn.Mish,
     nn.Identity,
@@ -122,22 +124,30 @@ _CHANNELWISE_FUNCTIONS = {
     F.silu,
     F.gelu,
     F.hardswish,
+    F.hardsigmoid,
     F.leaky_relu,
     F.dropout,
+    F.sigmoid,
     torch.relu,
-    torch.nn.functional.mish,
+    torch.sigmoid,
+    F.mish,
 }
-_CHANNELWISE_METHODS = {"relu", "relu_", "contiguous"}
+_CHANNELWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "contiguous", "clamp", "clamp_"}
+_ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.mul}
+_ARITHMETIC_METHODS = {"add", "add_", "mul", "mul_", "div", "div_"}
 
 
 @dataclass(frozen=True)
 class WidenPlan:
     """Which modules widening one conv touches: its own output channels, the per-channel modules on the way
-    (BatchNorm, activations, depthwise convs), and the convs that consume the channels."""
+    (BatchNorm, activations, depthwise convs), the convs that consume the channels (their input weights are
+    divided among copies), and gate producers (a squeeze-excitation's expanding conv, whose per-channel gate
+    multiplies the widened channels and so is copied along)."""
 
     conv: str
     channelwise: tuple[str, ...]
     consumers: tuple[str, ...]
+    producers: tuple[str, ...] = ()
 
 
 class _LeafTracer(fx.Tracer):
@@ -145,6 +155,16 @@ class _LeafTracer(fx.Tracer):
 
     def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
         return isinstance(module, nn.Conv2d | nn.BatchNorm2d | nn.Linear) or super().is_leaf_module(module, qualname)
+
+
+def _trace(root: nn.Module, shown: str) -> fx.Graph:
+    was_training = root.training
+    try:
+        return _LeafTracer().trace(root)
+    except Exception as error:
+        raise GraftError(f"cannot follow the data flow of this model to widen {shown}: {error}") from None
+    finally:
+        root.train(was_training)
 
 
 def widen_plan(root: nn.Module, name: str) -> WidenPlan:
@@ -158,41 +178,73 @@ def widen_plan(root: nn.Module, name: str) -> WidenPlan:
     shown = name.removeprefix("backbone.")
     if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
         raise GraftError(f"{shown} is not a plain convolution (widening needs a Conv2d with groups=1)")
-    was_training = root.training
-    try:
-        graph = _LeafTracer().trace(root)
-    except Exception as error:
-        raise GraftError(f"cannot follow the data flow of this model to widen {shown}: {error}") from None
-    finally:
-        root.train(was_training)
+    graph = _trace(root, shown)
     modules = dict(root.named_modules())
     starts = [n for n in graph.nodes if n.op == "call_module" and n.target == name]
     if len(starts) != 1:
         raise GraftError(f"{shown} is used {len(starts)} times in the forward pass; widening needs exactly one use")
     channelwise: list[str] = []
     consumers: list[str] = []
-    frontier, seen = [starts[0]], set()
+    binary: list[fx.Node] = []
+    widened = {starts[0]}
+    frontier = [starts[0]]
     while frontier:
         node = frontier.pop()
         for user in node.users:
-            if user in seen:
+            if user in widened or str(user.target) in consumers:
                 continue
-            seen.add(user)
             kind = _classify(user, modules, conv.out_channels)
             if kind == "consumer":
                 consumers.append(str(user.target))
-            elif kind in ("channelwise", "channelwise-module"):
-                if kind == "channelwise-module":
-                    channelwise.append(str(user.target))
-                frontier.append(user)
-            else:
+                continue
+            if kind not in ("channelwise", "channelwise-module", "binary"):
                 raise GraftError(
                     f"{shown}'s channels reach {kind}, where widening would change what the model computes; "
                     "widen a conv inside a block instead (e.g. layer1.0.conv1 in a ResNet)"
                 )
+            if kind == "channelwise-module":
+                channelwise.append(str(user.target))
+            if kind == "binary":
+                binary.append(user)
+            widened.add(user)
+            frontier.append(user)
+    producers = [
+        _gate_producer(arg, modules, widened, shown)
+        for node in binary
+        for arg in node.args
+        if isinstance(arg, fx.Node) and arg not in widened
+    ]
     if not consumers:
         raise GraftError(f"{shown}'s channels are not read by another conv; nothing downstream can absorb them")
-    return WidenPlan(name, tuple(dict.fromkeys(channelwise)), tuple(dict.fromkeys(consumers)))
+    return WidenPlan(
+        name, tuple(dict.fromkeys(channelwise)), tuple(dict.fromkeys(consumers)), tuple(dict.fromkeys(producers))
+    )
+
+
+def _gate_producer(node: fx.Node, modules: dict[str, nn.Module], widened: set[fx.Node], shown: str) -> str:
+    """The conv whose per-channel output (through activations) meets the widened channels in `node`'s operation.
+
+    Only a private branch qualifies (a gate such as squeeze-excitation's); a residual shortcut, shared with
+    the rest of the network, makes widening impossible.
+    """
+    current = node
+    while True:
+        if len(current.users) != 1:
+            break
+        if current.op == "call_module" and isinstance(modules[str(current.target)], nn.Conv2d):
+            conv = modules[str(current.target)]
+            if conv.groups == 1:
+                return str(current.target)
+            break
+        inputs = [a for a in current.args if isinstance(a, fx.Node)]
+        if len(inputs) != 1 or any(a in widened for a in inputs):
+            break
+        current = inputs[0]
+    raise GraftError(
+        f"{shown}'s channels reach an addition or product with a branch shared by other layers (a residual "
+        "shortcut), where widening would change what the model computes; widen a conv inside a block instead "
+        "(e.g. layer1.0.conv1 in a ResNet)"
+    )
 
 
 def _classify(node: fx.Node, modules: dict[str, nn.Module], channels: int) -> str:
@@ -207,14 +259,29 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module], channels: int) -> st
         if isinstance(module, _CHANNELWISE_MODULES):
             return "channelwise-module"
         return f"{type(module).__name__} ({node.target})"
+    arithmetic = (node.op == "call_function" and node.target in _ARITHMETIC) or (
+        node.op == "call_method" and node.target in _ARITHMETIC_METHODS
+    )
+    if arithmetic:
+        nodes = [a for a in node.args if isinstance(a, fx.Node)]
+        return "binary" if len(nodes) == 2 else "channelwise"
     if node.op == "call_function" and node.target in _CHANNELWISE_FUNCTIONS:
         return "channelwise"
     if node.op == "call_method" and node.target in _CHANNELWISE_METHODS:
         return "channelwise"
-    what = {operator.add: "an addition", operator.iadd: "an addition", torch.cat: "a concatenation"}.get(
+    if node.op == "call_method" and node.target == "mean" and _spatial_only(node):
+        return "channelwise"
+    what = {torch.cat: "a concatenation", torch.flatten: "a flatten"}.get(
         node.target, getattr(node.target, "__name__", str(node.target))
     )
     return str(what)
+
+
+def _spatial_only(node: fx.Node) -> bool:
+    """A mean over height and width that keeps the channel axis (squeeze-excitation's pooling)."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = dims if isinstance(dims, tuple | list) else (dims,)
+    return bool(dims) and all(d in (2, 3, -1, -2) for d in dims) and node.kwargs.get("keepdim", False) is True
 
 
 def widen_structure(root: nn.Module, plan: WidenPlan, width: int) -> None:
@@ -232,6 +299,8 @@ def widen_structure(root: nn.Module, plan: WidenPlan, width: int) -> None:
             module.num_features = width
             for key in ("weight", "bias", "running_mean", "running_var"):
                 _replace(module, key, width)
+    for name in plan.producers:
+        _resize_out(root.get_submodule(name), width)
     for name in plan.consumers:
         module = root.get_submodule(name)
         module.in_channels = width

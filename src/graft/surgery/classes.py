@@ -62,8 +62,11 @@ def change_classes(
     own, state = model.state_dict(), bundle.model.state_dict()
     keep = [(old_classes.index(c), i) for i, c in enumerate(classes) if c in old_classes]
     added = [i for i, c in enumerate(classes) if c not in old_classes]
+    weight_key, bias_key = _classifier_keys(model)
+    # Rows follow class names: the classifier's tensors always (a reordering keeps their shape), and any other
+    # tensor whose first dimension is the class count (e.g. a distillation head).
     for key, value in state.items():
-        if own[key].shape == value.shape:
+        if own[key].shape == value.shape and key not in (weight_key, bias_key):
             continue
         if value.shape[0] != len(old_classes) or own[key].shape[1:] != value.shape[1:]:
             raise GraftError(f"{key} changes shape with the class count in a way graft cannot map ({value.shape})")
@@ -71,7 +74,6 @@ def change_classes(
         for old_i, new_i in keep:
             rows[new_i] = value[old_i]
         state[key] = rows
-    weight_key, bias_key = _classifier_keys(model)
     imprinted: list[str] = []
     if imprint is not None and added:
         imprinted = _imprint(bundle, state, weight_key, bias_key, classes, added, keep, imprint, per_class)
@@ -89,6 +91,12 @@ def change_classes(
     return new, Views(note="logits of the classes both models have"), details
 
 
+def _features(bundle: Bundle, images: ImageSet, positions: np.ndarray) -> torch.Tensor:
+    with torch.no_grad():
+        inputs = to_model_input(images.batch(positions, bundle.spec), bundle.spec)
+        return bundle.model.pre_logits(inputs).flatten(1).double()
+
+
 def _imprint(
     bundle: Bundle,
     state: dict[str, torch.Tensor],
@@ -100,25 +108,56 @@ def _imprint(
     images: ImageSet,
     per_class: int,
 ) -> list[str]:
+    """Imprint the new rows; when the data also holds kept classes, set each new bias by a 1-D search.
+
+    The mean feature of a class with non-negative (post-ReLU) features points roughly where every class's
+    features do, so with the average bias an imprinted class would win far too often. The bias that maximises
+    accuracy on the given examples (new and kept classes) corrects that without touching any weight.
+    """
     weight = state[weight_key]
-    kept_rows = weight[[n for _, n in keep]].flatten(1)
-    target_norm = kept_rows.norm(dim=1).mean()
+    kept_rows = [n for _, n in keep]
+    target_norm = weight[kept_rows].flatten(1).double().norm(dim=1).mean()
     labels = images.labels
-    done = []
     bundle.model.eval()
+    examples: dict[int, torch.Tensor] = {}
     for i in added:
-        name = classes[i]
-        if name not in images.classes:
+        if classes[i] not in images.classes:
             continue
-        positions = np.flatnonzero(labels == images.classes.index(name))[:per_class]
+        positions = np.flatnonzero(labels == images.classes.index(classes[i]))[:per_class]
         if len(positions) == 0:
             continue
-        with torch.no_grad():
-            features = bundle.model.pre_logits(to_model_input(images.batch(positions, bundle.spec), bundle.spec))
-        features = torch.nn.functional.normalize(features.flatten(1).double(), dim=1).mean(0)
-        row = torch.nn.functional.normalize(features, dim=0) * target_norm
-        state[weight_key][i] = row.reshape(weight.shape[1:]).to(weight.dtype)
+        features = _features(bundle, images, positions)
+        direction = torch.nn.functional.normalize(torch.nn.functional.normalize(features, dim=1).mean(0), dim=0)
+        state[weight_key][i] = (direction * target_norm).reshape(weight.shape[1:]).to(weight.dtype)
         if bias_key is not None:
-            state[bias_key][i] = state[bias_key][[n for _, n in keep]].mean()
-        done.append(name)
-    return done
+            state[bias_key][i] = state[bias_key][kept_rows].mean()
+        examples[i] = features
+    others = {
+        n: _features(bundle, images, np.flatnonzero(labels == images.classes.index(classes[n]))[: per_class // 4])
+        for n in kept_rows
+        if classes[n] in images.classes
+    }
+    others = {n: f for n, f in others.items() if len(f)}
+    if bias_key is not None and examples and others:
+        _calibrate_biases(state, weight_key, bias_key, {**others, **examples}, list(examples))
+    return [classes[i] for i in examples]
+
+
+def _calibrate_biases(
+    state: dict[str, torch.Tensor], weight_key: str, bias_key: str, examples: dict[int, torch.Tensor], new: list[int]
+) -> None:
+    features = torch.cat(list(examples.values()))
+    truth = torch.cat([torch.full((len(f),), k) for k, f in examples.items()])
+    weight = state[weight_key].flatten(1).double()
+    for _ in range(2):  # coordinate search: each new class's bias given the others'
+        for i in new:
+            logits = features @ weight.T + state[bias_key].double()
+            others = logits.clone()
+            others[:, i] = -torch.inf
+            rest_max, rest_arg = others.max(1)
+            margin = logits[:, i] - state[bias_key][i].double() - rest_max  # class i wins iff bias > -margin
+            candidates = torch.sort(-margin).values
+            thresholds = torch.cat([candidates[:1] - 1, (candidates[1:] + candidates[:-1]) / 2, candidates[-1:] + 1])
+            wins = thresholds.view(-1, 1) > -margin.view(1, -1)
+            correct = torch.where(wins, truth.view(1, -1) == i, (rest_arg == truth).view(1, -1)).sum(1)
+            state[bias_key][i] = thresholds[int(correct.argmax())].to(state[bias_key].dtype)

@@ -6,7 +6,9 @@
   `residual` blocks, x + BN(Conv(x)) with BN's scale and shift at 0, are exact after any stage.
 - Wider (Net2WiderNet): a conv gets extra output channels copied from existing ones; per-channel layers after
   it (BatchNorm, activations, depthwise convs) copy along, and the convs that read the channels divide each
-  copy's input weights by the number of copies. Exact for any input.
+  copy's input weights by the number of copies; a squeeze-excitation gate multiplying the channels has its
+  expanding conv copied along. Exact for any input. Channels that meet a residual shortcut, a concatenation
+  or a flatten are refused: no copy rule keeps those exact.
 In train mode BatchNorm normalises with batch statistics, so training starts from the same function only in
 eval mode; this is the usual caveat of both methods.
 """
@@ -108,7 +110,7 @@ def widen_layer(bundle: Bundle, layer: str, width: int, *, seed: int = 0) -> tup
     before = {k: v.clone() for k, v in model.state_dict().items()}
     widen_structure(model, plan, width)
     state = model.state_dict()
-    for module_name in (plan.conv, *plan.channelwise):
+    for module_name in (plan.conv, *plan.channelwise, *plan.producers):
         for key, value in before.items():
             if key.startswith(f"{module_name}.") and value.ndim >= 1 and value.shape[0] == channels:
                 state[key] = value[mapping]
@@ -124,6 +126,7 @@ def widen_layer(bundle: Bundle, layer: str, width: int, *, seed: int = 0) -> tup
         "to": width,
         "per_channel_layers": [n.removeprefix("backbone.") for n in plan.channelwise],
         "consumers": [n.removeprefix("backbone.") for n in plan.consumers],
+        "gates": [n.removeprefix("backbone.") for n in plan.producers],
         "claim": "exact",
     }
     return _rebuilt(bundle, model, edit), Views(), details
