@@ -116,7 +116,10 @@ def _imprint(
     """
     weight = state[weight_key]
     kept_rows = [n for _, n in keep]
-    target_norm = weight[kept_rows].flatten(1).double().norm(dim=1).mean()
+    if not kept_rows:  # every class is new (continuing a bundle on other data): unit rows, zero biases
+        kept_rows, target_norm = [], torch.tensor(1.0, dtype=torch.float64)
+    else:
+        target_norm = weight[kept_rows].flatten(1).double().norm(dim=1).mean()
     labels = images.labels
     bundle.model.eval()
     examples: dict[int, torch.Tensor] = {}
@@ -129,7 +132,7 @@ def _imprint(
         features = _features(bundle, images, positions)
         direction = torch.nn.functional.normalize(torch.nn.functional.normalize(features, dim=1).mean(0), dim=0)
         state[weight_key][i] = (direction * target_norm).reshape(weight.shape[1:]).to(weight.dtype)
-        if bias_key is not None:
+        if bias_key is not None and kept_rows:
             state[bias_key][i] = state[bias_key][kept_rows].mean()
         examples[i] = features
     others = {

@@ -23,13 +23,16 @@ class TrainConfig(BaseModel):
     data: str = Field("digits", description="data source: mnist, fashion-mnist, kmnist, digits or folder:PATH")
     data_root: str | None = Field(None, description="where data sets are looked for (default $GRAFT_DATA or cache)")
     download: bool = Field(True, description="download missing MNIST-style files")
-    model: str = Field("resnet18", description="any timm model name")
+    model: str | None = Field(None, description="any timm model name (default resnet18, or the --weights bundle's)")
     pretrained: Literal["imagenet"] | None = Field(None, description="'imagenet' fetches timm hub weights")
-    weights: str | None = Field(None, description="local weights file (safetensors or a state dict)")
-    input_mode: InputMode = "replicate"
-    head: Literal["pool", "flatten"] = "pool"
-    size: int = Field(32, ge=8, le=1024, description="square input size in pixels")
-    resize: Literal["stretch", "crop"] = "stretch"
+    weights: str | None = Field(
+        None, description="local weights: safetensors, a state dict, or a bundle to continue training from"
+    )
+    # None = the default below, or what the --weights bundle was built with.
+    input_mode: InputMode | None = Field(None, description="replicate, stem or fold (default replicate)")
+    head: Literal["pool", "flatten"] | None = Field(None, description="pool or flatten (default pool)")
+    size: int | None = Field(None, ge=8, le=1024, description="square input size in pixels (default 32)")
+    resize: Literal["stretch", "crop"] | None = Field(None, description="stretch or crop (default stretch)")
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(64, ge=2, description="at least 2: BatchNorm needs two images to normalise")
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
@@ -50,10 +53,19 @@ class TrainConfig(BaseModel):
 
     @field_validator("model")
     @classmethod
-    def _non_empty(cls, value: str) -> str:
-        if not value.strip():
+    def _non_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("must not be empty")
         return value
+
+
+ARCHITECTURE_DEFAULTS = {
+    "model": "resnet18",
+    "input_mode": "replicate",
+    "head": "pool",
+    "size": 32,
+    "resize": "stretch",
+}
 
 
 def _first_error(error: ValidationError, origin: str) -> GraftError:

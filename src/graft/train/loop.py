@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -26,13 +25,14 @@ from graft.data.sources import load_splits, normalise_source, source_label
 from graft.errors import GraftError
 from graft.evaluate import EvalResult, evaluate_model, write_eval_outputs
 from graft.io import atomic_write_json
-from graft.models.factory import count_parameters, create_model
+from graft.models.factory import count_parameters
 from graft.models.weights import TransferReport
 from graft.progress import batch_progress
 from graft.progress import console as default_console
 from graft.spec import InputSpec
 from graft.train.config import TrainConfig, make_config
 from graft.train.optim import make_optimizer, make_schedule
+from graft.train.start import resolve_settings, starting_model
 
 LOG_EVERY_S = 30.0  # progress line interval when stderr is not a terminal (CI, nohup, pipes)
 
@@ -69,7 +69,7 @@ def train(
     every field of `TrainConfig` can be given here, in a TOML recipe, or both (keywords win).
     """
     config = config or make_config(recipe, **overrides)
-    config = config.model_copy(update={"data": normalise_source(config.data)})
+    config = resolve_settings(config.model_copy(update={"data": normalise_source(config.data)}))
     out = console or default_console()
     run_dir = _run_dir(config)
     bundle_dir = Path(config.output) if config.output else run_dir / "bundle"
@@ -79,16 +79,7 @@ def train(
 
     splits, train_set = _load_data(config, out)
     classes = splits.classes
-    model, arch, spec, report = create_model(
-        config.model,
-        len(classes),
-        input_mode=config.input_mode,
-        head=config.head,
-        size=config.size,
-        pretrained=config.pretrained,
-        weights=config.weights,
-    )
-    spec = dataclasses.replace(spec, resize=config.resize)
+    model, arch, spec, report = starting_model(config, classes, train_set)
     out.print(
         f"graft train: {config.model} ({count_parameters(model) / 1e6:.2f} M parameters), mode {config.input_mode}, "
         f"{spec.size[0]}×{spec.size[1]}×{spec.channels}, {config.data}: {len(train_set)} train / "
