@@ -221,3 +221,42 @@ def test_info_lists_layers_with_shapes(tiny_run, capsys):
     assert run_cli("info", str(tiny_run.bundle.path), "--layers") == 0
     shown = capsys.readouterr().out
     assert "layer2" in shown and "(128, 1, 1)" in shown
+
+
+def test_training_continues_an_edited_bundle_with_its_architecture_and_spec(tiny_run, tmp_path):
+    grown = surgery(tiny_run.bundle.path, tmp_path / "grown", channels=3, insert_after="layer3", drop_classes=["9"])
+    result = graft.train(
+        data="digits",
+        weights=str(tmp_path / "grown"),
+        epochs=1,
+        max_train=64,
+        batch_size=32,
+        run_dir=str(tmp_path / "run"),
+        output=str(tmp_path / "tuned"),
+        workers=0,
+    )
+    tuned = graft.load(tmp_path / "tuned")
+    assert tuned.architecture.edits == grown.bundle.architecture.edits
+    assert tuned.spec == grown.bundle.spec and tuned.spec.channels == 3
+    assert tuned.classes == [str(i) for i in range(10)]  # the data's classes; "9" came back, imprinted
+    adapted = result.bundle.provenance["transfer"]["adapted"][0]["how"]
+    assert "9 kept" in adapted and "1 imprinted" in adapted
+    parent = tuned.provenance["continued_from"]
+    assert parent["bundle"] == str(tmp_path / "grown") and parent["surgery"][0]["verdict"] == "exact"
+
+
+def test_continuing_refuses_settings_that_contradict_the_bundle(tiny_run, tmp_path):
+    with pytest.raises(GraftError, match="graft surgery"):
+        graft.train(data="digits", weights=str(tiny_run.bundle.path), size=32, run_dir=str(tmp_path / "r"))
+    with pytest.raises(GraftError, match="graft surgery"):
+        graft.train(data="digits", weights=str(tiny_run.bundle.path), input_mode="stem", run_dir=str(tmp_path / "r"))
+
+
+def test_size_below_what_the_model_accepts_is_refused(tmp_path):
+    from graft.bundle import Bundle
+    from graft.models.factory import create_model
+
+    model, arch, spec, _ = create_model("test_vit", 3, input_mode="fold", size=32)
+    with pytest.raises(GraftError, match="below what test_vit accepts"):
+        surgery(Bundle(model.eval(), arch, spec, ["a", "b", "c"]), tmp_path / "small", size=8)
+    assert not (tmp_path / "small").exists()

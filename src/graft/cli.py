@@ -340,6 +340,10 @@ def _describe(meta: dict) -> list[str]:
         t = provenance["transfer"]
         counts = [len(t[k]) for k in ("loaded", "adapted", "skipped", "initialised")]
         lines.append("weights     {}: {} loaded, {} adapted, {} skipped, {} new".format(t["source"], *counts))
+    parent = provenance.get("continued_from")
+    if parent:
+        lines.append(f"continued   from {parent['bundle']}")
+        provenance = {**provenance, "surgery": [*parent.get("surgery", []), *provenance.get("surgery", [])]}
     for entry in provenance.get("surgery", []):
         lines.append(f"surgery     {entry.get('at', '')} from {entry.get('parent')}: {entry.get('verdict')}")
         for step in entry.get("steps", []):

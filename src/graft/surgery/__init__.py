@@ -132,7 +132,9 @@ def surgery(
             )
         )
     for layer, width in (widen or {}).items():
-        steps.append((f"wider: {layer} → {width}", lambda b, layer=layer, width=width: widen_layer(b, layer, width)))
+        steps.append(
+            (f"wider: {layer} → {width}", lambda b, layer=layer, width=width: widen_layer(b, layer, width, seed=seed))
+        )
     if new_classes is not None:
         steps.append(("classes", lambda b: change_classes(b, new_classes, imprint=imprint_images)))
     if recalibration_images is not None:

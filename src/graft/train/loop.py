@@ -32,7 +32,7 @@ from graft.progress import console as default_console
 from graft.spec import InputSpec
 from graft.train.config import TrainConfig, make_config
 from graft.train.optim import make_optimizer, make_schedule
-from graft.train.start import resolve_settings, starting_model
+from graft.train.start import parent_record, resolve_settings, starting_model
 
 LOG_EVERY_S = 30.0  # progress line interval when stderr is not a terminal (CI, nohup, pipes)
 
@@ -204,6 +204,7 @@ def _provenance(
         "seed": config.seed,
         "transfer": report.to_dict() if report is not None else None,
         "run_dir": str(run_dir),
+        "continued_from": parent_record(config),
     }
 
 

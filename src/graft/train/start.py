@@ -36,6 +36,20 @@ def continues_bundle(config: TrainConfig) -> bool:
     return meta is not None and config.model in (None, meta.get("architecture", {}).get("timm_name"))
 
 
+def parent_record(config: TrainConfig) -> dict | None:
+    """What a continued bundle was: its path, metrics and surgery chain, kept in the new bundle's provenance."""
+    if not continues_bundle(config):
+        return None
+    meta = _bundle_meta(config.weights)
+    provenance = meta.get("provenance") or {}
+    return {
+        "bundle": str(config.weights),
+        "metrics": meta.get("metrics") or provenance.get("metrics_before_surgery") or {},
+        "surgery": provenance.get("surgery", []),
+        "continued_from": provenance.get("continued_from"),
+    }
+
+
 def resolve_settings(config: TrainConfig) -> TrainConfig:
     """Fill the architecture settings left open: from the bundle being continued, else graft's defaults."""
     if not continues_bundle(config):
