@@ -260,3 +260,14 @@ def test_size_below_what_the_model_accepts_is_refused(tmp_path):
     with pytest.raises(GraftError, match="below what test_vit accepts"):
         surgery(Bundle(model.eval(), arch, spec, ["a", "b", "c"]), tmp_path / "small", size=8)
     assert not (tmp_path / "small").exists()
+
+
+def test_whole_chain_certificate_judges_the_final_model(tiny_run, tmp_path):
+    """Size then recalibration: each step is certified, and the chain is judged original vs final."""
+    result = surgery(tiny_run.bundle.path, tmp_path / "r", channels=3, size=24, recalibrate="digits", probe="digits")
+    assert [c.operation.split()[0] for c in result.certificates] == ["channels", "size", "recalibrate"]
+    assert result.overall is not None and result.overall.operation == "whole chain"
+    assert result.verdict == result.overall.verdict
+    assert "luminance" in result.overall.views  # the channel step's views apply to the whole chain
+    saved = graft.load(tmp_path / "r").provenance["surgery"][-1]
+    assert saved["overall"]["verdict"] == result.verdict

@@ -286,7 +286,9 @@ def surgery_command(
         console=None if as_json else console(),
     )
     if as_json:
-        print(json.dumps({"verdict": result.verdict, "steps": [c.to_dict() for c in result.certificates]}, indent=2))
+        steps = [c.to_dict() for c in result.certificates]
+        overall = result.overall.to_dict() if result.overall else None
+        print(json.dumps({"verdict": result.verdict, "steps": steps, "overall": overall}, indent=2))
 
 
 @app.command()
@@ -346,7 +348,7 @@ def _describe(meta: dict) -> list[str]:
         provenance = {**provenance, "surgery": [*parent.get("surgery", []), *provenance.get("surgery", [])]}
     for entry in provenance.get("surgery", []):
         lines.append(f"surgery     {entry.get('at', '')} from {entry.get('parent')}: {entry.get('verdict')}")
-        for step in entry.get("steps", []):
+        for step in [*entry.get("steps", []), *([entry["overall"]] if entry.get("overall") else [])]:
             lines.append(
                 f"              {step['verdict']:<11} {step['operation']}  max |Δlogit| "
                 f"{step['max_abs_logit_delta']:.2e}, top-1 agreement {step['top1_agreement']:.2%}"

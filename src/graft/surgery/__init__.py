@@ -5,8 +5,9 @@
     for certificate in result.certificates:
         print(certificate.line())
 
-Operations run in a fixed order (architecture, channels, size, deeper, wider, classes, recalibration); each is
-certified against the model before it, and the chain is saved in the new bundle's provenance.
+Operations run in a fixed order (architecture, channels, size, BatchNorm recalibration, deeper, wider, classes);
+each is certified against the model before it, the whole chain against the original, and everything is saved in
+the new bundle's provenance.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from graft.data.base import ImageSet
 from graft.data.sources import load_everything
 from graft.errors import GraftError
 from graft.spec import InputSpec
-from graft.surgery.certificate import Certificate, Views, certify, model_inputs, synthetic_probe
+from graft.surgery.certificate import Certificate, Views, certify, identity, model_inputs, synthetic_probe
 from graft.surgery.channels import change_channels
 from graft.surgery.classes import change_classes, resolve_classes
 from graft.surgery.resize import change_size, recalibrate_batchnorm
@@ -36,15 +37,23 @@ VERDICTS = ("exact", "approximate", "breaking")
 
 @dataclass
 class SurgeryResult:
-    """The new bundle (saved when an output was given) and one certificate per step."""
+    """The new bundle (saved when an output was given), one certificate per step, and one for the whole chain
+    (original vs final model) when there are several steps."""
 
     bundle: Bundle
     certificates: list[Certificate]
+    overall: Certificate | None = None
 
     @property
     def verdict(self) -> str:
-        """The chain's verdict: its weakest step."""
-        return max((c.verdict for c in self.certificates), key=VERDICTS.index, default="exact")
+        """How the final model compares with the original: the whole-chain certificate's verdict.
+
+        A later step can repair an earlier one (BatchNorm recalibration after a size change), so the chain is
+        judged end to end, not by its weakest step.
+        """
+        if self.overall is not None:
+            return self.overall.verdict
+        return self.certificates[0].verdict
 
 
 def _load_images(source: str, data_root: str | None, download: bool) -> ImageSet:
@@ -122,12 +131,14 @@ def surgery(
         steps.append((f"channels {current.spec.channels} → {channels}", lambda b: change_channels(b, channels)))
     if size2 is not None:
         steps.append((f"size → {size2[0]}×{size2[1]}", lambda b: change_size(b, size2)))
+    if recalibration_images is not None:
+        steps.append(("recalibrate BatchNorm", lambda b: recalibrate_batchnorm(b, recalibration_images, seed=seed)))
     for after in afters:
         steps.append(
             (
                 f"deeper: {block} block after {after}",
                 lambda b, after=after: insert_identity_block(
-                    b, after, model_inputs(probe_tensor, b.spec, _id).float(), block
+                    b, after, model_inputs(probe_tensor, b.spec, identity).float(), block
                 ),
             )
         )
@@ -137,25 +148,29 @@ def surgery(
         )
     if new_classes is not None:
         steps.append(("classes", lambda b: change_classes(b, new_classes, imprint=imprint_images)))
-    if recalibration_images is not None:
-        steps.append(("recalibrate BatchNorm", lambda b: recalibrate_batchnorm(b, recalibration_images, seed=seed)))
     if not steps:
         raise GraftError("no change requested: give --channels, --size, --classes, --insert-after, --widen, …")
 
+    original = current
     certificates = []
-    records = []
+    chain_views = Views()  # at most one step changes channels; its views are the whole chain's
     for label, operation in steps:
         new, views, details = operation(current)  # type: ignore[operator]
-        assert isinstance(views, Views)
         certificate = certify(label, current, new, probe_tensor, views=views, probe_name=probe_name, details=details)
         say(certificate.line(), markup=False, highlight=False)
         certificates.append(certificate)
-        records.append(certificate.to_dict())
+        if views.old is not identity or views.new is not identity:
+            chain_views = views
         current = new
-    result = SurgeryResult(current, certificates)
+    overall = None
+    if len(certificates) > 1:
+        overall = certify("whole chain", original, current, probe_tensor, views=chain_views, probe_name=probe_name)
+        say(overall.line(), markup=False, highlight=False)
+    result = SurgeryResult(current, certificates, overall)
+    records = [c.to_dict() for c in certificates]
     if require is not None and VERDICTS.index(result.verdict) > VERDICTS.index(require):
         raise GraftError(f"the surgery is {result.verdict}, not {require}; nothing written")
-    current.provenance = _provenance(current.provenance, records, parent, result.verdict)
+    current.provenance = _provenance(current.provenance, records, overall, parent, result.verdict)
     if (result.verdict != "exact" or new_classes is not None) and current.metrics:
         current.provenance["metrics_before_surgery"] = current.metrics
         current.metrics = {}
@@ -165,17 +180,16 @@ def surgery(
     return result
 
 
-def _id(pixels: torch.Tensor) -> torch.Tensor:
-    return pixels
-
-
-def _provenance(previous: dict, records: list[dict], parent: str | None, verdict: str) -> dict:
+def _provenance(
+    previous: dict, records: list[dict], overall: Certificate | None, parent: str | None, verdict: str
+) -> dict:
     provenance = dict(previous)
     entry = {
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "parent": parent,
         "verdict": verdict,
         "steps": records,
+        "overall": overall.to_dict() if overall is not None else None,
     }
     provenance["surgery"] = [*previous.get("surgery", []), entry]
     return provenance

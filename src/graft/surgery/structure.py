@@ -16,7 +16,6 @@ eval mode; this is the usual caveat of both methods.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from torch import nn
@@ -68,7 +67,7 @@ def insert_identity_block(
         )
     channels = int(output.shape[1])
     block = make_block(kind, channels)
-    _init_identity(block)
+    _init_identity(block, output)
     block_name = insert_block(model, name, block)
     edit = {"op": "insert", "after": name, "block": kind, "channels": channels, "name": block_name}
     smallest = float(output.min())
@@ -83,14 +82,22 @@ def insert_identity_block(
     return _rebuilt(bundle, model, edit), Views(), details
 
 
-def _init_identity(block: nn.Module) -> None:
+def _init_identity(block: nn.Module, stage_output: torch.Tensor) -> None:
+    """Identity in eval mode, and close to it in train mode.
+
+    The relu block's BatchNorm gets the stage output's per-channel mean/variance on the probe as running
+    statistics, and scale √(var+ε) and shift mean to undo them: exact with the running statistics, and nearly
+    so with the batch statistics of images like the probe, so fine-tuning starts near the trained function.
+    """
     with torch.no_grad():
         if isinstance(block, ConvBnRelu):
             nn.init.dirac_(block.conv.weight)
-            block.bn.running_mean.zero_()
-            block.bn.running_var.fill_(1.0)
-            block.bn.weight.fill_(math.sqrt(1.0 + block.bn.eps))
-            block.bn.bias.zero_()
+            mean = stage_output.double().mean(dim=(0, 2, 3))
+            var = stage_output.double().var(dim=(0, 2, 3), unbiased=False)
+            block.bn.running_mean.copy_(mean)
+            block.bn.running_var.copy_(var)
+            block.bn.weight.copy_(torch.sqrt(var + block.bn.eps))
+            block.bn.bias.copy_(mean)
         else:
             block.bn.weight.zero_()
             block.bn.bias.zero_()
