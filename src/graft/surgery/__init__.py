@@ -13,6 +13,7 @@ the new bundle's provenance.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from graft.surgery.structure import insert_identity_block, widen_layer
 from graft.surgery.transfer import change_architecture
 
 VERDICTS = ("exact", "approximate", "breaking")
+Step = Callable[[Bundle], tuple[Bundle, Views, dict]]
 
 
 @dataclass
@@ -93,8 +95,8 @@ def surgery(
     """Apply the requested changes to a bundle, certify each, and save the result to `output` (if given).
 
     `probe`/`imprint`/`recalibrate` name data sources (mnist, digits, folder:PATH…). Without a probe, seeded
-    synthetic colour images are used. `require="exact"` (or "approximate") writes nothing unless every step
-    reaches that level.
+    synthetic colour images are used. `require="exact"` (or "approximate") writes nothing unless the chain's
+    verdict reaches that level.
     """
     if require not in (None, *VERDICTS[:2]):
         raise GraftError(f"--require takes exact or approximate, not {require!r}")
@@ -124,7 +126,7 @@ def surgery(
     )
     probe_name = probe or "synthetic"
 
-    steps: list[tuple[str, object]] = []
+    steps: list[tuple[str, Step]] = []
     if architecture:
         steps.append((f"architecture → {architecture}", lambda b: change_architecture(b, architecture)))
     if channels is not None:
@@ -155,7 +157,7 @@ def surgery(
     certificates = []
     chain_views = Views()  # at most one step changes channels; its views are the whole chain's
     for label, operation in steps:
-        new, views, details = operation(current)  # type: ignore[operator]
+        new, views, details = operation(current)
         certificate = certify(label, current, new, probe_tensor, views=views, probe_name=probe_name, details=details)
         say(certificate.line(), markup=False, highlight=False)
         certificates.append(certificate)
