@@ -20,6 +20,7 @@ from torch import nn
 
 from graft.errors import GraftError, first_line
 from graft.models.input_modes import FlattenHead, GrayStem, apply_fold, find_first_conv
+from graft.models.keras import timm_models as _keras_timm_models  # noqa: F401  (registers keras_* timm names)
 from graft.models.weights import TransferReport, read_state_dict, transfer_weights
 from graft.spec import INPUT_MODES, InputMode, InputSpec
 
@@ -36,6 +37,8 @@ class Architecture:
     input_mode: InputMode = "replicate"
     head: HeadKind = "pool"
     timm_kwargs: dict = field(default_factory=dict)
+    # Imported Keras layer graphs (graft.models.keras): a JSON description of the layers, built instead of timm.
+    graph: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,6 +115,8 @@ def _minimum_size(attempt: Callable[[int], object]) -> int | None:
 
 def build_model(arch: Architecture, spec: InputSpec) -> GraftModel:
     """The model's structure with fresh weights; raises GraftError when the input size is too small."""
+    if arch.graph is not None:
+        return _build_graph_model(arch, spec)
     check_model_name(arch.timm_name)
     if arch.input_mode not in INPUT_MODES:
         raise GraftError(f"unknown input mode {arch.input_mode!r}; choose one of {', '.join(INPUT_MODES)}")
@@ -132,6 +137,29 @@ def build_model(arch: Architecture, spec: InputSpec) -> GraftModel:
         ) from None
     head = FlattenHead(int(torch.tensor(shape[1:]).prod()), arch.num_classes) if flatten else None
     return GraftModel(backbone, stem, head).train()
+
+
+def _build_graph_model(arch: Architecture, spec: InputSpec) -> GraftModel:
+    """An imported Keras layer graph as the backbone; it ends in its own classifier, so there is no head."""
+    from graft.models.keras.graph_module import KerasGraphModule
+
+    if arch.input_mode != "replicate":
+        raise GraftError(
+            f"imported Keras layer graphs take their own input channels; input mode {arch.input_mode!r} "
+            "is not available for them"
+        )
+    model = GraftModel(KerasGraphModule(arch.graph)).train()
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, spec.channels, *spec.size))
+    except (RuntimeError, ValueError) as error:
+        raise GraftError(
+            f"the imported layer graph does not run at {spec.size[0]}×{spec.size[1]}×{spec.channels}: "
+            f"{first_line(error, 160)}"
+        ) from None
+    if tuple(out.shape) != (1, arch.num_classes):
+        raise GraftError(f"the imported layer graph outputs {tuple(out.shape[1:])}, not {arch.num_classes} classes")
+    return model.train()
 
 
 def _hub_state_dict(name: str, kwargs: dict) -> dict[str, torch.Tensor]:
