@@ -7,12 +7,14 @@ The Python API mirrors the CLI:
     bundle = graft.load(result.bundle.path)
     bundle.predict("photo.png", top_k=3)
     graft.evaluate(bundle, data="digits")
+    graft.import_keras("model.h5", "bundles/model")   # a Keras model, same logits, no TensorFlow
 """
 
 from graft._version import __version__
 from graft.api import evaluate, info
 from graft.bundle import Bundle, Prediction, load
 from graft.errors import GraftError
+from graft.models.keras.importer import import_keras
 from graft.train import TrainConfig, train
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "TrainConfig",
     "__version__",
     "evaluate",
+    "import_keras",
     "info",
     "load",
     "train",

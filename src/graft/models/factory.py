@@ -253,6 +253,28 @@ def backbone_normalisation(name: str, weights: str | None = None) -> tuple[tuple
     return tuple(cfg.mean), tuple(cfg.std)
 
 
+def resolve_model(name: str | None, weights: str | None, kwargs: dict | None) -> tuple[str, dict]:
+    """The timm name and kwargs to train: the given ones; else those of a --weights bundle (e.g. an imported Keras
+    model's `keras_mobilenetv1` + `channel_multiplier`); else resnet18. A bundle's kwargs also apply when `name`
+    is the bundle's own model."""
+    recorded = None
+    if weights and (Path(weights) / "graft.json").is_file():
+        try:
+            recorded = Architecture.from_dict(json.loads((Path(weights) / "graft.json").read_text())["architecture"])
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise GraftError(f"{weights}/graft.json is damaged ({first_line(error)})") from None
+        if recorded.graph is not None:
+            raise GraftError(
+                f"{weights} is an imported Keras layer graph; graft trains timm models, so fine-tuning it is not "
+                "supported yet (Keras Applications import as timm models and train)"
+            )
+    if name is None:
+        name = recorded.timm_name if recorded is not None else "resnet18"
+    if kwargs is None:
+        kwargs = dict(recorded.timm_kwargs) if recorded is not None and recorded.timm_name == name else {}
+    return name, dict(kwargs)
+
+
 def _input_mode_of(state: dict[str, torch.Tensor]) -> InputMode:
     """Which input mode a state dict was trained with: fold bundles carry an offset kernel, stem bundles a stem."""
     if any(key.endswith(".offset") for key in state):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -23,7 +23,12 @@ class TrainConfig(BaseModel):
     data: str = Field("digits", description="data source: mnist, fashion-mnist, kmnist, digits or folder:PATH")
     data_root: str | None = Field(None, description="where data sets are looked for (default $GRAFT_DATA or cache)")
     download: bool = Field(True, description="download missing MNIST-style files")
-    model: str = Field("resnet18", description="any timm model name")
+    model: str | None = Field(
+        None, description="any timm model name (default: resnet18, or the architecture of a --weights bundle)"
+    )
+    model_kwargs: dict[str, Any] | None = Field(
+        None, description="timm kwargs for the model (default: the --weights bundle's when it is that model)"
+    )
     pretrained: Literal["imagenet"] | None = Field(None, description="'imagenet' fetches timm hub weights")
     weights: str | None = Field(None, description="local weights file (safetensors or a state dict)")
     input_mode: InputMode = "replicate"
@@ -50,8 +55,8 @@ class TrainConfig(BaseModel):
 
     @field_validator("model")
     @classmethod
-    def _non_empty(cls, value: str) -> str:
-        if not value.strip():
+    def _non_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("must not be empty")
         return value
 

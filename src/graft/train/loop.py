@@ -26,7 +26,7 @@ from graft.data.sources import load_splits, normalise_source, source_label
 from graft.errors import GraftError
 from graft.evaluate import EvalResult, evaluate_model, write_eval_outputs
 from graft.io import atomic_write_json
-from graft.models.factory import count_parameters, create_model
+from graft.models.factory import count_parameters, create_model, resolve_model
 from graft.models.weights import TransferReport
 from graft.progress import batch_progress
 from graft.progress import console as default_console
@@ -69,7 +69,8 @@ def train(
     every field of `TrainConfig` can be given here, in a TOML recipe, or both (keywords win).
     """
     config = config or make_config(recipe, **overrides)
-    config = config.model_copy(update={"data": normalise_source(config.data)})
+    name, kwargs = resolve_model(config.model, config.weights, config.model_kwargs)
+    config = config.model_copy(update={"data": normalise_source(config.data), "model": name, "model_kwargs": kwargs})
     out = console or default_console()
     run_dir = _run_dir(config)
     bundle_dir = Path(config.output) if config.output else run_dir / "bundle"
@@ -87,6 +88,7 @@ def train(
         size=config.size,
         pretrained=config.pretrained,
         weights=config.weights,
+        timm_kwargs=config.model_kwargs,
     )
     spec = dataclasses.replace(spec, resize=config.resize)
     out.print(
