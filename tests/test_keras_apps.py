@@ -17,22 +17,62 @@ A = keras.applications
 
 APPS = {
     # id: (constructor, preprocess_input, input size, expected timm name, preprocessing)
-    "MobileNet_a025": (lambda s: A.MobileNet((s, s, 3), alpha=0.25, weights=None, classes=10, classifier_activation=None), A.mobilenet, 64,
-                       "keras_mobilenetv1", "tf"),
-    "MobileNet_a1": (lambda s: A.MobileNet((s, s, 3), alpha=1.0, weights=None, classes=10, classifier_activation=None), A.mobilenet, 64,
-                     "mobilenetv1_100", "tf"),
-    "MobileNetV2_a035": (lambda s: A.MobileNetV2((s, s, 3), alpha=0.35, weights=None, classes=10, classifier_activation=None), A.mobilenet_v2,
-                         96, "mobilenetv2_035", "tf"),
-    "MobileNetV2_a13_odd": (lambda s: A.MobileNetV2((s, s, 3), alpha=1.3, weights=None, classes=10, classifier_activation=None), A.mobilenet_v2,
-                            72, "keras_mobilenetv2", "tf"),
-    "ResNet50": (lambda s: A.ResNet50(weights=None, input_shape=(s, s, 3), classes=10, classifier_activation=None), A.resnet50, 64,
-                 "keras_resnet50", "caffe"),
-    "DenseNet121": (lambda s: A.DenseNet121(weights=None, input_shape=(s, s, 3), classes=10, classifier_activation=None), A.densenet, 64,
-                    "densenet121", "torch"),
-    "DenseNet169": (lambda s: A.DenseNet169(weights=None, input_shape=(s, s, 3), classes=10, classifier_activation=None), A.densenet, 32,
-                    "densenet169", "torch"),
-    "DenseNet201": (lambda s: A.DenseNet201(weights=None, input_shape=(s, s, 3), classes=10, classifier_activation=None), A.densenet, 32,
-                    "densenet201", "torch"),
+    "MobileNet_a025": (
+        lambda s: A.MobileNet((s, s, 3), alpha=0.25, weights=None, classes=10, classifier_activation=None),
+        A.mobilenet,
+        64,
+        "keras_mobilenetv1",
+        "tf",
+    ),
+    "MobileNet_a1": (
+        lambda s: A.MobileNet((s, s, 3), alpha=1.0, weights=None, classes=10, classifier_activation=None),
+        A.mobilenet,
+        64,
+        "mobilenetv1_100",
+        "tf",
+    ),
+    "MobileNetV2_a035": (
+        lambda s: A.MobileNetV2((s, s, 3), alpha=0.35, weights=None, classes=10, classifier_activation=None),
+        A.mobilenet_v2,
+        96,
+        "mobilenetv2_035",
+        "tf",
+    ),
+    "MobileNetV2_a13_odd": (
+        lambda s: A.MobileNetV2((s, s, 3), alpha=1.3, weights=None, classes=10, classifier_activation=None),
+        A.mobilenet_v2,
+        72,
+        "keras_mobilenetv2",
+        "tf",
+    ),
+    "ResNet50": (
+        lambda s: A.ResNet50(weights=None, input_shape=(s, s, 3), classes=10, classifier_activation=None),
+        A.resnet50,
+        64,
+        "keras_resnet50",
+        "caffe",
+    ),
+    "DenseNet121": (
+        lambda s: A.DenseNet121(weights=None, input_shape=(s, s, 3), classes=10, classifier_activation=None),
+        A.densenet,
+        64,
+        "densenet121",
+        "torch",
+    ),
+    "DenseNet169": (
+        lambda s: A.DenseNet169(weights=None, input_shape=(s, s, 3), classes=10, classifier_activation=None),
+        A.densenet,
+        32,
+        "densenet169",
+        "torch",
+    ),
+    "DenseNet201": (
+        lambda s: A.DenseNet201(weights=None, input_shape=(s, s, 3), classes=10, classifier_activation=None),
+        A.densenet,
+        32,
+        "densenet201",
+        "torch",
+    ),
 }
 
 
@@ -124,10 +164,18 @@ def _real_images() -> np.ndarray:
 
     crops = []
     for photo in load_sample_images().images:
-        h, w = photo.shape[:2]
-        for top, left, side in [(0, 0, 427), (0, 213, 427), (0, 100, 300), (100, 300, 300), (50, 50, 224), (200, 0, 227)]:
+        for top, left, side in [
+            (0, 0, 427),
+            (0, 213, 427),
+            (0, 100, 300),
+            (100, 300, 300),
+            (50, 50, 224),
+            (200, 0, 227),
+        ]:
             crop = torch.from_numpy(np.ascontiguousarray(photo[top : top + side, left : left + side])).permute(2, 0, 1)
-            resized = torch.nn.functional.interpolate(crop[None].float(), size=(224, 224), mode="bilinear", antialias=True)
+            resized = torch.nn.functional.interpolate(
+                crop[None].float(), size=(224, 224), mode="bilinear", antialias=True
+            )
             crops.append(resized.round().clamp(0, 255).byte()[0].permute(1, 2, 0).numpy())
     return np.stack(crops)
 
@@ -145,15 +193,22 @@ def test_real_imagenet_mobilenet_top1_matches_keras(tmp_path):
     expected = keras_out(reference, A.mobilenet.preprocess_input(images.astype("float32")))
     loaded = graft.load(tmp_path / "mobilenet")
     got = _spec_logits(loaded, images)
-    assert np.abs(got - expected).max() <= TOLERANCE * np.abs(expected).max()
-    assert (got.argmax(1) == expected.argmax(1)).all()
+    diff = np.abs(got - expected).max()
+    agree = int((got.argmax(1) == expected.argmax(1)).sum())
+    print(
+        f"real MobileNet: top-1 agrees on {agree}/{len(images)} photos, max |Δ logit| {diff:.2e} "
+        f"(logits up to {np.abs(expected).max():.3g})"
+    )
+    assert diff <= TOLERANCE * np.abs(expected).max()
+    assert agree == len(images)
     predictions = loaded.predict(list(images), top_k=1)
     assert [p.classes[0] for p in predictions] == [loaded.classes[i] for i in expected.argmax(1)]
 
 
 def test_cli_import_keras(tmp_path, capsys):
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
-                              keras.layers.Dense(3)])
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(), keras.layers.Dense(3)]
+    )
     model.save(tmp_path / "s.keras")
     with pytest.raises(SystemExit) as done:
         main(["import-keras", str(tmp_path / "s.keras"), "-o", str(tmp_path / "b"), "--classes", "x,y,z"])

@@ -95,6 +95,7 @@ def test_layer_parity(case, tmp_path):
     assert bundle.architecture.graph is not None and bundle.spec.channels == shape[-1]
     x = random_images(3, *shape, seed=1)
     diff = np.abs(graft_out(bundle, x) - keras_out(model, x)).max()
+    print(f"{case}: max |Δ| {diff:.2e}")
     assert diff <= TOLERANCE, f"{case}: max |Δ| {diff:.2e}"
 
 
@@ -155,7 +156,9 @@ def test_file_formats(fmt, tmp_path):
     logits = graft_out(loaded, x)
     ours = np.exp(logits - logits.max(1, keepdims=True))
     ours /= ours.sum(1, keepdims=True)
-    assert np.abs(ours - probs).max() <= TOLERANCE
+    diff = np.abs(ours - probs).max()
+    print(f"{fmt}: max |Δ probability| {diff:.2e}")
+    assert diff <= TOLERANCE
 
 
 def test_sequential_with_rescaling_gets_raw_preprocessing_and_predicts(tmp_path):
@@ -225,3 +228,26 @@ def test_bad_files_are_one_line_errors(tmp_path):
     with pytest.raises(GraftError, match="class names"):
         graft.import_keras(tmp_path / "m.keras", tmp_path / "out", classes="a,b")
     assert not (tmp_path / "out").exists()
+
+
+def test_layer_graph_bundle_fine_tunes(tmp_path):
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), L.Conv2D(8, 3, padding="same", activation="relu"), L.Flatten(), L.Dense(4)]
+    )
+    randomise(model)
+    model.save(tmp_path / "m.keras")
+    graft.import_keras(tmp_path / "m.keras", tmp_path / "imported")
+    settings = dict(data="digits", weights=str(tmp_path / "imported"), epochs=1, batch_size=32, max_train=128)
+    with pytest.raises(GraftError, match="--size 8"):
+        graft.train(**settings, run_dir=str(tmp_path / "r0"), workers=0)
+    with pytest.raises(GraftError, match="replicate"):
+        graft.train(**settings, size=8, input_mode="fold", run_dir=str(tmp_path / "r1"), workers=0)
+    result = graft.train(**settings, size=8, run_dir=str(tmp_path / "run"), output=str(tmp_path / "b"), workers=0)
+    arch = result.bundle.architecture
+    assert (
+        arch.timm_name == "keras-graph" and arch.num_classes == 10 and arch.graph["layers"][-1]["config"]["units"] == 10
+    )
+    transfer = result.bundle.provenance["transfer"]
+    assert "backbone.layers.conv2d.weight" in transfer["loaded"]
+    assert {s["name"] for s in transfer["skipped"]} == {"backbone.layers.dense.weight", "backbone.layers.dense.bias"}
+    assert graft.load(tmp_path / "b").spec.channels == 1

@@ -188,6 +188,12 @@ def create_model(
 
     `pretrained="imagenet"` fetches timm's hub weights; `weights=FILE` reads a local file instead.
     """
+    recorded = bundle_architecture(weights)
+    if recorded is not None and recorded.graph is not None and name == recorded.timm_name:
+        # An imported Keras layer graph (graft.models.keras): rebuilt from its description, not from timm.
+        from graft.models.keras.finetune import create_graph_model
+
+        return create_graph_model(str(weights), recorded, num_classes, input_mode=input_mode, size=size)
     check_model_name(name)
     if pretrained not in (None, "imagenet"):
         raise GraftError(f"unknown pretrained weights {pretrained!r}: use 'imagenet' or --weights FILE")
@@ -253,21 +259,21 @@ def backbone_normalisation(name: str, weights: str | None = None) -> tuple[tuple
     return tuple(cfg.mean), tuple(cfg.std)
 
 
+def bundle_architecture(weights: str | None) -> Architecture | None:
+    """The architecture recorded in a bundle given as --weights; None for weight files."""
+    if not weights or not (Path(weights) / "graft.json").is_file():
+        return None
+    try:
+        return Architecture.from_dict(json.loads((Path(weights) / "graft.json").read_text())["architecture"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise GraftError(f"{weights}/graft.json is damaged ({first_line(error)})") from None
+
+
 def resolve_model(name: str | None, weights: str | None, kwargs: dict | None) -> tuple[str, dict]:
     """The timm name and kwargs to train: the given ones; else those of a --weights bundle (e.g. an imported Keras
     model's `keras_mobilenetv1` + `channel_multiplier`); else resnet18. A bundle's kwargs also apply when `name`
     is the bundle's own model."""
-    recorded = None
-    if weights and (Path(weights) / "graft.json").is_file():
-        try:
-            recorded = Architecture.from_dict(json.loads((Path(weights) / "graft.json").read_text())["architecture"])
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise GraftError(f"{weights}/graft.json is damaged ({first_line(error)})") from None
-        if recorded.graph is not None:
-            raise GraftError(
-                f"{weights} is an imported Keras layer graph; graft trains timm models, so fine-tuning it is not "
-                "supported yet (Keras Applications import as timm models and train)"
-            )
+    recorded = bundle_architecture(weights)
     if name is None:
         name = recorded.timm_name if recorded is not None else "resnet18"
     if kwargs is None:
