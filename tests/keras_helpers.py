@@ -57,3 +57,13 @@ def graft_out(bundle, x_nhwc: np.ndarray) -> np.ndarray:
 
 def random_images(n: int, height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, (n, height, width, channels)).astype("float32")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread for these small models: on a shared 2-core machine, 2 threads under load run ~10× slower
+    (measured: importing a DenseNet169 took 11.6 s with 2 threads and 0.75 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,7 +10,13 @@ import torch
 
 import graft
 from graft.cli import main
-from keras_helpers import TOLERANCE, keras, keras_out, randomise
+from keras_helpers import (
+    TOLERANCE,
+    keras,
+    keras_out,
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    randomise,
+)
 
 REAL_MOBILENET = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v1_0.25_224.h5"
 A = keras.applications
@@ -150,6 +156,7 @@ def test_imported_application_trains_from_its_bundle(tmp_path):
         run_dir=str(tmp_path / "run"),
         output=str(tmp_path / "trained"),
         workers=0,
+        threads=1,
     )
     arch = result.bundle.architecture
     assert (arch.timm_name, arch.timm_kwargs["channel_multiplier"], arch.num_classes) == ("keras_mobilenetv1", 0.25, 10)
@@ -215,6 +222,9 @@ def test_cli_import_keras(tmp_path, capsys):
     assert done.value.code == 0
     assert "layer graph" in capsys.readouterr().out
     assert graft.load(tmp_path / "b").classes == ["x", "y", "z"]
+    with pytest.raises(SystemExit):
+        main(["info", str(tmp_path / "b")])
+    assert "imported    " in capsys.readouterr().out
     with pytest.raises(SystemExit) as done:
         main(["import-keras", str(tmp_path / "s.keras"), "-o", str(tmp_path / "b")])
     assert done.value.code == 2

@@ -10,7 +10,15 @@ import pytest
 
 import graft
 from graft.errors import GraftError
-from keras_helpers import TOLERANCE, graft_out, keras, keras_out, random_images, randomise
+from keras_helpers import (
+    TOLERANCE,
+    graft_out,
+    keras,
+    keras_out,
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    random_images,
+    randomise,
+)
 
 L = keras.layers
 
@@ -232,22 +240,29 @@ def test_bad_files_are_one_line_errors(tmp_path):
 
 def test_layer_graph_bundle_fine_tunes(tmp_path):
     model = keras.Sequential(
-        [keras.Input((8, 8, 1)), L.Conv2D(8, 3, padding="same", activation="relu"), L.Flatten(), L.Dense(4)]
+        [
+            keras.Input((8, 8, 1)),
+            L.Conv2D(8, 3, padding="same", activation="relu", name="conv"),
+            L.Flatten(),
+            L.Dense(4, name="head"),
+        ]
     )
     randomise(model)
     model.save(tmp_path / "m.keras")
     graft.import_keras(tmp_path / "m.keras", tmp_path / "imported")
     settings = dict(data="digits", weights=str(tmp_path / "imported"), epochs=1, batch_size=32, max_train=128)
     with pytest.raises(GraftError, match="--size 8"):
-        graft.train(**settings, run_dir=str(tmp_path / "r0"), workers=0)
+        graft.train(**settings, run_dir=str(tmp_path / "r0"), workers=0, threads=1)
     with pytest.raises(GraftError, match="replicate"):
-        graft.train(**settings, size=8, input_mode="fold", run_dir=str(tmp_path / "r1"), workers=0)
-    result = graft.train(**settings, size=8, run_dir=str(tmp_path / "run"), output=str(tmp_path / "b"), workers=0)
+        graft.train(**settings, size=8, input_mode="fold", run_dir=str(tmp_path / "r1"), workers=0, threads=1)
+    result = graft.train(
+        **settings, size=8, run_dir=str(tmp_path / "run"), output=str(tmp_path / "b"), workers=0, threads=1
+    )
     arch = result.bundle.architecture
     assert (
         arch.timm_name == "keras-graph" and arch.num_classes == 10 and arch.graph["layers"][-1]["config"]["units"] == 10
     )
     transfer = result.bundle.provenance["transfer"]
-    assert "backbone.layers.conv2d.weight" in transfer["loaded"]
-    assert {s["name"] for s in transfer["skipped"]} == {"backbone.layers.dense.weight", "backbone.layers.dense.bias"}
+    assert "backbone.layers.conv.weight" in transfer["loaded"]
+    assert {s["name"] for s in transfer["skipped"]} == {"backbone.layers.head.weight", "backbone.layers.head.bias"}
     assert graft.load(tmp_path / "b").spec.channels == 1

@@ -291,6 +291,12 @@ def _describe(meta: dict) -> list[str]:
             f"trained on  {d.get('source')}: {d.get('train')} train / {d.get('valid')} valid, "
             f"seed {provenance.get('seed')}, {provenance.get('epochs')} epochs"
         )
+    if provenance.get("keras"):
+        k = provenance["keras"]
+        lines.append(
+            f"imported    {k['source']} ({k['file_kind']}, Keras {k['keras_version'] or '?'}): "
+            f"{k['application'] or 'layer graph'}, preprocessing {k['preprocess']}"
+        )
     if provenance.get("transfer"):
         t = provenance["transfer"]
         counts = [len(t[k]) for k in ("loaded", "adapted", "skipped", "initialised")]
