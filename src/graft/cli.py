@@ -44,7 +44,10 @@ def train(
         str | None,
         typer.Option(help="Where data sets are looked for. [default: $GRAFT_DATA or the user cache]"),
     ] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Any timm model name. [default: resnet18]")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Any timm model name. [default: resnet18, or the --weights bundle's model]"),
+    ] = None,
     pretrained: Annotated[str | None, typer.Option(help="'imagenet': fetch timm hub weights (needs internet).")] = None,
     weights: Annotated[
         str | None, typer.Option(help="Local weights: .safetensors, a PyTorch state dict, or a bundle.")

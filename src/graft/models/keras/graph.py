@@ -163,7 +163,21 @@ def _functional(layers: list[dict], config: dict) -> tuple[list[Node], str, tupl
         nodes.append(Node(name, kind, layer["config"], sources))
     if shape is None:
         raise GraftError("the model records no input shape")
-    return nodes, inputs[0], shape, outputs[0]
+    return _topological(nodes, inputs[0]), inputs[0], shape, outputs[0]
+
+
+def _topological(nodes: list[Node], input_name: str) -> list[Node]:
+    """Nodes in an order where every layer comes after its inputs (Keras configs usually are; not guaranteed)."""
+    ready, ordered, pending = {input_name}, [], list(nodes)
+    while pending:
+        progress = [n for n in pending if all(i in ready for i in n.inputs)]
+        if not progress:
+            names = ", ".join(sorted({i for n in pending for i in n.inputs if i not in ready})[:5])
+            raise GraftError(f"the model's layers read tensors no layer produces ({names})")
+        ordered += progress
+        ready |= {n.name for n in progress}
+        pending = [n for n in pending if n.name not in ready]
+    return ordered
 
 
 def check_supported(nodes: list[Node]) -> None:

@@ -337,14 +337,33 @@ class KerasGraphModule(nn.Module):
         self.bgr = graph.get("input_order", "rgb") == "bgr"
         self.layers = nn.ModuleDict()
         self.plan: list[tuple[str, str, list[str]]] = []  # (layer name, module key, input names)
-        for layer in graph["layers"]:
-            self.layers[layer["key"]] = build_layer(layer["type"], layer["config"])
-            self.plan.append((layer["name"], layer["key"], list(layer["inputs"])))
+        try:
+            for layer in graph["layers"]:
+                self.layers[layer["key"]] = build_layer(layer["type"], layer["config"])
+                self.plan.append((layer["name"], layer["key"], list(layer["inputs"])))
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise GraftError(f"the layer graph description is damaged ({type(error).__name__}: {error})") from None
+        known = {self.input_name}
+        for name, _, inputs in self.plan:
+            missing = [i for i in inputs if i not in known]
+            if missing:
+                raise GraftError(f"the layer graph is out of order: {name} reads {', '.join(missing)} before it exists")
+            known.add(name)
+        if self.output_name not in known:
+            raise GraftError(f"the layer graph has no layer {self.output_name!r} to output")
+        # Free each intermediate result after its last reader (a DenseNet graph would otherwise keep every map).
+        last_use = {name: step for step, (_, _, inputs) in enumerate(self.plan) for name in inputs}
+        self.release: list[list[str]] = [[] for _ in self.plan]
+        for name, step in last_use.items():
+            if name != self.output_name:
+                self.release[step].append(name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bgr:
             x = x.flip(1)
         values = {self.input_name: x}
-        for name, key, inputs in self.plan:
+        for (name, key, inputs), release in zip(self.plan, self.release, strict=True):
             values[name] = self.layers[key](*(values[i] for i in inputs))
+            for done in release:
+                del values[done]
         return values[self.output_name]
