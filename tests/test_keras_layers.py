@@ -266,3 +266,21 @@ def test_layer_graph_bundle_fine_tunes(tmp_path):
     assert "backbone.layers.conv.weight" in transfer["loaded"]
     assert {s["name"] for s in transfer["skipped"]} == {"backbone.layers.head.weight", "backbone.layers.head.bias"}
     assert graft.load(tmp_path / "b").spec.channels == 1
+
+
+@pytest.mark.parametrize("mode", ["caffe", "tf", "torch", "unit"])
+def test_preprocessing_modes_of_a_layer_graph(mode, tmp_path):
+    """The input spec (and, for caffe, the BGR flip) reproduces Keras's preprocess_input from uint8 RGB images."""
+    from keras.src.applications.imagenet_utils import preprocess_input
+
+    model = _model((10, 10, 3), lambda x: L.Dense(3)(L.GlobalAveragePooling2D()(L.Conv2D(4, 3)(x))))
+    randomise(model, seed=5)
+    model.save(tmp_path / "m.keras")
+    bundle = graft.import_keras(tmp_path / "m.keras", preprocess=mode)
+    assert bundle.architecture.graph["input_order"] == ("bgr" if mode == "caffe" else "rgb")
+    images = np.random.default_rng(0).integers(0, 256, (2, 10, 10, 3), dtype=np.uint8)
+    floats = images.astype("float32")
+    prepared = floats / 255 if mode == "unit" else preprocess_input(floats, data_format="channels_last", mode=mode)
+    expected = keras_out(model, np.asarray(prepared))
+    got = np.concatenate([graft_out_spec(bundle, image) for image in images])
+    assert np.abs(got - expected).max() <= TOLERANCE * max(1.0, np.abs(expected).max())
