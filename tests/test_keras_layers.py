@@ -284,3 +284,33 @@ def test_preprocessing_modes_of_a_layer_graph(mode, tmp_path):
     expected = keras_out(model, np.asarray(prepared))
     got = np.concatenate([graft_out_spec(bundle, image) for image in images])
     assert np.abs(got - expected).max() <= TOLERANCE * max(1.0, np.abs(expected).max())
+
+
+def _nested_models() -> dict[str, keras.Model]:
+    inner = keras.Sequential([keras.Input((12, 12, 3)), L.Conv2D(4, 3, name="c1"), L.BatchNormalization()], name="base")
+    seq = keras.Sequential([keras.Input((12, 12, 3)), inner, L.Flatten(), L.Dense(3)], name="outer_seq")
+    app = keras.applications.MobileNetV2((32, 32, 3), alpha=0.35, include_top=False, weights=None)
+    transfer = keras.Sequential([keras.Input((32, 32, 3)), app, L.GlobalAveragePooling2D(), L.Dense(4)])
+    inp = keras.Input((12, 12, 3))
+    block = keras.Model(inp, L.Add()([L.Conv2D(3, 1)(inp), inp]), name="block")
+    outer_in = keras.Input((12, 12, 3))
+    functional = keras.Model(outer_in, L.Dense(2)(L.GlobalMaxPooling2D()(block(L.ReLU()(outer_in)))))
+    return {"sequential_in_sequential": seq, "application_base": transfer, "model_called_in_functional": functional}
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_nested_models_are_inlined(fmt, tmp_path):
+    for name, model in _nested_models().items():
+        randomise(model, seed=7)
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                randomise(layer, seed=8)
+        path = tmp_path / f"{name}.{fmt}"
+        model.save(path)
+        bundle = graft.import_keras(path)
+        assert bundle.architecture.graph is not None
+        shape = tuple(model.input_shape[1:])
+        x = random_images(2, *shape, seed=3)
+        diff = np.abs(graft_out(bundle, x) - keras_out(model, x)).max()
+        print(f"nested {name} ({fmt}): max |Δ| {diff:.2e}")
+        assert diff <= TOLERANCE, name

@@ -67,6 +67,7 @@ def read_keras_file(path: str | Path, architecture: str | Path | None = None) ->
             "model.to_json(), or a full .keras/.h5 model file)"
         )
     _name_positional(result)
+    _split_nested(result)
     return result
 
 
@@ -144,13 +145,27 @@ def _legacy_weights(group) -> dict[str, WeightList]:
     for layer in (_text(n) for n in group.attrs["layer_names"]):
         layer_group = group[layer]
         names = [_text(n) for n in layer_group.attrs.get("weight_names", [])]
-        weights[layer] = [(_short_name(name), np.asarray(layer_group[name][()])) for name in names]
+        weights[layer] = [(name, np.asarray(layer_group[name][()])) for name in names]
     return weights
 
 
-def _short_name(name: str) -> str:
+def short_name(name: str) -> str:
     """'conv1/kernel:0' → 'kernel'; 'base/c1/bias' → 'bias'."""
     return name.rsplit("/", 1)[-1].split(":")[0]
+
+
+def _split_nested(result: KerasFile) -> None:
+    """Legacy files keep a nested model's weights in one group ('base' → 'base/c1/kernel' or 'c1/kernel:0'):
+    regroup them per inner layer as 'base/c1', the names graph.parse_nodes gives the inlined layers."""
+    assert result.config is not None
+    for layer in result.config["config"]["layers"]:
+        name = layer.get("name") or layer["config"].get("name")
+        if not isinstance(layer["config"].get("layers"), list) or not result.weights.get(name):
+            continue
+        for weight_name, array in result.weights.pop(name):
+            parts = weight_name.split("/")
+            inner = parts[-2] if len(parts) >= 2 else weight_name
+            result.weights.setdefault(f"{name}/{inner}", []).append((weight_name, array))
 
 
 def _positional_layers(handle) -> list[tuple[str, WeightList]]:
@@ -176,27 +191,34 @@ def _snake(name: str) -> str:
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
+def _path_names(layers: list[dict], path: str = "layers", prefix: str = "") -> dict[str, str]:
+    """Keras 3 weight paths → layer names ('base/c1' inside a nested model), by Keras's own path rule."""
+    used: dict[str, int] = {}
+    out: dict[str, str] = {}
+    for layer in layers:
+        base = _snake(layer["class_name"])
+        unique = base if base not in used else f"{base}_{used[base] + 1}"
+        used[base] = used.get(base, -1) + 1
+        full = prefix + (layer.get("name") or layer["config"].get("name"))
+        out[f"{path}/{unique}"] = full
+        if isinstance(layer["config"].get("layers"), list):
+            out.update(_path_names(layer["config"]["layers"], f"{path}/{unique}/layers", f"{full}/"))
+    return out
+
+
 def _name_positional(result: KerasFile) -> None:
     """Give Keras 3 positional weights their layer names, from the recorded name or by Keras's own path rule."""
     if not result.positional:
         return
     assert result.config is not None
-    layers = result.config["config"]["layers"]
-    used: dict[str, int] = {}
-    by_path: dict[str, str] = {}
-    for layer in layers:
-        base = _snake(layer["class_name"])
-        unique = base if base not in used else f"{base}_{used[base] + 1}"
-        used[base] = used.get(base, -1) + 1
-        by_path[f"layers/{unique}"] = layer.get("name") or layer["config"].get("name")
+    by_path = _path_names(result.config["config"]["layers"])
     for path, arrays in result.positional:
         path, _, recorded = path.partition("@")
-        if path.count("/layers/") or path == "vars":
-            raise GraftError(
-                f"{result.path}: nested models (a model used as a layer, {path}) are not supported yet; "
-                "rebuild the model flat (e.g. with base.output) or import the inner model"
-            )
-        name = recorded or by_path.get(path)
+        parent = path.rpartition("/layers/")[0] if path.count("/layers/") else ""
+        if recorded and (not parent or parent in by_path):
+            name = (by_path[parent] + "/" if parent else "") + recorded
+        else:
+            name = by_path.get(path)
         if name is None:
             raise GraftError(f"{result.path}: weights at {path} belong to no layer of the architecture")
         result.weights[name] = arrays

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from graft.errors import GraftError
-from graft.models.keras.files import KerasFile, WeightList
+from graft.models.keras.files import KerasFile, WeightList, short_name
 
 GRAPH_FORMAT = "graft.keras-graph"
 GRAPH_VERSION = 1
@@ -80,14 +80,39 @@ class Node:
     inputs: list[str]
 
 
-def parse_nodes(model_config: dict) -> tuple[list[Node], str, tuple, str]:
-    """(nodes in execution order, input layer name, input shape (H, W, C) with None for free dims, output name)."""
+def parse_nodes(model_config: dict, *, nested: bool = False) -> tuple[list[Node], str, tuple, str]:
+    """(nodes in execution order, input layer name, input shape (H, W, C) with None for free dims, output name).
+
+    A model used as a layer (`Sequential([base, …])`, `base(x)`) is inlined: its layers become `base/<layer>`.
+    """
     kind = model_config.get("class_name")
     config = model_config["config"]
     layers = config["layers"]
-    if kind == "Sequential":
-        return _sequential(layers, config)
-    return _functional(layers, config)
+    parse = _sequential if kind == "Sequential" else _functional
+    nodes, input_name, shape, output = parse(layers, config, nested)
+    nodes, output = _inline(nodes, output)
+    return nodes, input_name, shape, output
+
+
+def _inline(nodes: list[Node], output: str) -> tuple[list[Node], str]:
+    flat: list[Node] = []
+    alias: dict[str, str] = {}
+    for node in nodes:
+        inputs = [alias.get(i, i) for i in node.inputs]
+        if node.kind not in _NESTED or not isinstance(node.config.get("layers"), list):
+            flat.append(Node(node.name, node.kind, node.config, inputs))
+            continue
+        if len(inputs) != 1:
+            raise GraftError(f"nested model {node.name!r} takes {len(inputs)} inputs; graft inlines one-input models")
+        inner, inner_input, _, inner_output = parse_nodes({"class_name": node.kind, "config": node.config}, nested=True)
+        prefix = f"{node.name}/"
+
+        def rename(name: str, inner_input: str = inner_input, source: str = inputs[0], prefix: str = prefix) -> str:
+            return source if name == inner_input else prefix + name
+
+        flat += [Node(prefix + n.name, n.kind, n.config, [rename(i) for i in n.inputs]) for n in inner]
+        alias[node.name] = rename(inner_output)
+    return flat, alias.get(output, output)
 
 
 def _shape_of(config: dict) -> tuple | None:
@@ -95,7 +120,7 @@ def _shape_of(config: dict) -> tuple | None:
     return tuple(shape[1:]) if shape else None
 
 
-def _sequential(layers: list[dict], config: dict) -> tuple[list[Node], str, tuple, str]:
+def _sequential(layers: list[dict], config: dict, nested: bool) -> tuple[list[Node], str, tuple, str]:
     nodes: list[Node] = []
     shape = None
     previous = "input"
@@ -109,7 +134,7 @@ def _sequential(layers: list[dict], config: dict) -> tuple[list[Node], str, tupl
         shape = tuple(config["build_input_shape"][1:])
     if shape is None and layers and isinstance(layers[0].get("build_config"), dict):
         shape = tuple(layers[0]["build_config"]["input_shape"][1:])
-    if shape is None:
+    if shape is None and not nested:
         raise GraftError("the Sequential model records no input shape; build it with keras.Input(...) first")
     input_name = previous
     for layer in layers:
@@ -139,7 +164,7 @@ def _endpoints(value: object) -> list[str]:
     return [entry[0] for entry in value or []]
 
 
-def _functional(layers: list[dict], config: dict) -> tuple[list[Node], str, tuple, str]:
+def _functional(layers: list[dict], config: dict, nested: bool) -> tuple[list[Node], str, tuple, str]:
     inputs, outputs = _endpoints(config.get("input_layers")), _endpoints(config.get("output_layers"))
     if len(inputs) != 1 or len(outputs) != 1:
         raise GraftError(
@@ -161,7 +186,7 @@ def _functional(layers: list[dict], config: dict) -> tuple[list[Node], str, tupl
         sources = _history(args)
         kind = _ALIASES.get(layer["class_name"], layer["class_name"])
         nodes.append(Node(name, kind, layer["config"], sources))
-    if shape is None:
+    if shape is None and not nested:
         raise GraftError("the model records no input shape")
     return _topological(nodes, inputs[0]), inputs[0], shape, outputs[0]
 
@@ -185,8 +210,8 @@ def check_supported(nodes: list[Node]) -> None:
     nested = [n.name for n in nodes if n.kind in _NESTED]
     if nested:
         raise GraftError(
-            f"nested models (a model used as a layer: {', '.join(nested)}) are not supported yet; "
-            "rebuild the model flat (e.g. from base.output) and save it again"
+            f"nested models without a layer list (subclassed: {', '.join(nested)}) cannot be imported; "
+            "rebuild them as Sequential or functional models"
         )
     bad = [f"{n.kind} ({n.name})" for n in nodes if n.kind not in SUPPORTED]
     bad += [f"{n.kind} ({n.name}) with data_format channels_first" for n in nodes if _fmt(n) == "channels_first"]
@@ -214,7 +239,7 @@ def _pair(value: object) -> list[int]:
 def _named(kind: str, config: dict, arrays: WeightList, layer: str) -> dict[str, np.ndarray]:
     """Each array under its Keras name: from the file when it has names, else by Keras's creation order."""
     if arrays and all(name for name, _ in arrays):
-        return {str(name): value for name, value in arrays}
+        return {short_name(str(name)): value for name, value in arrays}
     if kind in ("Conv2D", "DepthwiseConv2D", "Dense"):
         order = ["kernel", "bias"]
     elif kind == "SeparableConv2D":
