@@ -314,3 +314,15 @@ def test_nested_models_are_inlined(fmt, tmp_path):
         diff = np.abs(graft_out(bundle, x) - keras_out(model, x)).max()
         print(f"nested {name} ({fmt}): max |Δ| {diff:.2e}")
         assert diff <= TOLERANCE, name
+
+
+def test_binary_sigmoid_classifier_becomes_two_logits(tmp_path):
+    model = _model((8, 8, 3), lambda x: L.Dense(1, activation="sigmoid")(L.GlobalAveragePooling2D()(L.Conv2D(4, 3)(x))))
+    randomise(model, seed=9)
+    model.save(tmp_path / "m.keras")
+    bundle = graft.import_keras(tmp_path / "m.keras", classes="cat,dog")
+    assert "two logits" in bundle.provenance["keras"]["notes"][0]
+    x = random_images(4, 8, 8, seed=4)
+    logits = graft_out(bundle, x)
+    p_dog = 1 / (1 + np.exp(logits[:, 0] - logits[:, 1]))
+    assert np.abs(p_dog - keras_out(model, x)[:, 0]).max() <= TOLERANCE

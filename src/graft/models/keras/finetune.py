@@ -19,6 +19,10 @@ def retarget(graph: dict, num_classes: int) -> dict:
     """A copy of the graph whose output layer (a Dense) has `num_classes` units."""
     graph = copy.deepcopy(graph)
     last = next((layer for layer in graph["layers"] if layer["name"] == graph["output"]), None)
+    if last is not None and last["type"] == "BinaryLogits":  # a sigmoid classifier gets an ordinary softmax head
+        graph["layers"].remove(last)
+        graph["output"] = last["inputs"][0]
+        last = next((layer for layer in graph["layers"] if layer["name"] == graph["output"]), None)
     if last is None or last["type"] != "Dense":
         kind = last["type"] if last else "nothing"
         raise GraftError(f"the imported model ends in {kind}, not a Dense layer; graft can only resize a final Dense")

@@ -414,18 +414,32 @@ def describe(source: KerasFile, *, input_order: str = "rgb") -> tuple[dict, dict
 
 
 def _strip_softmax(nodes: list[Node], output: str) -> tuple[list[Node], str, list[str]]:
-    """graft models return logits: a final softmax (layer, or a Dense/Conv activation) is removed, and said so."""
+    """graft models return logits: a final softmax (layer, or a Dense/Conv activation) is removed, and said so.
+
+    A one-unit sigmoid output (binary classifier) becomes two logits (0, z): softmax gives (1 − σ(z), σ(z)).
+    """
     by_name = {n.name: n for n in nodes}
     last = by_name.get(output)
     if last is None:
         raise GraftError(f"the output layer {output!r} is not among the model's layers")
-    is_softmax_layer = last.kind == "Softmax" or (
-        last.kind == "Activation" and last.config.get("activation") == "softmax"
-    )
-    if is_softmax_layer and len(last.inputs) == 1:
+    act = last.config.get("activation") if last.kind == "Activation" else None
+    if (last.kind == "Softmax" or act == "softmax") and len(last.inputs) == 1:
         kept = [n for n in nodes if n.name != output]
         return kept, last.inputs[0], [f"removed the final softmax layer {output!r}: graft bundles output logits"]
     if last.config.get("activation") == "softmax" and last.kind in ("Dense", "Conv2D"):
         last.config = {**last.config, "activation": "linear"}
         return nodes, output, [f"removed the softmax activation of {output!r}: graft bundles output logits"]
+    dense = by_name.get(last.inputs[0]) if act == "sigmoid" and len(last.inputs) == 1 else last
+    one_unit = dense is not None and dense.kind == "Dense" and int(dense.config.get("units", 0)) == 1
+    if one_unit and (act == "sigmoid" or dense.config.get("activation") == "sigmoid"):
+        kept = [n for n in nodes if n.name != output or n is dense]
+        dense.config = {**dense.config, "activation": "linear"}
+        binary = Node(f"{dense.name}_binary_logits", "BinaryLogits", {}, [dense.name])
+        note = (
+            f"the one-unit sigmoid output {output!r} became two logits (0, z): classes 0 and 1, "
+            "with softmax probabilities (1 − σ(z), σ(z))"
+        )
+        return [*kept, binary], binary.name, [note]
+    if last.config.get("activation") == "sigmoid" or act == "sigmoid":
+        return nodes, output, [f"the output {output!r} ends in a sigmoid: graft reads outputs as logits for a softmax"]
     return nodes, output, []

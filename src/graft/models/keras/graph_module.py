@@ -287,6 +287,13 @@ class KMerge(nn.Module):
         return out / len(xs) if self.kind == "Average" else out
 
 
+class KBinaryLogits(nn.Module):
+    """A one-unit sigmoid classifier's z as two logits (0, z): softmax = (1 − σ(z), σ(z)), exactly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), x], dim=1)
+
+
 def build_layer(kind: str, cfg: dict) -> nn.Module:
     if kind in ("Conv2D", "DepthwiseConv2D"):
         return KConv2d(cfg)
@@ -320,6 +327,8 @@ def build_layer(kind: str, cfg: dict) -> nn.Module:
         return KRescaling(cfg)
     if kind == "Reshape":
         return KReshape(cfg)
+    if kind == "BinaryLogits":
+        return KBinaryLogits()
     if kind in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"):
         return KMerge(cfg, kind)
     raise GraftError(f"unsupported layer type {kind!r} in the graph description")
