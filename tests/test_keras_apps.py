@@ -234,3 +234,16 @@ def test_cli_import_keras(tmp_path, capsys):
         main(["import-keras", str(tmp_path / "junk.h5"), "-o", str(tmp_path / "c")])
     assert done.value.code == 2
     assert not (tmp_path / "c").exists()
+
+
+def test_mobilenet_at_a_size_timm_pads_differently_keeps_the_layer_graph(tmp_path):
+    # 72 → 36 → 18 → 9: Keras pads the stride-2 depthwise conv on 9×9 by (0, 1), TF "same" by (1, 1).
+    model = A.MobileNet((72, 72, 3), alpha=0.25, weights=None, classes=3, classifier_activation=None)
+    randomise(model, seed=4)
+    model.save(tmp_path / "m.keras")
+    bundle = graft.import_keras(tmp_path / "m.keras")
+    assert bundle.architecture.graph is not None
+    assert any("kept the layer graph" in note for note in bundle.provenance["keras"]["notes"])
+    images = np.random.default_rng(3).integers(0, 256, (2, 72, 72, 3), dtype=np.uint8)
+    expected = keras_out(model, A.mobilenet.preprocess_input(images.astype("float32")))
+    assert np.abs(_spec_logits(bundle, images) - expected).max() <= TOLERANCE
