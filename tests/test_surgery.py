@@ -245,11 +245,22 @@ def test_training_continues_an_edited_bundle_with_its_architecture_and_spec(tiny
     assert parent["bundle"] == str(tmp_path / "grown") and parent["surgery"][0]["verdict"] == "exact"
 
 
-def test_continuing_refuses_settings_that_contradict_the_bundle(tiny_run, tmp_path):
+def test_other_settings_transfer_a_plain_bundle_but_refuse_an_edited_one(tiny_run, tmp_path):
+    moved = graft.train(
+        data="digits",
+        weights=str(tiny_run.bundle.path),
+        size=24,
+        epochs=1,
+        max_train=64,
+        batch_size=32,
+        run_dir=str(tmp_path / "moved"),
+        workers=0,
+    )
+    assert moved.bundle.spec.size == (24, 24) and moved.bundle.provenance["continued_from"] is None
+    assert moved.bundle.provenance["transfer"]["loaded"]
+    surgery(tiny_run.bundle.path, tmp_path / "grown", insert_after="layer2", probe_count=4)
     with pytest.raises(GraftError, match="graft surgery"):
-        graft.train(data="digits", weights=str(tiny_run.bundle.path), size=32, run_dir=str(tmp_path / "r"))
-    with pytest.raises(GraftError, match="graft surgery"):
-        graft.train(data="digits", weights=str(tiny_run.bundle.path), input_mode="stem", run_dir=str(tmp_path / "r"))
+        graft.train(data="digits", weights=str(tmp_path / "grown"), size=32, run_dir=str(tmp_path / "r"))
 
 
 def test_size_below_what_the_model_accepts_is_refused(tmp_path):

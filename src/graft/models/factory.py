@@ -21,6 +21,7 @@ from torch import nn
 from graft.errors import GraftError, first_line
 from graft.models.edits import apply_edits
 from graft.models.input_modes import FlattenHead, GrayStem, apply_fold, find_first_conv, set_input_channels
+from graft.models.keras import timm_models as _keras_timm_models  # noqa: F401  (registers keras_* timm names)
 from graft.models.weights import TransferReport, read_state_dict, transfer_weights
 from graft.spec import INPUT_MODES, InputMode, InputSpec
 
@@ -38,6 +39,8 @@ class Architecture:
     head: HeadKind = "pool"
     timm_kwargs: dict = field(default_factory=dict)
     edits: list[dict] = field(default_factory=list)  # structural surgery, replayed in order (models/edits.py)
+    # Imported Keras layer graphs (graft.models.keras): a JSON description of the layers, built instead of timm.
+    graph: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,6 +141,8 @@ def _minimum_size(attempt: Callable[[int], object]) -> int | None:
 
 def build_model(arch: Architecture, spec: InputSpec) -> GraftModel:
     """The model's structure with fresh weights; raises GraftError when the input size is too small."""
+    if arch.graph is not None:
+        return _build_graph_model(arch, spec)
     check_model_name(arch.timm_name)
     if arch.input_mode not in INPUT_MODES:
         raise GraftError(f"unknown input mode {arch.input_mode!r}; choose one of {', '.join(INPUT_MODES)}")
@@ -158,6 +163,29 @@ def build_model(arch: Architecture, spec: InputSpec) -> GraftModel:
         ) from None
     head = FlattenHead(int(torch.tensor(shape[1:]).prod()), arch.num_classes) if flatten else None
     return GraftModel(backbone, stem, head).train()
+
+
+def _build_graph_model(arch: Architecture, spec: InputSpec) -> GraftModel:
+    """An imported Keras layer graph as the backbone; it ends in its own classifier, so there is no head."""
+    from graft.models.keras.graph_module import KerasGraphModule
+
+    if arch.input_mode != "replicate":
+        raise GraftError(
+            f"imported Keras layer graphs take their own input channels; input mode {arch.input_mode!r} "
+            "is not available for them"
+        )
+    model = GraftModel(KerasGraphModule(arch.graph)).train()
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, spec.channels, *spec.size))
+    except (RuntimeError, ValueError) as error:
+        raise GraftError(
+            f"the imported layer graph does not run at {spec.size[0]}×{spec.size[1]}×{spec.channels}: "
+            f"{first_line(error, 160)}"
+        ) from None
+    if tuple(out.shape) != (1, arch.num_classes):
+        raise GraftError(f"the imported layer graph outputs {tuple(out.shape[1:])}, not {arch.num_classes} classes")
+    return model.train()
 
 
 def _hub_state_dict(name: str, kwargs: dict) -> dict[str, torch.Tensor]:
@@ -186,6 +214,12 @@ def create_model(
 
     `pretrained="imagenet"` fetches timm's hub weights; `weights=FILE` reads a local file instead.
     """
+    recorded = bundle_architecture(weights)
+    if recorded is not None and recorded.graph is not None and name == recorded.timm_name:
+        # An imported Keras layer graph (graft.models.keras): rebuilt from its description, not from timm.
+        from graft.models.keras.finetune import create_graph_model
+
+        return create_graph_model(str(weights), recorded, num_classes, input_mode=input_mode, size=size)
     check_model_name(name)
     if pretrained not in (None, "imagenet"):
         raise GraftError(f"unknown pretrained weights {pretrained!r}: use 'imagenet' or --weights FILE")
@@ -249,6 +283,28 @@ def backbone_normalisation(name: str, weights: str | None = None) -> tuple[tuple
     if cfg is None:
         return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     return tuple(cfg.mean), tuple(cfg.std)
+
+
+def bundle_architecture(weights: str | None) -> Architecture | None:
+    """The architecture recorded in a bundle given as --weights; None for weight files."""
+    if not weights or not (Path(weights) / "graft.json").is_file():
+        return None
+    try:
+        return Architecture.from_dict(json.loads((Path(weights) / "graft.json").read_text())["architecture"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise GraftError(f"{weights}/graft.json is damaged ({first_line(error)})") from None
+
+
+def resolve_model(name: str | None, weights: str | None, kwargs: dict | None) -> tuple[str, dict]:
+    """The timm name and kwargs to train: the given ones; else those of a --weights bundle (e.g. an imported Keras
+    model's `keras_mobilenetv1` + `channel_multiplier`); else resnet18. A bundle's kwargs also apply when `name`
+    is the bundle's own model."""
+    recorded = bundle_architecture(weights)
+    if name is None:
+        name = recorded.timm_name if recorded is not None else "resnet18"
+    if kwargs is None:
+        kwargs = dict(recorded.timm_kwargs) if recorded is not None and recorded.timm_name == name else {}
+    return name, dict(kwargs)
 
 
 def _input_mode_of(state: dict[str, torch.Tensor]) -> InputMode:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -24,6 +24,9 @@ class TrainConfig(BaseModel):
     data_root: str | None = Field(None, description="where data sets are looked for (default $GRAFT_DATA or cache)")
     download: bool = Field(True, description="download missing MNIST-style files")
     model: str | None = Field(None, description="any timm model name (default resnet18, or the --weights bundle's)")
+    model_kwargs: dict[str, Any] | None = Field(
+        None, description="timm kwargs for the model (default: the --weights bundle's when it is that model)"
+    )
     pretrained: Literal["imagenet"] | None = Field(None, description="'imagenet' fetches timm hub weights")
     weights: str | None = Field(
         None, description="local weights: safetensors, a state dict, or a bundle to continue training from"

@@ -15,7 +15,7 @@ from pathlib import Path
 from graft.bundle import META_FILE, load
 from graft.data.base import ImageSet
 from graft.errors import GraftError
-from graft.models.factory import GraftModel, create_model
+from graft.models.factory import GraftModel, create_model, resolve_model
 from graft.models.weights import TransferReport
 from graft.spec import InputSpec
 from graft.surgery.classes import change_classes
@@ -31,9 +31,30 @@ def _bundle_meta(weights: str | None) -> dict | None:
         raise GraftError(f"{weights}/{META_FILE} is damaged: {error}") from None
 
 
+def _recorded_settings(meta: dict) -> dict:
+    arch, spec = meta["architecture"], meta["input"]
+    return {
+        "model": arch["timm_name"],
+        "model_kwargs": arch.get("timm_kwargs") or {},
+        "input_mode": arch.get("input_mode", "replicate"),
+        "head": arch.get("head", "pool"),
+        "size": spec["size"][0],
+    }
+
+
+def _contradictions(config: TrainConfig, meta: dict) -> list[str]:
+    recorded = _recorded_settings(meta)
+    return [
+        f"--{key.replace('_', '-')} {getattr(config, key)} (the bundle has {value})"
+        for key, value in recorded.items()
+        if getattr(config, key) is not None and getattr(config, key) != value
+    ]
+
+
 def continues_bundle(config: TrainConfig) -> bool:
+    """A bundle as --weights is continued unless the settings ask for another model, size, mode or head."""
     meta = _bundle_meta(config.weights)
-    return meta is not None and config.model in (None, meta.get("architecture", {}).get("timm_name"))
+    return meta is not None and not _contradictions(config, meta)
 
 
 def parent_record(config: TrainConfig) -> dict | None:
@@ -51,31 +72,34 @@ def parent_record(config: TrainConfig) -> dict | None:
 
 
 def resolve_settings(config: TrainConfig) -> TrainConfig:
-    """Fill the architecture settings left open: from the bundle being continued, else graft's defaults."""
-    if not continues_bundle(config):
-        return config.model_copy(update={k: v for k, v in ARCHITECTURE_DEFAULTS.items() if getattr(config, k) is None})
+    """Fill the settings left open: from the bundle being continued, else graft's defaults.
+
+    When other settings are asked for, the weights move by name and shape into a fresh model built with them
+    (the bundle's timm name and kwargs unless another --model is named). A bundle changed by surgery cannot take
+    that path without losing its inserted blocks, so it is refused with a pointer to `graft surgery`.
+    """
     meta = _bundle_meta(config.weights)
-    arch, spec = meta["architecture"], meta["input"]
-    recorded = {
-        "model": arch["timm_name"],
-        "input_mode": arch.get("input_mode", "replicate"),
-        "head": arch.get("head", "pool"),
-        "size": spec["size"][0] if spec["size"][0] == spec["size"][1] else None,
-        "resize": spec.get("resize", "stretch"),
-    }
-    for key, value in recorded.items():
-        given = getattr(config, key)
-        if given is not None and given != value and key != "resize":
-            flag = key.replace("_", "-")
-            hint = " (change it first with `graft surgery`)" if key in ("size", "input_mode") else ""
-            raise GraftError(
-                f"--{flag} {given} differs from the bundle being continued ({value}){hint}; "
-                f"or name another --model to transfer the weights by name"
-            )
-    update = {k: v for k, v in recorded.items() if getattr(config, k) is None and v is not None}
-    if "size" not in update and config.size is None:
-        update["size"] = spec["size"][0]
-    return config.model_copy(update=update)
+    if meta is not None and continues_bundle(config):
+        recorded = _recorded_settings(meta)
+        update = {k: v for k, v in recorded.items() if getattr(config, k) is None}
+        if config.resize is None:
+            update["resize"] = meta["input"].get("resize", "stretch")
+        return config.model_copy(update=update)
+    if (
+        meta is not None
+        and meta["architecture"].get("edits")
+        and config.model in (None, meta["architecture"]["timm_name"])
+    ):
+        raise GraftError(
+            f"{config.weights} was changed by surgery; {', '.join(_contradictions(config, meta))} would drop its "
+            "inserted blocks: change it with `graft surgery` and continue the result"
+        )
+    name, kwargs = resolve_model(config.model, config.weights, config.model_kwargs)
+    defaults = dict(ARCHITECTURE_DEFAULTS)
+    if meta is not None and name == meta["architecture"]["timm_name"]:  # unasked settings stay the bundle's
+        defaults.update({k: v for k, v in _recorded_settings(meta).items() if k in ("input_mode", "head", "size")})
+    update = {k: v for k, v in defaults.items() if getattr(config, k) is None}
+    return config.model_copy(update={**update, "model": name, "model_kwargs": kwargs})
 
 
 def starting_model(
@@ -92,6 +116,7 @@ def starting_model(
         size=config.size,
         pretrained=config.pretrained,
         weights=config.weights,
+        timm_kwargs=config.model_kwargs,
     )
     return model, arch, dataclasses.replace(spec, resize=config.resize), report
 
@@ -100,6 +125,14 @@ def _continue(config: TrainConfig, classes: list[str], train_set: ImageSet):
     if config.pretrained:
         raise GraftError("give either --pretrained or --weights, not both")
     bundle = load(config.weights)
+    if bundle.architecture.graph is not None:  # an imported Keras layer graph: its own classifier rule
+        return create_model(
+            bundle.architecture.timm_name,
+            len(classes),
+            input_mode=config.input_mode,
+            size=config.size,
+            weights=config.weights,
+        )
     report = TransferReport(source=f"{config.weights} (continued: architecture, edits and input spec)")
     report.loaded = [k for k in bundle.model.state_dict() if not k.endswith("num_batches_tracked")]
     if list(classes) != bundle.classes:

@@ -1,0 +1,196 @@
+"""`import_keras`: a Keras .h5 / .keras file → a graft bundle with the same logits, without TensorFlow.
+
+1. read the file (files.py): model config + weight arrays;
+2. describe it as a layer graph (graph.py) and build that module (graph_module.py): the exact reference;
+3. if the layers spell a Keras Application timm also has, map the weights onto the timm model
+   (applications.py) and keep it only if its logits match the layer graph's on a random input;
+   otherwise (or with `generic=True`) the bundle stores the layer graph itself;
+4. the Keras preprocessing mode becomes the bundle's input spec (mean/std over pixels in [0, 1]).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from graft._version import __version__
+from graft.bundle import Bundle
+from graft.errors import GraftError, first_line
+from graft.models.factory import Architecture, GraftModel, build_model
+from graft.models.keras.applications import PREPROCESS, detect, map_application
+from graft.models.keras.files import read_keras_file
+from graft.models.keras.graph import describe, parse_nodes
+from graft.models.keras.graph_module import KerasGraphModule
+from graft.models.keras.timm_models import CAFFE_MEAN, CAFFE_STD, TF_MEAN, TF_STD
+from graft.spec import InputSpec
+
+GRAPH_MODEL_NAME = "keras-graph"
+PARITY_TOLERANCE = 1e-4  # max |Δ logit| between the timm mapping and the layer graph, relative to the logit scale
+
+# Keras preprocessing modes as mean/std over pixels in [0, 1] (RGB order; caffe's BGR is handled in the weights).
+PREPROCESSING: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "tf": (TF_MEAN, TF_STD),  # x / 127.5 − 1
+    "torch": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet mean/std on x / 255
+    "caffe": (CAFFE_MEAN, CAFFE_STD),  # BGR, x − mean (0–255)
+    "raw": ((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)),  # pixels 0–255 as they are
+    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # pixels / 255
+}
+
+
+def import_keras(
+    path: str | Path,
+    output: str | Path | None = None,
+    *,
+    architecture: str | Path | None = None,
+    classes: list[str] | str | Path | None = None,
+    preprocess: str | None = None,
+    size: int | tuple[int, int] | None = None,
+    generic: bool = False,
+    overwrite: bool = False,
+) -> Bundle:
+    """Import a Keras model; with `output`, the bundle is also written there (atomically).
+
+    `architecture`: model JSON or full model file, for weights-only files. `classes`: names, a comma-separated
+    string or a file with one name per line (default: ImageNet names for ImageNet applications, else class_0…).
+    `preprocess`: tf, torch, caffe, raw (0–255) or unit (0–1); default: the application's, else raw when the model
+    starts with a Rescaling layer, else unit. `size`: input size for models with a free input size (default 224).
+    `generic=True` keeps the layer graph even for a recognised application.
+    """
+    source = read_keras_file(path, architecture)
+    nodes, _, shape, _ = parse_nodes(source.config)
+    family = None if generic else detect(nodes)
+    mode = _preprocess_mode(preprocess, family, nodes, shape)
+    graph, graph_state, notes = describe(source, input_order="bgr" if mode == "caffe" else "rgb")
+    spec = _input_spec(shape, size, mode)
+    reference = _graph_model(graph, graph_state, spec)
+    num_classes = _num_classes(reference, spec)
+
+    model, arch, mapped_name, parity = reference, None, None, None
+    if family is not None:
+        try:
+            mapped = map_application(source, family)
+            candidate_arch = Architecture(mapped.timm_name, mapped.num_classes, "replicate", "pool", mapped.timm_kwargs)
+            candidate = build_model(candidate_arch, spec)
+            candidate.backbone.load_state_dict(mapped.state, strict=True)
+            parity = _max_difference(candidate, reference, spec)
+            if parity <= PARITY_TOLERANCE:
+                model, arch, mapped_name = candidate, candidate_arch, mapped.name
+            else:
+                notes.append(
+                    f"{mapped.name} mapped onto {mapped.timm_name} differs by {parity:.2e}; kept the layer graph"
+                )
+        except (GraftError, RuntimeError) as error:
+            notes.append(
+                f"looks like a Keras {family} but does not map onto timm ({first_line(error, 160)}); "
+                "kept the layer graph"
+            )
+    if arch is None:
+        arch = Architecture(GRAPH_MODEL_NAME, num_classes, "replicate", "pool", {}, graph=graph)
+    names = _class_names(classes, num_classes, imagenet=mapped_name is not None and num_classes == 1000)
+    provenance = {
+        "graft_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "keras": {
+            "source": str(Path(path)),
+            "architecture_file": str(architecture) if architecture else None,
+            "file_kind": source.kind,
+            "keras_version": source.keras_version,
+            "model_name": source.config["config"].get("name"),
+            "application": mapped_name,
+            "imported_as": arch.timm_name,
+            "preprocess": mode,
+            "parity_max_abs_diff_vs_graph": parity,
+            "notes": notes,
+        },
+    }
+    bundle = Bundle(model.eval(), arch, spec, names, {}, provenance)
+    if output is not None:
+        bundle.save(output, overwrite=overwrite)
+    return bundle
+
+
+def _preprocess_mode(preprocess: str | None, family: str | None, nodes: list, shape: tuple) -> str:
+    if preprocess is not None:
+        if preprocess not in PREPROCESSING:
+            raise GraftError(f"unknown preprocessing {preprocess!r}; choose one of {', '.join(PREPROCESSING)}")
+        if preprocess in ("caffe", "torch") and shape[-1] != 3:
+            raise GraftError(f"{preprocess} preprocessing needs a 3-channel model; this one takes {shape[-1]}")
+        return preprocess
+    if family is not None:
+        return PREPROCESS[family]
+    return "raw" if nodes and nodes[0].kind == "Rescaling" else "unit"
+
+
+def _input_spec(shape: tuple, size: int | tuple[int, int] | None, mode: str) -> InputSpec:
+    height, width, channels = shape
+    if size is not None:
+        height, width = (size, size) if isinstance(size, int) else size
+    elif height is None or width is None:
+        height, width = 224, 224
+    mean, std = PREPROCESSING[mode]
+    mean, std = tuple(mean[:channels]), tuple(std[:channels])
+    if len(mean) != channels:
+        raise GraftError(f"graft imports 1- or 3-channel image models; this one takes {channels} channels")
+    return InputSpec(
+        size=(int(height), int(width)),
+        channels=int(channels),
+        mode="replicate",
+        mean=mean,
+        std=std,
+        backbone_mean=mean,
+        backbone_std=std,
+    )
+
+
+def _graph_model(graph: dict, state: dict[str, torch.Tensor], spec: InputSpec) -> GraftModel:
+    module = KerasGraphModule(graph)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise GraftError(f"weights do not fit the layers: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return GraftModel(module).eval()
+
+
+def _num_classes(model: GraftModel, spec: InputSpec) -> int:
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, spec.channels, *spec.size))
+    except (RuntimeError, ValueError) as error:
+        raise GraftError(f"the model does not run at {spec.size[0]}×{spec.size[1]}: {first_line(error, 160)}") from None
+    if out.ndim != 2:
+        raise GraftError(f"the model's output has shape {tuple(out.shape[1:])}: graft imports classifiers (N, classes)")
+    return int(out.shape[1])
+
+
+def _max_difference(a: GraftModel, b: GraftModel, spec: InputSpec) -> float:
+    """max |Δ logit| on two random inputs of unit scale, relative to max(1, the logits' magnitude)."""
+    x = torch.randn(2, spec.channels, *spec.size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ya, yb = a.eval()(x), b.eval()(x)
+    return float((ya - yb).abs().max() / max(1.0, float(yb.abs().max())))
+
+
+def _class_names(classes: list[str] | str | Path | None, count: int, *, imagenet: bool) -> list[str]:
+    if classes is None:
+        return imagenet_names() if imagenet else [f"class_{i}" for i in range(count)]
+    if isinstance(classes, Path) or (isinstance(classes, str) and Path(classes).is_file()):
+        names = [line.strip() for line in Path(classes).read_text().splitlines() if line.strip()]
+    elif isinstance(classes, str):
+        names = [c.strip() for c in classes.split(",") if c.strip()]
+    else:
+        names = [str(c) for c in classes]
+    if len(names) != count:
+        raise GraftError(f"{len(names)} class names for a model with {count} outputs")
+    return names
+
+
+def imagenet_names() -> list[str]:
+    """ImageNet-1k class names from timm's offline copy: the first synonym ('tench'), made unique by WordNet id."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    short = [d.split(",")[0].strip() for d in info.label_descriptions()]
+    wnids = info.label_names()
+    return [f"{s} ({w})" if short.count(s) > 1 else s for s, w in zip(short, wnids, strict=True)]
