@@ -7,8 +7,8 @@
 4. Compare with the same new architecture (the same surgery applied to an untrained model) trained from scratch
    for one epoch with the same settings (scratch gets the better of two learning rates). Repeated over seeds.
 
-The colour digits are the gray ones painted with a random foreground colour on a darker random background: the same
-objects seen by a colour camera. Recalibration and imprinting use the colour *training* images only.
+The colour digits are the gray ones painted with a random bright foreground colour on a random dark background: the
+same objects seen by a colour camera. Recalibration and imprinting use the colour *training* images only.
 
     uv run python bench/surgery_story.py                 # 3 seeds, ~5 min on 2 cores
     uv run python bench/surgery_story.py --seeds 1 --json bench/results/surgery_story.json
@@ -54,12 +54,12 @@ def write_digit_folders(root: Path, seed: int = 0) -> dict[str, Path]:
 
 
 def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random foreground colour brighter (in luminance) than a random background colour: the same objects,
-    now seen by a colour camera."""
+    """A random bright foreground colour on a random dark background colour: the same objects, now seen by a
+    colour camera (luminance ≥ 110 for the digit, ≤ 40 for the background)."""
     luma = np.array([0.299, 0.587, 0.114])
     while True:
-        foreground, background = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-        if foreground @ luma > background @ luma + 60:
+        foreground, background = rng.integers(0, 256, 3), rng.integers(0, 80, 3)
+        if foreground @ luma >= 110 and background @ luma <= 40:
             return foreground, background
 
 

@@ -103,6 +103,11 @@ def surgery(
     if probe_count < 1:
         raise GraftError("the probe needs at least one image")
     current = bundle if isinstance(bundle, Bundle) else load(bundle)
+    if current.architecture.graph is not None:
+        raise GraftError(
+            "surgery works on timm architectures; this bundle is an imported Keras layer graph "
+            "(Keras Applications import as timm models and do support it)"
+        )
     parent = str(current.path) if current.path else None
     say = console.print if console is not None else (lambda *_a, **_k: None)
     size2 = (size, size) if isinstance(size, int) else tuple(size) if size is not None else None
