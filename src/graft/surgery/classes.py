@@ -151,16 +151,20 @@ def _calibrate_biases(
 ) -> None:
     features = torch.cat(list(examples.values()))
     truth = torch.cat([torch.full((len(f),), k) for k, f in examples.items()])
-    weight = state[weight_key].flatten(1).double()
+    raw = features @ state[weight_key].flatten(1).double().T  # logits without biases
+    bias = state[bias_key].double().clone()
+    # Start with every new class out of the running, so each is first set against the kept classes alone
+    # (imprinted rows of post-ReLU features all score high everywhere and would otherwise mask each other).
+    bias[new] = float(raw.min() - raw.max() - bias.abs().max() - 1)
     for _ in range(2):  # coordinate search: each new class's bias given the others'
         for i in new:
-            logits = features @ weight.T + state[bias_key].double()
-            others = logits.clone()
+            others = raw + bias
             others[:, i] = -torch.inf
             rest_max, rest_arg = others.max(1)
-            margin = logits[:, i] - state[bias_key][i].double() - rest_max  # class i wins iff bias > -margin
-            candidates = torch.sort(-margin).values
+            threshold_of = rest_max - raw[:, i]  # class i wins an example iff its bias exceeds this
+            candidates = torch.sort(threshold_of).values
             thresholds = torch.cat([candidates[:1] - 1, (candidates[1:] + candidates[:-1]) / 2, candidates[-1:] + 1])
-            wins = thresholds.view(-1, 1) > -margin.view(1, -1)
+            wins = thresholds.view(-1, 1) > threshold_of.view(1, -1)
             correct = torch.where(wins, truth.view(1, -1) == i, (rest_arg == truth).view(1, -1)).sum(1)
-            state[bias_key][i] = thresholds[int(correct.argmax())].to(state[bias_key].dtype)
+            bias[i] = thresholds[int(correct.argmax())]
+    state[bias_key][new] = bias[new].to(state[bias_key].dtype)
