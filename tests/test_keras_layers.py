@@ -251,13 +251,10 @@ def test_layer_graph_bundle_fine_tunes(tmp_path):
     model.save(tmp_path / "m.keras")
     graft.import_keras(tmp_path / "m.keras", tmp_path / "imported")
     settings = dict(data="digits", weights=str(tmp_path / "imported"), epochs=1, batch_size=32, max_train=128)
-    with pytest.raises(GraftError, match="--size 8"):
-        graft.train(**settings, run_dir=str(tmp_path / "r0"), workers=0, threads=1)
     with pytest.raises(GraftError, match="replicate"):
         graft.train(**settings, size=8, input_mode="fold", run_dir=str(tmp_path / "r1"), workers=0, threads=1)
-    result = graft.train(
-        **settings, size=8, run_dir=str(tmp_path / "run"), output=str(tmp_path / "b"), workers=0, threads=1
-    )
+    # Without --size the bundle is continued at its own size (8×8).
+    result = graft.train(**settings, run_dir=str(tmp_path / "run"), output=str(tmp_path / "b"), workers=0, threads=1)
     arch = result.bundle.architecture
     assert (
         arch.timm_name == "keras-graph" and arch.num_classes == 10 and arch.graph["layers"][-1]["config"]["units"] == 10
