@@ -163,7 +163,7 @@ def main() -> None:
             f"  {certificate['verdict']:<11} {certificate['operation']:<34} max |Δlogit| "
             f"{certificate['max_abs_logit_delta']:.2e}  top-1 agreement {certificate['top1_agreement']:.2%}"
         )
-    print(f"\n{'':<44}" + "".join(f"seed {r['seed']:<6}" for r in rows) + "mean")
+    print(f"\n{'':<52}" + "".join(f"seed {r['seed']:<6}" for r in rows) + "mean")
     for key, label in (
         ("base_gray_test_acc", "original 64×64×1, digits 0–7 (gray test)"),
         ("grown_before_finetune_acc", "grown 128×128×3, 0–9, before fine-tuning"),
@@ -171,7 +171,7 @@ def main() -> None:
         ("scratch_1_epoch_acc", "same architecture from scratch, 1 epoch (best lr)"),
     ):
         values = [r[key] for r in rows]
-        print(f"{label:<44}" + "".join(f"{v:<11.2%}" for v in values) + f"{statistics.mean(values):.2%}")
+        print(f"{label:<52}" + "".join(f"{v:<11.2%}" for v in values) + f"{statistics.mean(values):.2%}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
