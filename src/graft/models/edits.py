@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from graft.errors import GraftError
-from graft.models.input_modes import replace_module
 
 BLOCK_KINDS: tuple[str, ...] = ("relu", "residual")
 
@@ -351,7 +350,6 @@ __all__ = [
     "apply_edits",
     "insert_block",
     "make_block",
-    "replace_module",
     "resolve_name",
     "widen_plan",
     "widen_structure",

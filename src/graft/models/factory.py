@@ -271,13 +271,28 @@ def create_model(
     return model, arch, spec, report
 
 
+def read_bundle_meta(weights: str | Path | None) -> dict | None:
+    """`graft.json` of a bundle given as --weights (None for weight files): the one reader of that record here."""
+    path = Path(weights) / "graft.json" if weights else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise GraftError(f"{path} is damaged ({first_line(error)})") from None
+    if not isinstance(meta, dict):
+        raise GraftError(f"{path} is damaged (not a JSON object)")
+    return meta
+
+
 def backbone_normalisation(name: str, weights: str | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The per-channel mean/std the backbone's weights expect: a bundle's own record, else timm's for the name."""
-    if weights and (Path(weights) / "graft.json").is_file():
+    meta = read_bundle_meta(weights)
+    if meta is not None:
         try:
-            recorded = InputSpec.from_dict(json.loads((Path(weights) / "graft.json").read_text())["input"])
+            recorded = InputSpec.from_dict(meta["input"])
             return recorded.backbone_mean, recorded.backbone_std
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+        except (KeyError, TypeError) as error:
             raise GraftError(f"{weights}/graft.json is damaged ({first_line(error)})") from None
     cfg = timm.get_pretrained_cfg(name)
     if cfg is None:
@@ -287,24 +302,13 @@ def backbone_normalisation(name: str, weights: str | None = None) -> tuple[tuple
 
 def bundle_architecture(weights: str | None) -> Architecture | None:
     """The architecture recorded in a bundle given as --weights; None for weight files."""
-    if not weights or not (Path(weights) / "graft.json").is_file():
+    meta = read_bundle_meta(weights)
+    if meta is None:
         return None
     try:
-        return Architecture.from_dict(json.loads((Path(weights) / "graft.json").read_text())["architecture"])
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        return Architecture.from_dict(meta["architecture"])
+    except (KeyError, TypeError) as error:
         raise GraftError(f"{weights}/graft.json is damaged ({first_line(error)})") from None
-
-
-def resolve_model(name: str | None, weights: str | None, kwargs: dict | None) -> tuple[str, dict]:
-    """The timm name and kwargs to train: the given ones; else those of a --weights bundle (e.g. an imported Keras
-    model's `keras_mobilenetv1` + `channel_multiplier`); else resnet18. A bundle's kwargs also apply when `name`
-    is the bundle's own model."""
-    recorded = bundle_architecture(weights)
-    if name is None:
-        name = recorded.timm_name if recorded is not None else "resnet18"
-    if kwargs is None:
-        kwargs = dict(recorded.timm_kwargs) if recorded is not None and recorded.timm_name == name else {}
-    return name, dict(kwargs)
 
 
 def _input_mode_of(state: dict[str, torch.Tensor]) -> InputMode:

@@ -58,10 +58,6 @@ class SurgeryResult:
         return self.certificates[0].verdict
 
 
-def _load_images(source: str, data_root: str | None, download: bool) -> ImageSet:
-    return load_everything(source, data_root, download=download)
-
-
 def load_probe(images: ImageSet, count: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
     """`count` images drawn at random (seeded), as uint8 (N, C, *size), the size of the largest model involved."""
     positions = np.sort(np.random.default_rng(seed).permutation(len(images))[:count])
@@ -120,9 +116,9 @@ def surgery(
                 raise GraftError(f"width for {layer} must be positive")
     afters = [insert_after] if isinstance(insert_after, str) else list(insert_after or [])
     # Data sources are read before any work, so a typo fails in a second, not after the first surgery.
-    probe_images = _load_images(probe, data_root, download) if probe else None
-    imprint_images = _load_images(imprint, data_root, download) if imprint else None
-    recalibration_images = _load_images(recalibrate, data_root, download) if recalibrate else None
+    probe_images = load_everything(probe, data_root, download=download) if probe else None
+    imprint_images = load_everything(imprint, data_root, download=download) if imprint else None
+    recalibration_images = load_everything(recalibrate, data_root, download=download) if recalibrate else None
     largest = max(current.spec.size, size2 or (0, 0))
     probe_tensor = (
         load_probe(probe_images, probe_count, largest, seed)

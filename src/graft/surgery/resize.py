@@ -10,6 +10,7 @@ Other size-dependent tensors (e.g. relative position tables) are refused by name
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -101,8 +102,7 @@ def recalibrate_batchnorm(
     After a change of input size or channels the statistics of intermediate features shift; averaging them anew
     over real images (labels unused) is a cheap fix that changes no learned weight.
     """
-    model = build_model(bundle.architecture, bundle.spec)
-    model.load_state_dict(bundle.model.state_dict(), strict=True)
+    model = copy.deepcopy(bundle.model)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         raise GraftError("this model has no BatchNorm layers to recalibrate")

@@ -15,6 +15,7 @@ eval mode; this is the usual caveat of both methods.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -25,12 +26,6 @@ from graft.errors import GraftError
 from graft.models.edits import ConvBnRelu, insert_block, make_block, resolve_name, widen_plan, widen_structure
 from graft.models.factory import GraftModel, build_model
 from graft.surgery.certificate import Views
-
-
-def _copy_model(bundle: Bundle) -> GraftModel:
-    model = build_model(bundle.architecture, bundle.spec)
-    model.load_state_dict(bundle.model.state_dict(), strict=True)
-    return model.eval()
 
 
 def _rebuilt(bundle: Bundle, edited: GraftModel, edit: dict) -> Bundle:
@@ -58,7 +53,7 @@ def insert_identity_block(
     bundle: Bundle, after: str, probe_inputs: torch.Tensor, kind: str = "relu"
 ) -> tuple[Bundle, Views, dict]:
     """A new bundle with an identity-initialised block after stage `after` (probe inputs: normalised tensors)."""
-    model = _copy_model(bundle)
+    model = copy.deepcopy(bundle.model).eval()
     name = resolve_name(model, after)
     output = _stage_output(model, name, probe_inputs)
     if output.ndim != 4:
@@ -105,7 +100,7 @@ def _init_identity(block: nn.Module, stage_output: torch.Tensor) -> None:
 
 def widen_layer(bundle: Bundle, layer: str, width: int, *, seed: int = 0) -> tuple[Bundle, Views, dict]:
     """A new bundle where conv `layer` has `width` output channels and computes the same function."""
-    model = _copy_model(bundle)
+    model = copy.deepcopy(bundle.model).eval()
     plan = widen_plan(model, layer)
     conv = model.get_submodule(plan.conv)
     channels = conv.out_channels

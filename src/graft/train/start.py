@@ -9,26 +9,27 @@ by name and shape instead.
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
-from graft.bundle import META_FILE, load
+from graft.bundle import load
 from graft.data.base import ImageSet
 from graft.errors import GraftError
-from graft.models.factory import GraftModel, create_model, resolve_model
+from graft.models.factory import GraftModel, bundle_architecture, create_model, read_bundle_meta
 from graft.models.weights import TransferReport
 from graft.spec import InputSpec
 from graft.surgery.classes import change_classes
 from graft.train.config import ARCHITECTURE_DEFAULTS, TrainConfig
 
 
-def _bundle_meta(weights: str | None) -> dict | None:
-    if not weights or not (Path(weights) / META_FILE).is_file():
-        return None
-    try:
-        return json.loads((Path(weights) / META_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise GraftError(f"{weights}/{META_FILE} is damaged: {error}") from None
+def _resolve_model(config: TrainConfig) -> tuple[str, dict]:
+    """The timm name and kwargs to build: the given ones; else those of a --weights bundle (e.g. an imported Keras
+    model's `keras_mobilenetv1` + `channel_multiplier`); else the default model. A bundle's kwargs also apply when
+    the named model is the bundle's own."""
+    recorded = bundle_architecture(config.weights)
+    name = config.model or (recorded.timm_name if recorded is not None else ARCHITECTURE_DEFAULTS["model"])
+    kwargs = config.model_kwargs
+    if kwargs is None:
+        kwargs = recorded.timm_kwargs if recorded is not None and recorded.timm_name == name else {}
+    return name, dict(kwargs)
 
 
 def _recorded_settings(meta: dict) -> dict:
@@ -53,7 +54,7 @@ def _contradictions(config: TrainConfig, meta: dict) -> list[str]:
 
 def continues_bundle(config: TrainConfig) -> bool:
     """A bundle as --weights is continued unless the settings ask for another model, size, mode or head."""
-    meta = _bundle_meta(config.weights)
+    meta = read_bundle_meta(config.weights)
     return meta is not None and not _contradictions(config, meta)
 
 
@@ -61,7 +62,7 @@ def parent_record(config: TrainConfig) -> dict | None:
     """What a continued bundle was: its path, metrics and surgery chain, kept in the new bundle's provenance."""
     if not continues_bundle(config):
         return None
-    meta = _bundle_meta(config.weights)
+    meta = read_bundle_meta(config.weights)
     provenance = meta.get("provenance") or {}
     return {
         "bundle": str(config.weights),
@@ -78,7 +79,7 @@ def resolve_settings(config: TrainConfig) -> TrainConfig:
     (the bundle's timm name and kwargs unless another --model is named). A bundle changed by surgery cannot take
     that path without losing its inserted blocks, so it is refused with a pointer to `graft surgery`.
     """
-    meta = _bundle_meta(config.weights)
+    meta = read_bundle_meta(config.weights)
     if meta is not None and continues_bundle(config):
         recorded = _recorded_settings(meta)
         update = {k: v for k, v in recorded.items() if getattr(config, k) is None}
@@ -94,7 +95,7 @@ def resolve_settings(config: TrainConfig) -> TrainConfig:
             f"{config.weights} was changed by surgery; {', '.join(_contradictions(config, meta))} would drop its "
             "inserted blocks: change it with `graft surgery` and continue the result"
         )
-    name, kwargs = resolve_model(config.model, config.weights, config.model_kwargs)
+    name, kwargs = _resolve_model(config)
     defaults = dict(ARCHITECTURE_DEFAULTS)
     if meta is not None and name == meta["architecture"]["timm_name"]:  # unasked settings stay the bundle's
         defaults.update({k: v for k, v in _recorded_settings(meta).items() if k in ("input_mode", "head", "size")})
