@@ -6,6 +6,7 @@ User mistakes surface as one line on stderr and exit code 2; nothing is printed 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from graft.errors import GraftError, first_line
+from graft.errors import GraftError, Interrupted, first_line
 from graft.progress import console
 
 app = typer.Typer(
@@ -75,6 +76,43 @@ def train(
     ] = None,
     warmup_epochs: Annotated[float | None, typer.Option(help="[default: 0.3]")] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="[default: 0]")] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            help="finetune (all layers), transfer (frozen backbone, BatchNorm in inference mode, head only) or "
+            "freeze-unfreeze (head for --head-epochs, then all layers). [default: finetune]"
+        ),
+    ] = None,
+    head_epochs: Annotated[int | None, typer.Option(help="freeze-unfreeze: frozen epochs. [default: 1]")] = None,
+    backbone_lr_ratio: Annotated[
+        float | None,
+        typer.Option(help="Backbone LR = lr × this. [default: 0.1 under freeze-unfreeze, else 1]"),
+    ] = None,
+    augment: Annotated[
+        str | None, typer.Option(help="none, or reference: random rotation, zoom and shift. [default: none]")
+    ] = None,
+    rotate: Annotated[float | None, typer.Option(help="Augmentation: largest rotation, degrees. [default: 12]")] = None,
+    zoom: Annotated[float | None, typer.Option(help="Augmentation: scale in [1-zoom, 1+zoom]. [default: 0.1]")] = None,
+    shift: Annotated[float | None, typer.Option(help="Augmentation: largest shift / size. [default: 0.1]")] = None,
+    ema: Annotated[float | None, typer.Option(help="Keep an EMA of the weights with this decay (e.g. 0.999).")] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Early stopping: epochs without a better valid accuracy before stopping.")
+    ] = None,
+    keep: Annotated[
+        str | None, typer.Option(help="Bundle weights: last or best (valid accuracy). [default: best with --patience]")
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="auto (bf16 autocast where supported), fp32 or bf16. [default: auto]")
+    ] = None,
+    channels_last: Annotated[
+        bool | None, typer.Option("--channels-last/--no-channels-last", help="Channels-last layout. [default: off]")
+    ] = None,
+    compile: Annotated[bool | None, typer.Option("--compile", help="torch.compile the model.")] = None,
+    feature_cache: Annotated[
+        bool | None,
+        typer.Option("--feature-cache/--no-feature-cache", help="transfer, no augmentation: cache backbone features."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N. [default: cuda when available]")] = None,
     valid_fraction: Annotated[
         float | None,
         typer.Option(help="Share of the training data held out for validation. [default: 0.2]"),
@@ -98,8 +136,15 @@ def train(
     offline: Annotated[
         bool | None, typer.Option("--offline", help="Never download data; fail with the files to provide.")
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue an interrupted run from RUN_DIR/checkpoint.pt with its own settings."),
+    ] = None,
 ) -> None:
     """Fine-tune a timm model on a data source and write a bundle (model.safetensors + graft.json).
+
+    Checkpoints are written every epoch and on Ctrl-C/SIGTERM; `--resume RUN_DIR` continues to the same result.
+    Under `torchrun --nproc-per-node N -m graft train ...` the processes train data-parallel.
 
     \b
     Examples:
@@ -108,10 +153,15 @@ def train(
     """
     from graft.train import train as run_training
 
-    settings = {k: v for k, v in locals().items() if k not in ("recipe", "offline", "run_training")}
+    settings = {k: v for k, v in locals().items() if k not in ("recipe", "offline", "run_training", "resume")}
     if offline:
         settings["download"] = False
-    run_training(recipe=recipe, **settings)
+    if resume is not None:
+        if recipe is not None:
+            raise GraftError("--resume continues a run with its own settings; give no recipe")
+        run_training(resume=resume, **settings)
+    else:
+        run_training(recipe=recipe, **settings)
 
 
 @app.command("eval")
@@ -434,6 +484,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except typer.TyperException as error:  # unknown command or option, wrong type, missing argument
         _fail(error.format_message() if hasattr(error, "format_message") else str(error))
+    except Interrupted as error:  # a checkpoint was written: say how to continue, exit as the signal asks
+        console().print(f"graft: {error}", markup=False, soft_wrap=True)
+        sys.exit(128 + (error.signum or signal.SIGINT))
     except GraftError as error:
         _fail(str(error))
     except OSError as error:

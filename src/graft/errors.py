@@ -14,3 +14,11 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (or its type name), short enough for a one-line error."""
     text = str(error).strip()
     return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
+class Interrupted(GraftError):
+    """Work stopped by Ctrl-C or SIGTERM after saving what lets it continue (e.g. a training checkpoint)."""
+
+    def __init__(self, message: str, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -57,14 +57,31 @@ def iter_batches(
     seed: int = 0,
     drop_last: bool = False,
     workers: int = 2,
+    start: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (uint8 images (N, C, *spec.size), int64 labels (N,))."""
-    chunks = batch_order(len(images), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    """Yield (uint8 images (N, C, *spec.size), int64 labels (N,)).
+
+    `start` skips the first batches (a run resumed mid-epoch); `shard=(rank, world)` keeps this process's slice
+    of every batch, so data-parallel processes split each global batch between them.
+    """
+    chunks = batch_order(len(images), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)[start:]
+    rank, world = shard
+    if world > 1:
+        chunks = [chunk[rank::world] for chunk in chunks]
     batches = _Batches(images, chunks, spec)
     if isinstance(images, ArrayImages) or workers == 0 or len(chunks) <= 1:
         items = (batches[k] for k in range(len(batches)))
     else:
-        items = DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False)
+        # Its own generator: seeding workers must not draw from torch's global one, which a resumed run restores.
+        items = DataLoader(
+            batches,
+            batch_size=None,
+            shuffle=False,
+            num_workers=workers,
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(seed),
+        )
     for item in items:
         if isinstance(item, GraftError):
             raise item

@@ -36,6 +36,15 @@ class TrainConfig(BaseModel):
     head: Literal["pool", "flatten"] | None = Field(None, description="pool or flatten (default pool)")
     size: int | None = Field(None, ge=8, le=1024, description="square input size in pixels (default 32)")
     resize: Literal["stretch", "crop"] | None = Field(None, description="stretch or crop (default stretch)")
+    strategy: Literal["finetune", "transfer", "freeze-unfreeze"] = Field(
+        "finetune",
+        description="finetune: all layers train; transfer: frozen backbone (BatchNorm in inference mode), only the "
+        "head (and a stem) trains; freeze-unfreeze: head first for --head-epochs, then all layers",
+    )
+    head_epochs: int = Field(1, ge=1, description="freeze-unfreeze: epochs with the backbone frozen")
+    backbone_lr_ratio: float | None = Field(
+        None, gt=0, le=1, description="backbone LR = lr × this (default 0.1 under freeze-unfreeze, else 1)"
+    )
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(64, ge=2, description="at least 2: BatchNorm needs two images to normalise")
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
@@ -45,6 +54,31 @@ class TrainConfig(BaseModel):
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     warmup_epochs: float = Field(0.3, ge=0, le=1000)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: Literal["none", "reference"] = Field(
+        "none", description="reference: random rotation, zoom and shift per image (as the Keras reference)"
+    )
+    rotate: float = Field(12.0, ge=0, le=180, description="augmentation: largest rotation in degrees")
+    zoom: float = Field(0.1, ge=0, lt=1, description="augmentation: scale drawn from [1 - zoom, 1 + zoom]")
+    shift: float = Field(0.1, ge=0, lt=1, description="augmentation: largest shift, as a fraction of the size")
+    ema: float | None = Field(
+        None, gt=0, lt=1, description="keep an exponential moving average of the weights with this decay"
+    )
+    patience: int | None = Field(
+        None, ge=1, description="early stopping: stop after this many epochs without a better valid accuracy"
+    )
+    keep: Literal["last", "best"] | None = Field(
+        None, description="weights the bundle gets: last epoch, or best valid accuracy (default best with patience)"
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bfloat16 autocast where the processor supports it, else float32"
+    )
+    # Off by default: measured by bench/train_speed.py, it helps some models and not others (docs/training.md).
+    channels_last: bool = Field(False, description="channels-last memory layout")
+    compile: bool = Field(False, description="torch.compile the model (measure first: it does not always win)")
+    feature_cache: bool = Field(
+        True, description="transfer without augmentation: compute backbone features once, train the head on them"
+    )
+    device: str | None = Field(None, description="cpu, cuda or cuda:N (default: cuda when available)")
     valid_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = Field(0, ge=0, lt=2**32)
     threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")

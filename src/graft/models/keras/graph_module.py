@@ -367,6 +367,15 @@ class KerasGraphModule(nn.Module):
             if name != self.output_name:
                 self.release[step].append(name)
 
+    def get_classifier(self) -> nn.Module:
+        """The output layer (timm's name for it): what trains under `--strategy transfer`.
+
+        A graph without a layer of its own at the output (e.g. one ending in an activation) has no classifier to
+        train alone; the whole graph is then the classifier, so transfer trains everything.
+        """
+        key = next((key for name, key, _ in self.plan if name == self.output_name), None)
+        return self.layers[key] if key is not None else self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bgr:
             x = x.flip(1)
