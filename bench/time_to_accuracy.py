@@ -4,7 +4,7 @@ The recipe trains through `graft.train`; after every epoch the model being evalu
 one) is scored on the 10 000 MNIST test images. That scoring is not counted: "train time" sums the training steps
 of the epochs, "wall" is everything else from the start (data loading, model creation, per-epoch validation).
 
-    uv run python bench/time_to_accuracy.py recipes/mnist-cpu-fast.toml --json bench/results/time_to_accuracy.json
+    uv run python bench/time_to_accuracy.py recipes/mnist-cpu-fast.toml --json bench/results/time_to_accuracy_fast.json
     uv run python bench/time_to_accuracy.py recipes/mnist-cpu-fast.toml --epochs 2        # a quick look
 
 Needs MNIST under $GRAFT_DATA/mnist (or ../shared/datasets/mnist beside the repository).
