@@ -427,11 +427,10 @@ def frames_command(
         console=console(),
     )
     for video in result.videos:
-        turned = f", turned {video.rotation}°" if video.rotation else ""
-        turned += " and mirrored" if video.flipped else ""
+        applied = [f"turned {video.rotation}°"] * bool(video.rotation) + ["mirrored"] * video.flipped
         print(
             f"{video.video}: {video.written} frames written, {video.skipped} skipped "
-            f"({video.width}×{video.height}{turned})"
+            f"({', '.join([f'{video.width}×{video.height}', *applied])})"
         )
         for note in video.notes[:3]:
             print(f"  note: FFmpeg reported: {note}")
