@@ -153,11 +153,7 @@ def _train(
     classes = splits.classes
     checkpoint = load_checkpoint(run_dir) if resuming else None
     if checkpoint is not None:
-        arch = Architecture.from_dict(checkpoint["architecture"])
-        spec = InputSpec.from_dict(checkpoint["spec"])
-        model = build_model(arch, spec)
-        model.load_state_dict(checkpoint["model"])
-        report = _saved_report(run_dir)
+        model, arch, spec, report = _model_from_checkpoint(checkpoint, run_dir)
     else:
         model, arch, spec, report = starting_model(config, classes, train_set)
     model.to(runtime.device)
@@ -174,15 +170,8 @@ def _train(
             out.print(line, markup=False, highlight=False)
 
     metrics_path = run_dir / "metrics.jsonl"
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resuming:
-            remove_checkpoint(run_dir)  # a --force re-run must never resume into the previous run's state
-            atomic_write_json(run_dir / "config.json", config.model_dump())
-            if report is not None:
-                atomic_write_json(run_dir / "transfer.json", report.to_dict())
-            else:
-                (run_dir / "transfer.json").unlink(missing_ok=True)  # a --force re-run must not keep an old report
+    if world.is_main and not resuming:
+        _start_run_dir(run_dir, config, report)
     distributed.barrier(world)
 
     cached = can_cache(config, model, world)
@@ -213,7 +202,7 @@ def _train(
     history: list[dict] = []
     keep = config.keep or ("best" if config.patience is not None else "last")
     best: dict | None = None  # {"epoch", "valid_acc", "state"} of the best epoch so far (state only to keep it)
-    first_epoch, position, done = 1, EpochProgress(), False
+    first_epoch, position, done, elapsed_before = 1, EpochProgress(), False, 0.0
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
@@ -224,6 +213,7 @@ def _train(
         first_epoch = checkpoint["epoch"]
         position = EpochProgress(**checkpoint["position"])
         done = checkpoint["done"]
+        elapsed_before = checkpoint["elapsed"]
         if checkpoint.get("fell_back"):
             ctx.runtime = dataclasses.replace(ctx.runtime, bf16=False, fell_back=checkpoint["fell_back"])
         out.print(f"resuming {run_dir} at epoch {min(first_epoch, config.epochs)}, batch {position.step}/{steps}")
@@ -262,6 +252,7 @@ def _train(
                 "position": state.to_dict(),
                 "rng": torch.get_rng_state(),
                 "fell_back": ctx.runtime.fell_back,
+                "elapsed": elapsed_before + time.perf_counter() - started,  # seconds over all sessions
                 "done": finished,  # training over (last epoch or early stop): a resume goes to the bundle
             },
         )
@@ -348,7 +339,7 @@ def _train(
     )
     final_model.to("cpu")
     out.print(f"test: loss {test.loss:.4f}  accuracy {test.accuracy:.2%} on {len(splits.test)} images")
-    final = _final_metrics(history, test, time.perf_counter() - started, best, keep)
+    final = _final_metrics(history, test, elapsed_before + time.perf_counter() - started, best, keep)
     provenance = _provenance(config, splits, train_set, report, run_dir, ctx.runtime, world)
     bundle = Bundle(final_model, arch, spec, list(classes), final, provenance)
     bundle.save(bundle_dir, overwrite=config.force or resuming)
@@ -357,6 +348,28 @@ def _train(
     _write_report(run_dir, config, final, history, report, eval_files, bundle_dir)
     out.print(f"bundle: {bundle_dir}   run: {run_dir} (report.html, curves.png, metrics.jsonl)")
     return TrainResult(bundle, run_dir, history)
+
+
+def _model_from_checkpoint(
+    checkpoint: dict, run_dir: Path
+) -> tuple[nn.Module, Architecture, InputSpec, TransferReport | None]:
+    """The model as it was at the checkpoint (rebuilt from its records: the --weights file may be gone)."""
+    arch = Architecture.from_dict(checkpoint["architecture"])
+    spec = InputSpec.from_dict(checkpoint["spec"])
+    model = build_model(arch, spec)
+    model.load_state_dict(checkpoint["model"])
+    return model, arch, spec, _saved_report(run_dir)
+
+
+def _start_run_dir(run_dir: Path, config: TrainConfig, report: TransferReport | None) -> None:
+    """A fresh run's directory: its settings (what --resume reads) and its weight report; no earlier state."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_checkpoint(run_dir)  # a --force re-run must never resume into the previous run's state
+    atomic_write_json(run_dir / "config.json", config.model_dump())
+    if report is not None:
+        atomic_write_json(run_dir / "transfer.json", report.to_dict())
+    else:
+        (run_dir / "transfer.json").unlink(missing_ok=True)  # a --force re-run must not keep an old report
 
 
 def _weights_to_keep(model: nn.Module, ema: ModelEmaV3 | None) -> dict[str, torch.Tensor]:
