@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,17 +80,15 @@ def evaluate_model(
     workers: int = 2,
     console: Console | None = None,
     device: torch.device | str = "cpu",
-    bf16: bool = False,
     channels_last: bool = False,
 ) -> EvalResult:
     """Run `model` over `images` in eval mode; `label_map` maps the set's labels to the model's classes.
 
     With a `console`, a transient progress bar shows batches, images/s and ETA (large folders take minutes).
-    `device`, `bf16` (autocast) and `channels_last` let training evaluate the way it trains.
+    `device` and `channels_last` let training evaluate where and how it trains (always in float32).
     """
     model.eval()
     device = torch.device(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     labels_all = images.labels if label_map is None else label_map[images.labels]
     predicted, confidence, total_loss = [], [], 0.0
     batches = iter_batches(images, spec, batch_size, workers=workers)
@@ -101,9 +98,7 @@ def evaluate_model(
             x = to_model_input(batch, spec).to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                logits = model(x)
-            logits = logits.float().cpu()
+            logits = model(x).float().cpu()
             if label_map is not None:
                 labels = torch.from_numpy(label_map[labels.numpy()])
             total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))

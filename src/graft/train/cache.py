@@ -44,8 +44,8 @@ def cache_features(
     with batch_progress(out) as progress:
         task = progress.add_task(f"caching features of {images.name}", total=total, stats="")
         for batch, _ in iter_batches(images, spec, config.batch_size, workers=config.workers):
-            with runtime.autocast():
-                chunks.append(model.pre_logits(runtime.to_input(to_model_input(batch, spec))).float().cpu())
+            # float32, like every evaluation: the head then trains on the features the bundle will compute
+            chunks.append(model.pre_logits(runtime.to_input(to_model_input(batch, spec))).float().cpu())
             progress.update(task, advance=1)
     return torch.cat(chunks)
 

@@ -229,8 +229,7 @@ def _train(
             batch_size=config.batch_size,
             workers=config.workers,
             console=out,
-            device=runtime.device,
-            bf16=ctx.runtime.bf16,
+            device=runtime.device,  # float32: validation numbers are what the bundle will do
             channels_last=runtime.channels_last,
         )
 
@@ -387,7 +386,7 @@ def _evaluate_features(
 ) -> EvalResult:
     """Valid metrics from cached features (the same numbers the full model gives, without the backbone pass)."""
     head.eval()
-    with torch.no_grad(), runtime.autocast():
+    with torch.no_grad():
         logits = head(features.to(runtime.device)).float().cpu()
     labels = torch.from_numpy(images.labels)
     top, index = logits.softmax(dim=1).max(dim=1)
