@@ -164,9 +164,9 @@ def create_app(bundle: Bundle | str | Path, settings: ServeSettings | None = Non
                 ) from None
 
     async def _predict(request: Request, top_k: int | None, started: float) -> PredictResponse:
-        data, form_top_k = await read_upload(request)
-        k = top_k or form_top_k or settings.top_k
-        with holder.use() as loaded:
+        # The model is chosen on arrival: a reload meanwhile lets this request finish on the one it started with.
+        with holder.use() as loaded, loaded.batcher.incoming() as ticket:
+            data, form_top_k = await read_upload(request)
             decode_start = time.perf_counter()
             loop = asyncio.get_running_loop()
             try:
@@ -176,8 +176,8 @@ def create_app(bundle: Bundle | str | Path, settings: ServeSettings | None = Non
             except GraftError as error:
                 raise Problem(422, "not_an_image", str(error)) from None
             decoded = time.perf_counter()
-            result = await loaded.batcher.submit(inputs)
-            prediction = loaded.bundle.rank(result.logits, k)[0]
+            result = await loaded.batcher.submit(inputs, ticket)
+            prediction = loaded.bundle.rank(result.logits, top_k or form_top_k or settings.top_k)[0]
         total = time.perf_counter() - started
         return PredictResponse(
             model=loaded.model_id,

@@ -2,9 +2,11 @@
 
 One worker task takes the first waiting input, then gathers more until it has `max_batch` of them or
 `max_delay` has passed since that first one arrived, whichever comes first, and runs the engine on them in a
-thread so the event loop keeps accepting requests meanwhile. Inputs wait at most `max_delay` for company; under
-load the queue is never empty and batches fill without waiting. `max_batch=1` is batching off: one forward pass
-per request, in arrival order. How many requests may wait is bounded before they get here (see `limits`).
+thread so the event loop keeps accepting requests meanwhile. It waits for company only while some is known to
+be coming (requests holding an `incoming` ticket: uploading or decoding for this model): a lone request runs
+at once, so batching costs nothing at concurrency 1. Under load the queue is rarely empty and batches fill
+without waiting. `max_batch=1` is batching off: one forward pass per request, in arrival order. How many
+requests may wait is bounded before they get here (see `limits`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +43,18 @@ class _Item:
 _STOP = object()
 
 
+class _Ticket:
+    """One announced request; `arrive` (at submit, or when it fails first) takes it off the expected count."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher, self.arrived = batcher, False
+
+    def arrive(self) -> None:
+        if not self.arrived:
+            self.arrived = True
+            self.batcher._incoming -= 1
+
+
 class Batcher:
     """Groups `submit`ted (1, C, H, W) inputs into batches for `run`; one per loaded model."""
 
@@ -51,9 +65,22 @@ class Batcher:
         self._queue: asyncio.Queue[_Item | object] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         self._closed = False
+        self._incoming = 0  # requests on their way here: uploading or decoding
 
-    async def submit(self, inputs: torch.Tensor) -> BatchResult:
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[_Ticket]:
+        """Announce a request that will `submit` soon (held until it does, or fails): worth waiting for."""
+        ticket = _Ticket(self)
+        self._incoming += 1
+        try:
+            yield ticket
+        finally:
+            ticket.arrive()
+
+    async def submit(self, inputs: torch.Tensor, ticket: _Ticket | None = None) -> BatchResult:
         """Queue one input and wait for its logits; the worker starts on first use, on the running loop."""
+        if ticket is not None:
+            ticket.arrive()
         if self._closed:
             raise RuntimeError("this batcher is closed")
         if self._worker is None:
@@ -89,7 +116,7 @@ class Batcher:
         while len(items) < self.max_batch:
             remaining = deadline - time.perf_counter()
             try:
-                if remaining <= 0:
+                if remaining <= 0 or not self._incoming:  # too late to wait, or nobody known to be coming
                     item = self._queue.get_nowait()
                 else:
                     item = await asyncio.wait_for(self._queue.get(), remaining)
