@@ -115,7 +115,10 @@ def where_to_open(host: str, port: int, has_token: bool) -> list[str]:
     for address in addresses:
         lines.append(f"open http://{_url_host(address)}:{port}/{token} on a phone on the same network")
     if not addresses:
-        lines.append(f"listening on port {port} of every address of this computer (its LAN address was not found)")
+        lines.append(
+            f"open http://<this computer's address on your network>:{port}/{token} on a phone on the same network "
+            "(the address was not found here: see your network settings)"
+        )
     lines.append(f"on this computer: http://127.0.0.1:{port}/ (API docs: /docs)")
     if has_token:
         lines.append("predict, model and reload need the token (the page keeps it after the ?token= link)")
