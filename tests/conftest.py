@@ -44,3 +44,16 @@ def tiny_run(tmp_path_factory):
         output=str(out / "bundle"),
         workers=0,
     )
+
+
+@pytest.fixture(scope="session")
+def serve_bundle(tiny_run, tmp_path_factory) -> Path:
+    """A copy of the tiny bundle with a checked ONNX export (the original stays as the other tests expect it)."""
+    import shutil
+
+    import graft
+
+    path = tmp_path_factory.mktemp("serve") / "digits"
+    shutil.copytree(tiny_run.bundle.path, path)
+    graft.export(path, format="onnx")
+    return path

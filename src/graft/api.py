@@ -69,10 +69,18 @@ def evaluate(
 
 
 def info(bundle: Bundle | str | Path) -> dict:
-    """What a bundle is: architecture, parameter count, input spec, classes, metrics, provenance."""
+    """What a bundle is: architecture, parameter count, input spec, classes, metrics, provenance, exports."""
     bundle = _bundle(bundle)
     meta = bundle.metadata()
     meta["path"] = str(bundle.path) if bundle.path else None
+    if bundle.path is not None:
+        from graft.exports import onnx_export, read_exports
+
+        exports = read_exports(bundle.path)
+        if exports:
+            meta["exports"] = exports
+            usable, reason = onnx_export(bundle.path)
+            meta["export_status"] = "used by graft serve" if usable else f"not used by graft serve: {reason}"
     return meta
 
 

@@ -85,14 +85,19 @@ class Bundle:
         return path
 
     # ---- inference ---------------------------------------------------------------------------------------
-    def model_input(self, image: ImageInput) -> torch.Tensor:
+    def model_input(self, image: ImageInput, *, max_pixels: int | None = None, name: str | None = None) -> torch.Tensor:
         """One image (file, encoded bytes or HxWxC uint8 array) → a (1, C, H, W) float tensor per the spec.
 
         Decoded images are reduced to the model's size at once, so many large photos never sit in memory together.
+        `max_pixels` refuses larger images before decoding them (the server's decompression-bomb guard); `name`
+        labels errors.
         """
         from graft.data.images import decode_image
 
-        array = _check_array(image) if isinstance(image, np.ndarray) else decode_image(image)
+        if isinstance(image, np.ndarray):
+            array = _check_array(image)
+        else:
+            array = decode_image(image, max_pixels=max_pixels, name=name)
         return to_model_input(hwc_to_tensor(array), self.spec)
 
     def predict(
@@ -105,18 +110,28 @@ class Bundle:
         if isinstance(images, str | Path | bytes | np.ndarray):
             images = [images]
         inputs = [self.model_input(image) for image in images]
-        k = max(1, min(top_k, len(self.classes)))
         predictions = []
+        for start in range(0, len(inputs), batch_size):
+            predictions += self.rank(self.logits(torch.cat(inputs[start : start + batch_size])), top_k)
+        return predictions
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """The model's logits for a batch of `model_input` tensors (N, C, H, W), without gradients."""
         self.model.eval()
         with torch.no_grad():
-            for start in range(0, len(inputs), batch_size):
-                logits = self.model(torch.cat(inputs[start : start + batch_size]))
-                values, indices = torch.softmax(logits, dim=1).topk(k, dim=1)
-                predictions += [
-                    Prediction([self.classes[i] for i in row_i.tolist()], [float(v) for v in row_v.tolist()])
-                    for row_v, row_i in zip(values, indices, strict=True)
-                ]
-        return predictions
+            return self.model(batch)
+
+    def rank(self, logits: torch.Tensor, top_k: int = 5) -> list[Prediction]:
+        """Logits (N, classes) from any engine → the top-k classes of each row, most likely first.
+
+        Shared by `predict` and the server, so both report probabilities the same way.
+        """
+        k = max(1, min(top_k, len(self.classes)))
+        values, indices = torch.softmax(logits, dim=1).topk(k, dim=1)
+        return [
+            Prediction([self.classes[i] for i in row_i.tolist()], [float(v) for v in row_v.tolist()])
+            for row_v, row_i in zip(values, indices, strict=True)
+        ]
 
 
 def _check_array(image: np.ndarray) -> np.ndarray:

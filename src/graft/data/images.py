@@ -39,6 +39,11 @@ _COLOUR_MODES = ("RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 # `warnings.catch_warnings` swaps process-wide state; the lock keeps threads that decode at once (the folder
 # scan) from restoring each other's filters. Only header parsing runs under it, not pixel decoding.
 _OPEN_LOCK = threading.Lock()
+_BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)  # Pillow's own limit, ~89 M pixels
+
+
+class ImageTooLarge(GraftError):
+    """An image with more pixels than allowed, refused before its pixels are decoded (the server answers 413)."""
 
 
 def decode_image(source: str | Path | bytes, *, max_pixels: int | None = None, name: str | None = None) -> np.ndarray:
@@ -72,7 +77,7 @@ def _decode(stream: BinaryIO, label: str, max_pixels: int | None) -> np.ndarray:
         with image:
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
-                raise GraftError(f"{label}: image is {width}x{height} pixels, more than the limit of {max_pixels}")
+                raise ImageTooLarge(f"{label}: image is {width}x{height} pixels, more than the limit of {max_pixels}")
             image.load()
             array = _to_array(_upright(image))
         # Pillow's buffers are read-only; callers (torch.from_numpy) need an array of their own.
@@ -80,7 +85,8 @@ def _decode(stream: BinaryIO, label: str, max_pixels: int | None) -> np.ndarray:
     except GraftError:
         raise
     except Exception as exc:  # Pillow raises many types on bad input; none may escape as a crash
-        raise GraftError(f"{label}: cannot decode image ({_reason(exc)})") from None
+        kind = ImageTooLarge if isinstance(exc, _BOMBS) else GraftError
+        raise kind(f"{label}: cannot decode image ({_reason(exc)})") from None
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -95,7 +101,7 @@ def _reason(exc: Exception) -> str:
     """A short, one-line reason for a Pillow failure."""
     if isinstance(exc, UnidentifiedImageError):
         return "not a recognised image format"
-    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+    if isinstance(exc, _BOMBS):
         return "too many pixels, could be a decompression bomb"
     text = " ".join(str(exc).split())
     if "truncated" in text.lower() or isinstance(exc, EOFError):

@@ -1,0 +1,130 @@
+"""Limits and refusals: upload size, admission (bounded queue), bearer token, and the JSON error they all give.
+
+Every refusal is a `Problem`: an HTTP status, a short machine-readable code and one human line, sent as
+`{"detail": ..., "code": ...}`. Client mistakes are 4xx, overload 503 with Retry-After, never a 500.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+from collections.abc import Iterator
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+RETRY_AFTER_S = 1
+
+
+class Problem(Exception):
+    """A refusal with its HTTP status; the app turns it into a JSON response."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers or {}
+
+    def response(self) -> JSONResponse:
+        return problem_response(self.status, self.code, self.detail, self.headers)
+
+
+def problem_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
+
+
+def too_large(limit: int) -> Problem:
+    return Problem(413, "upload_too_large", f"upload is larger than the limit of {_size(limit)} (--max-upload-mb)")
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:g} MB" if count >= 2**20 else f"{count} bytes"
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over `limit` bytes without holding more than `limit` of them.
+
+    A declared Content-Length over the limit is answered at once, before the body is read; a body without one
+    (chunked) raises `Problem(413)` from `receive` as soon as it passes the limit, and the handler reading it
+    answers 413. (FastAPI's own `max_body_size` answers the first case in plain text; clients here get JSON.)
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.limit
+            except ValueError:
+                await problem_response(400, "bad_request", "Content-Length is not a number")(scope, receive, send)
+                return
+            if too_big:
+                await too_large(self.limit).response()(scope, receive, send)
+                return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise too_large(self.limit)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class Admission:
+    """At most `limit` predict requests held at once; one more is refused with 503 and Retry-After.
+
+    Used from the event loop only, so a plain counter is enough.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.active = limit, 0
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        if self.active >= self.limit:
+            raise Problem(
+                503,
+                "overloaded",
+                f"the server is busy ({self.active} requests in progress, --max-queue {self.limit}); retry shortly",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+
+def check_token(authorization: str | None, token: str | None) -> None:
+    """Nothing when no token is set or `Authorization: Bearer <token>` matches (in constant time); else 401."""
+    if token is None:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise Problem(401, "unauthorized", "this server needs a token: Authorization: Bearer TOKEN", _CHALLENGE)
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Problem(401, "unauthorized", "wrong token", _CHALLENGE)
+
+
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a client address is this machine (127.0.0.0/8, ::1); unknown or unparsable counts as not."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False

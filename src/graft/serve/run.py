@@ -1,0 +1,175 @@
+"""`graft serve`: bind, say where to point a phone, run uvicorn until Ctrl-C; SIGHUP reloads the bundle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from graft.bundle import Bundle
+from graft.errors import GraftError
+from graft.serve.settings import ServeSettings
+
+log = logging.getLogger("graft.serve")
+
+
+def serve(
+    bundle: Bundle | str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServeSettings | None = None,
+    access_log: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> None:
+    """Serve `bundle` over HTTP until interrupted: the API, its docs at /docs and the phone page at /.
+
+    The port is bound before the model loads, so a port in use is a one-line error and nothing else happens.
+    Torch and ONNX Runtime use `settings.threads` (default: every core) for the forward pass.
+    """
+    import torch
+    import uvicorn
+
+    from graft.serve.app import create_app
+
+    settings = (settings or ServeSettings()).validate()
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    _log_to_stderr()
+    sock = bind(host, port)
+    try:
+        torch.set_num_threads(settings.threads or os.cpu_count() or 1)
+        app = create_app(bundle, settings)
+        loaded = app.state.holder.current
+        say(f"serving {loaded.model_id} with {loaded.engine_name} ({loaded.engine_note})")
+        for line in where_to_open(host, sock.getsockname()[1], settings.token is not None):
+            say(line)
+        config = uvicorn.Config(
+            app,
+            log_level="info" if access_log else "warning",
+            access_log=access_log,
+            timeout_graceful_shutdown=max(5, int(settings.timeout_s)),
+        )
+        server = uvicorn.Server(config)
+        asyncio.run(_run(server, sock, app.state.holder))
+    finally:
+        sock.close()
+
+
+async def _run(server, sock: socket.socket, holder) -> None:
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):  # no SIGHUP on Windows
+        loop.add_signal_handler(signal.SIGHUP, lambda: on_sighup(holder))
+    await server.serve(sockets=[sock])
+
+
+def on_sighup(holder) -> asyncio.Task:
+    """Reload the current bundle's directory, as `POST /v1/reload` does; a failure is logged, the model stays."""
+
+    async def reload() -> None:
+        try:
+            await holder.reload()
+        except GraftError as error:
+            log.error("reload failed, still serving %s: %s", holder.current.model_id, error)
+
+    return asyncio.get_running_loop().create_task(reload())
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or a GraftError saying why not (port in use, no such address)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise GraftError(f"cannot serve on {host!r}: {error.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and host in ("::", ""):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        hint = "; choose another --port" if error.errno in (98, 48, 10048) else ""
+        raise GraftError(f"cannot listen on {host}:{port}: {error.strerror or error}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def where_to_open(host: str, port: int, has_token: bool) -> list[str]:
+    """The lines that tell a person which address to open, and who else can reach it."""
+    token = "?token=TOKEN" if has_token else ""
+    if _is_loopback(host):
+        return [
+            f"open http://{_url_host(host)}:{port}/ on this computer (API docs: /docs)",
+            "only this computer can reach it; for a phone on the same Wi-Fi use --host 0.0.0.0 with --token SECRET",
+        ]
+    lines = []
+    addresses = lan_addresses() if host in ("0.0.0.0", "::", "") else [host]
+    for address in addresses:
+        lines.append(f"open http://{_url_host(address)}:{port}/{token} on a phone on the same network")
+    if not addresses:
+        lines.append(
+            f"open http://<this computer's address on your network>:{port}/{token} on a phone on the same network "
+            "(the address was not found here: see your network settings)"
+        )
+    lines.append(f"on this computer: http://127.0.0.1:{port}/ (API docs: /docs)")
+    if has_token:
+        lines.append("predict, model and reload need the token (the page keeps it after the ?token= link)")
+    else:
+        lines.append("warning: anyone on this network can use the model; pass --token SECRET to require a token")
+    return lines
+
+
+def lan_addresses() -> list[str]:
+    """This machine's non-loopback IPv4 addresses as its hostname resolves (no packets sent)."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        return []
+    found = []
+    for info in infos:
+        address = str(info[4][0])
+        if not _is_loopback(address) and address not in found:
+            found.append(address)
+    return found
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message comes (it may be replaced after the server starts)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    """graft.serve's reload and failure messages on stderr, once."""
+    if not any(isinstance(handler, _Stderr) for handler in log.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("graft serve: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
