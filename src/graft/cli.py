@@ -423,7 +423,6 @@ def import_keras_command(
     print(f"bundle: {output}")
 
 
-<<<<<<< HEAD
 data_app = typer.Typer(
     name="data",
     help="Make data sets: frames from phone videos, the clutter benchmark.",
@@ -538,7 +537,8 @@ def clutter_command(
         print(f"level {level}: {counts['train']} train, {counts['test']} test  →  folder:{output / f'level-{level}'}")
     extras = "clutter.json, preview.png" if preview else "clutter.json"
     print(f"wrote {output} ({extras}) in {result.seconds:.1f} s")
-=======
+
+
 @app.command("export")
 def export_command(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory; model.onnx is written into it.")],
@@ -629,7 +629,6 @@ def serve_command(
         decode_threads=decode_threads,
     )
     serve(bundle, host=host, port=port, settings=settings, access_log=access_log)
->>>>>>> issue-6-serve
 
 
 def _describe(meta: dict) -> list[str]:
