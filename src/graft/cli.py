@@ -631,6 +631,113 @@ def serve_command(
     serve(bundle, host=host, port=port, settings=settings, access_log=access_log)
 
 
+rounds_app = typer.Typer(
+    name="rounds",
+    help="Train in rounds: warm-started rounds on growing data, accuracy matrix, forgetting, promotion gate.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(rounds_app)
+
+
+@rounds_app.command("init")
+def rounds_init_command(
+    directory: Annotated[Path, typer.Argument(help="Project directory (created).")],
+    recipe: Annotated[
+        Path | None, typer.Option(help="TOML recipe with training settings for every round; flags override it.")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Any timm model name. [default: resnet18]")] = None,
+    input_mode: Annotated[str | None, typer.Option(help="replicate, stem or fold. [default: replicate]")] = None,
+    size: Annotated[int | None, typer.Option("--size", "-s", help="Square input size in pixels. [default: 32]")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="Round 1 starts from 'imagenet' timm weights.")] = None,
+    weights: Annotated[str | None, typer.Option(help="Round 1 starts from these weights or this bundle.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", "-e", help="Epochs per round. [default: 5]")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="[default: 64]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak LR of each round's schedule. [default: 0.004]")] = None,
+    schedule: Annotated[str | None, typer.Option(help="onecycle, cosine or constant. [default: onecycle]")] = None,
+    strategy: Annotated[str | None, typer.Option(help="finetune, transfer or freeze-unfreeze.")] = None,
+    augment: Annotated[str | None, typer.Option(help="none or reference. [default: none]")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, fp32 or bf16. [default: auto]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seeds splits, training and replay samples. [default: 0]")] = None,
+    max_train: Annotated[int | None, typer.Option(help="At most this many training images per round.")] = None,
+    data_root: Annotated[str | None, typer.Option(help="Where data sets are looked for.")] = None,
+    max_forgetting: Annotated[
+        float,
+        typer.Option(help="Promotion gate: a round forgetting more than this on earlier rounds is not promoted."),
+    ] = 0.05,
+    force: Annotated[bool, typer.Option("--force", help="Start an existing project again.")] = False,
+) -> None:
+    """Create a rounds project: the training settings every round uses, and the promotion gate.
+
+    \b
+    Examples:
+      graft rounds init proj --model resnet18 --input-mode fold --size 32 --epochs 3 --max-forgetting 0.05
+      graft rounds add proj level-1 --data folder:clutter/level-1
+      graft rounds train proj && graft rounds status proj
+    """
+    from graft.rounds import init
+    from graft.train.config import read_recipe
+
+    settings = read_recipe(recipe) if recipe is not None else {}
+    flags = {
+        "model": model, "input_mode": input_mode, "size": size, "pretrained": pretrained, "weights": weights,
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "schedule": schedule, "strategy": strategy,
+        "augment": augment, "precision": precision, "seed": seed, "max_train": max_train, "data_root": data_root,
+    }  # fmt: skip
+    settings.update({key: value for key, value in flags.items() if value is not None})
+    init(directory, max_forgetting=max_forgetting, force=force, **settings)
+    print(f"rounds project: {directory} (gate: forgetting ≤ {max_forgetting:.2%}); add rounds with `graft rounds add`")
+
+
+@rounds_app.command("add")
+def rounds_add_command(
+    directory: Annotated[Path, typer.Argument(help="Rounds project directory.")],
+    name: Annotated[str, typer.Argument(help="Round name, e.g. level-2.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="The round's data: digits, mnist, folder:PATH, …")],
+    replay: Annotated[
+        float | None,
+        typer.Option(help="Train on this round plus this fraction of each earlier round (seeded sample)."),
+    ] = None,
+    naive: Annotated[bool, typer.Option("--naive", help="Train on this round only (for comparison).")] = False,
+) -> None:
+    """Add a round; by default it trains on the union of all rounds so far."""
+    from graft.rounds import add
+
+    state = add(directory, name, data, replay=replay, naive=naive)
+    entry = state["rounds"][-1]
+    print(f"round {len(state['rounds'])}: {entry['name']} ({entry['mode']}) {entry['data']}")
+
+
+@rounds_app.command("train")
+def rounds_train_command(
+    directory: Annotated[Path, typer.Argument(help="Rounds project directory.")],
+    max_forgetting: Annotated[float | None, typer.Option(help="Gate for this call instead of the project's.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads. [default: all cores]")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes for folder data.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+) -> None:
+    """Train every pending round in order (an interrupted one is resumed), measure, gate, report.
+
+    Writes DIR/report.json and DIR/matrix.png; DIR/current.json names the promoted bundle.
+    """
+    from graft.rounds.run import status_lines, train
+
+    summary = train(directory, max_forgetting=max_forgetting, threads=threads, workers=workers, device=device)
+    print("\n".join(status_lines(summary)))
+
+
+@rounds_app.command("status")
+def rounds_status_command(
+    directory: Annotated[Path, typer.Argument(help="Rounds project directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The rounds and their state, the accuracy matrix and metrics, and which bundle is current and why."""
+    from graft.rounds.run import status, status_lines
+
+    summary = status(directory)
+    print(json.dumps(summary, indent=2) if as_json else "\n".join(status_lines(summary)))
+
+
 def _describe(meta: dict) -> list[str]:
     """`graft info` as aligned lines: what the model is, what it eats, what it knows, how it was made."""
     arch, spec, metrics = meta["architecture"], meta["input"], meta.get("metrics", {})

@@ -1,4 +1,4 @@
-"""Data sources by name: `mnist`, `fashion-mnist`, `kmnist`, `digits`, and `folder:PATH`.
+"""Data sources by name: `mnist`, `fashion-mnist`, `kmnist`, `digits`, `folder:PATH` and `mix:FILE.json`.
 
 MNIST-style sets are read from local files first (`<data root>/<name>/`, gzipped or not, or torchvision's
 `<Name>/raw/` layout) and downloaded with torchvision's mirrors and checksums only when missing.
@@ -42,7 +42,7 @@ IDX_DATASETS: dict[str, IdxDataset] = {
     "fashion-mnist": IdxDataset("fashion-mnist", tvd.FashionMNIST, tuple(tvd.FashionMNIST.classes)),
     "kmnist": IdxDataset("kmnist", tvd.KMNIST, tuple(tvd.KMNIST.classes)),
 }
-SOURCE_NAMES: tuple[str, ...] = (*IDX_DATASETS, "digits", "folder:PATH")
+SOURCE_NAMES: tuple[str, ...] = (*IDX_DATASETS, "digits", "folder:PATH", "mix:FILE.json")
 
 
 def _find_local(root: Path, info: IdxDataset, filename: str) -> Path | None:
@@ -128,11 +128,18 @@ def normalise_source(source: str) -> str:
         if not folder.strip():
             raise GraftError("folder: needs a path, e.g. folder:~/photos (one sub-folder per class)")
         return f"folder:{Path(folder).expanduser().resolve()}"
+    if source.startswith("mix:"):
+        file = source.removeprefix("mix:")
+        if not file.strip():
+            raise GraftError("mix: needs a JSON file, e.g. mix:round-3/data.json (see graft.data.mix)")
+        return f"mix:{Path(file).expanduser().resolve()}"
     return source
 
 
 def source_label(source: str) -> str:
-    """A short name for file names: the source name, or a folder's last path component."""
+    """A short name for file names: the source name, or a folder's (or mix file's folder's) last path component."""
+    if source.startswith("mix:"):
+        return Path(source.removeprefix("mix:")).parent.name or "mix"
     return source.removeprefix("folder:").rstrip("/").split("/")[-1] or "data"
 
 
@@ -153,6 +160,22 @@ def load_folder_source(path: str, report: Callable[[str], None] | None = None) -
     return _hold_out(scan.train)
 
 
+def load_mix_source(
+    path: str, root: str | Path | None, *, download: bool, report: Callable[[str], None] | None
+) -> tuple[ImageSet, ImageSet]:
+    """A mix file's joined (train pool, test set): each part loaded as a source, its pool sampled as the file says."""
+    from graft.data.mix import join, read_mix, sample, union_classes
+
+    pools, tests = [], []
+    for part in read_mix(path):
+        pool, test = load_source(part["source"], part.get("data_root") or root, download=download, report=report)
+        pools.append(sample(pool, float(part.get("fraction", 1.0)), int(part.get("seed", 0))))
+        tests.append(test)
+    classes = union_classes([images.classes for images in [*pools, *tests]])
+    name = Path(path).parent.name or "mix"
+    return join(pools, name, classes), join(tests, f"{name}-test", classes)
+
+
 def load_source(
     source: str,
     root: str | Path | None = None,
@@ -163,6 +186,8 @@ def load_source(
     """A source's (train pool, test set) by name; see SOURCE_NAMES."""
     if source.startswith("folder:"):
         return load_folder_source(normalise_source(source).removeprefix("folder:"), report)
+    if source.startswith("mix:"):
+        return load_mix_source(normalise_source(source).removeprefix("mix:"), root, download=download, report=report)
     if source in IDX_DATASETS:
         return load_idx_source(source, data_root(root), download)
     if source == "digits":
@@ -197,6 +222,10 @@ def load_everything(
         scan = _scan(normalise_source(source).removeprefix("folder:"), report)
         return scan.train if scan.test is None else concat_files(scan.train, scan.test, scan.train.name)
     pool, test = load_source(source, root, download=download, report=report)
+    if source.startswith("mix:"):
+        from graft.data.mix import join
+
+        return join([pool, test], source_label(source), pool.classes)
     if not (isinstance(pool, ArrayImages) and isinstance(test, ArrayImages)):
         raise GraftError(f"{source}: cannot join its splits")
     if pool.array is test.array:  # a hold-out of one array (digits): the whole array

@@ -1,0 +1,17 @@
+"""Training in rounds: warm-started rounds on growing data, an accuracy matrix, forgetting and a promotion gate.
+
+    import graft.rounds as rounds
+    rounds.init("proj", model="resnet18", input_mode="fold", size=32, epochs=3, max_forgetting=0.05)
+    rounds.add("proj", "level-1", data="folder:clutter/level-1")
+    rounds.add("proj", "level-2", data="folder:clutter/level-2")          # union of rounds 1..2 (default)
+    rounds.add("proj", "level-3", data="folder:clutter/level-3", replay=0.2)
+    rounds.train("proj")
+    rounds.status("proj")
+
+Layering: rounds sits above train, data and evaluate; nothing below imports it.
+"""
+
+from graft.rounds.project import add, init
+from graft.rounds.run import status, train
+
+__all__ = ["add", "init", "status", "train"]

@@ -1,0 +1,233 @@
+"""`graft rounds train` and `graft rounds status`: train pending rounds in order, measure, gate, report.
+
+Round k (k > 1) continues round k-1's bundle (`--weights`: same architecture and input spec, classifier rows
+follow the class names of its data, new classes imprinted) with the LR schedule started afresh. Afterwards its
+model is evaluated on the test split of every round so far: row k of the accuracy matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from graft.bundle import Bundle, load
+from graft.data.base import ImageSet
+from graft.data.sources import load_source
+from graft.errors import GraftError, Interrupted
+from graft.evaluate import evaluate_model
+from graft.io import atomic_write_json
+from graft.progress import console as default_console
+from graft.rounds import gate, metrics, project, report, selection
+from graft.train.checkpoint import checkpoint_path
+from graft.train.loop import train as train_model
+
+# Settings that describe the architecture: round 1 uses them, later rounds take them from the bundle they continue.
+ARCHITECTURE_KEYS = {"model", "model_kwargs", "pretrained", "weights", "input_mode", "head", "size", "resize"}
+
+
+def _paths(directory: Path, entry: dict) -> tuple[Path, Path, Path]:
+    base = directory / entry["dir"]
+    return base, base / "run", base / "bundle"
+
+
+def test_accuracy(bundle: Bundle, images: ImageSet, *, batch_size: int = 256) -> float:
+    """Accuracy on `images`, classes matched by name; images of classes the model does not know count as wrong."""
+    known = np.array([name in bundle.classes for name in images.classes], dtype=bool)
+    keep = np.flatnonzero(known[images.labels])
+    if len(images) == 0:
+        return float("nan")
+    if len(keep) == 0:
+        return 0.0
+    mapping = np.array([bundle.classes.index(c) if c in bundle.classes else 0 for c in images.classes])
+    result = evaluate_model(
+        bundle.model,
+        bundle.spec,
+        images.subset(keep),
+        classes=bundle.classes,
+        label_map=mapping,
+        batch_size=batch_size,
+        workers=0,
+    )
+    return float((result.predicted == result.labels).sum()) / len(images)
+
+
+def _round_settings(state: dict, k: int, directory: Path) -> dict:
+    settings = dict(state["settings"])
+    if k > 0:
+        previous = state["rounds"][k - 1]
+        settings = {key: value for key, value in settings.items() if key not in ARCHITECTURE_KEYS}
+        settings["weights"] = str(_paths(directory, previous)[2])
+    return settings
+
+
+def _train_round(directory: Path, state: dict, k: int, out: Console, overrides: dict) -> None:
+    entry = state["rounds"][k]
+    base, run_dir, bundle_dir = _paths(directory, entry)
+    if (bundle_dir / "graft.json").is_file() and not checkpoint_path(run_dir).is_file():
+        out.print(f"round {k + 1} ({entry['name']}): already trained, measuring it")
+        return
+    try:
+        if checkpoint_path(run_dir).is_file():
+            out.print(f"round {k + 1} ({entry['name']}): resuming {run_dir}")
+            train_model(resume=run_dir, console=out, **overrides)
+            return
+        parts = selection.training_parts(
+            [r["data"] for r in state["rounds"]],
+            k,
+            entry["mode"],
+            replay=entry.get("replay"),
+            seed=int(state["settings"].get("seed", 0)),
+        )
+        mix_file = base / "data.json"
+        atomic_write_json(mix_file, {"parts": parts})
+        data = selection.data_source(parts, str(mix_file.resolve()))
+        entry["training_data"] = {"source": data, "parts": parts}
+        project.write(directory, state)
+        described = ", ".join(
+            f"{p['source']}" + (f" ×{p['fraction']:g} (seed {p['seed']})" if p["fraction"] < 1 else "") for p in parts
+        )
+        out.print(f"round {k + 1} ({entry['name']}, {entry['mode']}): training on {described}")
+        settings = {**_round_settings(state, k, directory), **overrides}
+        train_model(data=data, run_dir=str(run_dir), output=str(bundle_dir), force=True, console=out, **settings)
+    except Interrupted as error:
+        raise Interrupted(
+            f"round {k + 1} ({entry['name']}) stopped ({error}); continue with `graft rounds train {directory}`",
+            signum=error.signum,
+        ) from None
+
+
+def train(
+    directory: str | Path,
+    *,
+    max_forgetting: float | None = None,
+    console: Console | None = None,
+    **overrides: object,
+) -> dict:
+    """Train every pending round in order (resuming an interrupted one), then measure and gate each.
+
+    `max_forgetting` overrides the project's gate for this call; `overrides` (threads, workers, device) change
+    how the work is done, never what is trained.
+    """
+    directory = Path(directory)
+    out = console or default_console()
+    state = project.read(directory)
+    threshold = project.check_threshold(max_forgetting)
+    if threshold is None:
+        threshold = state.get("max_forgetting")
+    given = {key: value for key, value in overrides.items() if value is not None}
+    how = {"threads", "workers", "device"}
+    if set(given) - how:
+        raise GraftError(f"rounds train only changes {', '.join(sorted(how))}; settings belong to `rounds init`")
+    if not state["rounds"]:
+        raise GraftError(f"{directory} has no rounds; add one with `graft rounds add {directory} NAME --data SOURCE`")
+    tests: dict[int, ImageSet] = {}
+    for k, entry in enumerate(state["rounds"]):
+        if entry["status"] != "pending":
+            continue
+        _train_round(directory, state, k, out, given)
+        bundle = load(_paths(directory, entry)[2])
+        row = []
+        for j in range(k + 1):
+            if j not in tests:
+                source = state["rounds"][j]["data"]
+                tests[j] = load_source(source, state["settings"].get("data_root"))[1]
+            row.append(test_accuracy(bundle, tests[j]))
+        entry["accuracy"] = row
+        matrix = metrics.matrix_from_rows([r["accuracy"] for r in state["rounds"][: k + 1]])
+        entry["metrics"] = metrics.summary(matrix, k)
+        promoted, why = gate.decide(entry["metrics"]["forgetting"], threshold)
+        entry["status"] = "promoted" if promoted else "rejected"
+        entry["gate"] = {"promoted": promoted, "why": why, "max_forgetting": threshold}
+        if promoted:
+            atomic_write_json(
+                directory / project.CURRENT,
+                {"round": entry["name"], "index": k + 1, "bundle": f"{entry['dir']}/bundle", "why": why},
+            )
+        project.write(directory, state)
+        verdict = "promoted to current" if promoted else "NOT promoted (current unchanged)"
+        out.print(
+            f"round {k + 1} ({entry['name']}): accuracy on rounds 1..{k + 1}: "
+            + ", ".join(f"{a:.1%}" for a in row)
+            + f"; {verdict}: {why}"
+        )
+        _write_report(directory, state)
+    return status(directory)
+
+
+def _trained(state: dict) -> list[dict]:
+    return [r for r in state["rounds"] if r["status"] != "pending"]
+
+
+def _write_report(directory: Path, state: dict) -> None:
+    trained = _trained(state)
+    names = [r["name"] for r in trained]
+    matrix = metrics.matrix_from_rows([r["accuracy"] for r in trained])
+    report.write_report(directory, _summary(directory, state), names, matrix)
+
+
+def _summary(directory: Path, state: dict) -> dict:
+    trained = _trained(state)
+    rounds = []
+    for k, entry in enumerate(state["rounds"]):
+        _, run_dir, _ = _paths(directory, entry)
+        status_now = entry["status"]
+        if status_now == "pending" and checkpoint_path(run_dir).is_file():
+            status_now = "interrupted"
+        rounds.append(
+            {
+                "round": k + 1,
+                "name": entry["name"],
+                "data": entry["data"],
+                "mode": entry["mode"],
+                "replay": entry.get("replay"),
+                "status": status_now,
+                "accuracy": entry.get("accuracy"),
+                "metrics": entry.get("metrics"),
+                "gate": entry.get("gate"),
+                "bundle": f"{entry['dir']}/bundle" if entry["status"] != "pending" else None,
+            }
+        )
+    matrix = metrics.matrix_from_rows([r["accuracy"] for r in trained])
+    final = trained[-1]["metrics"] if trained else None
+    return {
+        "directory": str(directory),
+        "settings": state["settings"],
+        "max_forgetting": state.get("max_forgetting"),
+        "rounds": rounds,
+        "matrix": [[None if np.isnan(v) else float(v) for v in row] for row in matrix],
+        "final": final,
+        "current": project.current(directory),
+    }
+
+
+def status(directory: str | Path) -> dict:
+    """The rounds, their state, the accuracy matrix and metrics, and which bundle is current and why."""
+    directory = Path(directory)
+    return _summary(directory, project.read(directory))
+
+
+def status_lines(summary: dict) -> list[str]:
+    """`graft rounds status` as text."""
+    lines = []
+    for r in summary["rounds"]:
+        how = r["mode"] + (f" {r['replay']:g}" if r["replay"] else "")
+        why = f" — {r['gate']['why']}" if r.get("gate") else ""
+        lines.append(f"{r['round']:>2}. {r['name']:<16} {r['status']:<11} {how:<12} {r['data']}{why}")
+    trained = [r for r in summary["rounds"] if r["accuracy"] is not None]
+    if trained:
+        names = [r["name"] for r in trained]
+        matrix = np.array([[np.nan if v is None else v for v in row] for row in summary["matrix"]], dtype=float)
+        lines += ["", "accuracy matrix (row: model after round; column: test split of round)"]
+        lines += report.matrix_table(names, matrix)
+        lines += ["", *report.metrics_table(names, [r["metrics"] for r in trained])]
+    current = summary["current"]
+    threshold = summary["max_forgetting"]
+    gate_text = "no gate" if threshold is None else f"gate: forgetting ≤ {threshold:.2%}"
+    if current:
+        lines += ["", f"current: round {current['index']} ({current['round']}) {current['bundle']} — {current['why']}"]
+    else:
+        lines += ["", "current: none yet"]
+    lines.append(gate_text)
+    return lines

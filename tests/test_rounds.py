@@ -1,0 +1,161 @@
+"""Rounds end to end on tiny folder data: warm starts, a growing class set, the gate, resume, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import graft.rounds as rounds
+import graft.rounds.run as rounds_run
+from graft.bundle import load
+from graft.cli import main
+from graft.errors import Interrupted
+from rounds_helpers import digit_folder
+
+SETTINGS = dict(
+    model="resnet10t", input_mode="fold", size=16, epochs=1, batch_size=16, lr=3e-3, workers=0, precision="fp32"
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, str]:
+    """Three rounds: plain digits 0-2, the same classes inverted, and plain again with a new class 3."""
+    root = tmp_path_factory.mktemp("round-data")
+    return {
+        "plain": digit_folder(root / "plain", ["0", "1", "2"]),
+        "inverted": digit_folder(root / "inverted", ["0", "1", "2"], invert=True, offset=30),
+        "grown": digit_folder(root / "grown", ["0", "1", "2", "3"], offset=60, per_class=16),
+    }
+
+
+def cli(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_rounds_cli_flow_with_new_class(tmp_path, data, capsys, monkeypatch):
+    project = tmp_path / "proj"
+    flags = ["--model", "resnet10t", "--input-mode", "fold", "--size", "16", "--epochs", "1", "--batch-size", "16"]
+    code, out, err = cli(
+        ["rounds", "init", str(project), *flags, "--precision", "fp32", "--max-forgetting", "1"], capsys
+    )
+    assert code == 0, err
+    for name in ("plain", "inverted", "grown"):
+        code, out, err = cli(["rounds", "add", str(project), name, "--data", data[name]], capsys)
+        assert code == 0, err
+    code, out, err = cli(["rounds", "train", str(project), "--workers", "0"], capsys)
+    assert code == 0, err
+    assert "accuracy matrix" in out and "current: round 3 (grown)" in out
+
+    summary = json.loads(cli(["rounds", "status", str(project), "--json"], capsys)[1])
+    assert [r["status"] for r in summary["rounds"]] == ["promoted"] * 3
+    matrix = summary["matrix"]
+    assert [sum(v is not None for v in row) for row in matrix] == [1, 2, 3]  # lower triangle and diagonal
+    assert summary["final"]["forgetting"] is not None and summary["current"]["bundle"] == "rounds/3-grown/bundle"
+
+    first, third = load(project / "rounds/1-plain/bundle"), load(project / "rounds/3-grown/bundle")
+    assert first.classes == ["0", "1", "2"] and third.classes == ["0", "1", "2", "3"]  # the head grew by name
+    assert third.provenance["continued_from"]["bundle"].endswith("rounds/2-inverted/bundle")
+    parts = json.loads((project / "rounds/3-grown/data.json").read_text())["parts"]
+    assert [p["source"] for p in parts] == [data["plain"], data["inverted"], data["grown"]]
+    assert (project / "report.json").is_file() and (project / "matrix.png").stat().st_size > 0
+
+    # nothing pending: a second train trains nothing
+    monkeypatch.setattr(rounds_run, "train_model", lambda **_: pytest.fail("retrained a finished round"))
+    assert cli(["rounds", "train", str(project)], capsys)[0] == 0
+
+
+def test_gate_keeps_previous_current(tmp_path, data, monkeypatch):
+    project = tmp_path / "proj"
+    rounds.init(project, max_forgetting=0.05, **SETTINGS)
+    rounds.add(project, "plain", data["plain"])
+    rounds.add(project, "inverted", data["inverted"], naive=True)
+    scripted = iter([0.9, 0.6, 0.9])  # round 1 on plain; round 2 on plain (forgot 0.3), on inverted
+    monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images: next(scripted))
+    summary = rounds.train(project)
+    first, second = summary["rounds"]
+    assert first["status"] == "promoted" and second["status"] == "rejected"
+    assert second["metrics"]["forgetting"] == pytest.approx(0.3)
+    assert "exceeds" in second["gate"]["why"] and "30.00%" in second["gate"]["why"]
+    assert summary["current"]["round"] == "plain" and summary["current"]["bundle"] == "rounds/1-plain/bundle"
+    lines = "\n".join(rounds_run.status_lines(rounds.status(project)))
+    assert "rejected" in lines and "exceeds the gate" in lines and "current: round 1 (plain)" in lines
+    # the naive round trained on its own data only
+    assert json.loads((project / "rounds.json").read_text())["rounds"][1]["training_data"]["parts"] == [
+        {"source": data["inverted"], "fraction": 1.0}
+    ]
+
+
+def _weights(project: Path, round_dir: str) -> dict[str, np.ndarray]:
+    return load_file(project / round_dir / "bundle" / "model.safetensors")
+
+
+def test_resume_interrupted_round_matches_uninterrupted(tmp_path, data, monkeypatch):
+    settings = {**SETTINGS, "epochs": 2}
+    for name in ("straight", "stopped"):
+        rounds.init(tmp_path / name, max_forgetting=None, **settings)
+        rounds.add(tmp_path / name, "plain", data["plain"])
+        rounds.add(tmp_path / name, "inverted", data["inverted"], replay=0.5)
+    rounds.train(tmp_path / "straight")
+
+    real = rounds_run.train_model
+    calls: list[dict] = []
+
+    def interrupting(**kwargs):
+        calls.append(kwargs)
+        if kwargs.get("resume") is None and "inverted" in str(kwargs.get("run_dir")):
+            kwargs["on_epoch"] = lambda record, model, spec: os.kill(os.getpid(), signal.SIGINT)
+        return real(**kwargs)
+
+    monkeypatch.setattr(rounds_run, "train_model", interrupting)
+    with pytest.raises(Interrupted, match="graft rounds train"):
+        rounds.train(tmp_path / "stopped")
+    state = rounds.status(tmp_path / "stopped")
+    assert [r["status"] for r in state["rounds"]] == ["promoted", "interrupted"]
+
+    calls.clear()
+    summary = rounds.train(tmp_path / "stopped")
+    assert len(calls) == 1 and calls[0]["resume"] is not None  # round 1 not retrained; round 2 resumed
+    assert [r["status"] for r in summary["rounds"]] == ["promoted", "promoted"]
+    straight, stopped = (
+        _weights(tmp_path / "straight", "rounds/2-inverted"),
+        _weights(tmp_path / "stopped", "rounds/2-inverted"),
+    )
+    assert straight.keys() == stopped.keys()
+    for key in straight:
+        np.testing.assert_array_equal(straight[key], stopped[key], err_msg=key)
+    assert summary["matrix"] == rounds.status(tmp_path / "straight")["matrix"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["rounds", "status", "{tmp}/nowhere"], "not a rounds project"),
+        (["rounds", "add", "{proj}", "x", "--data", "digits", "--replay", "2"], "--replay takes a fraction"),
+        (["rounds", "add", "{proj}", "x", "--data", "digits", "--replay", "0.2", "--naive"], "exclude each other"),
+        (["rounds", "add", "{proj}", "bad/name", "--data", "digits"], "round name"),
+        (["rounds", "train", "{proj}"], "has no rounds"),
+        (["rounds", "init", "{proj}"], "already a rounds project"),
+        (["rounds", "init", "{tmp}/other", "--max-forgetting", "3"], "--max-forgetting is a fraction"),
+        (["rounds", "init", "{tmp}/other", "--epochs", "0"], "epochs"),
+    ],
+)
+def test_rounds_cli_bad_input(tmp_path, capsys, args, message):
+    project = tmp_path / "proj"
+    rounds.init(project, model="resnet10t")
+    args = [a.format(tmp=tmp_path, proj=project) for a in args]
+    code, out, err = cli(args, capsys)
+    assert code == 2
+    text = (out + err).strip()
+    assert message in text and len(text.splitlines()) == 1 and "Traceback" not in text

@@ -1,0 +1,116 @@
+"""Rounds without training: metric formulas by hand, the gate, data selection and the mix: source."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from graft.data.sources import load_source, load_splits
+from graft.errors import GraftError
+from graft.rounds import gate, metrics, selection
+from rounds_helpers import digit_folder
+
+NAN = math.nan
+# R[i, j]: model after round i on round j's test. Round 2 improved round 1 (0.95 > 0.90), round 3 forgot.
+R = np.array(
+    [
+        [0.90, NAN, NAN],
+        [0.95, 0.85, NAN],
+        [0.70, 0.80, 0.95],
+    ]
+)
+
+
+def test_metrics_by_hand():
+    # after round 1: only its own accuracy; nothing to forget
+    assert metrics.average_accuracy(R, 0) == pytest.approx(0.90)
+    assert metrics.forgetting(R, 0) is None and metrics.backward_transfer(R, 0) is None
+    # after round 2: ACC = (0.95 + 0.85) / 2; F = 0.90 - 0.95 (negative: it got better); BWT = +0.05
+    assert metrics.average_accuracy(R, 1) == pytest.approx(0.90)
+    assert metrics.forgetting(R, 1) == pytest.approx(-0.05)
+    assert metrics.backward_transfer(R, 1) == pytest.approx(0.05)
+    assert metrics.max_forgetting(R, 1) == pytest.approx(-0.05)
+    # after round 3: ACC = (0.70 + 0.80 + 0.95) / 3 = 0.81667
+    assert metrics.average_accuracy(R, 2) == pytest.approx(0.816666666)
+    # Avalanche forgetting: first accuracy minus now: (0.90 - 0.70) and (0.85 - 0.80) → mean 0.125
+    assert metrics.forgetting_per_round(R, 2) == pytest.approx([0.20, 0.05])
+    assert metrics.forgetting(R, 2) == pytest.approx(0.125)
+    assert metrics.backward_transfer(R, 2) == pytest.approx(-0.125)
+    # best-previous forgetting: (max(0.90, 0.95) - 0.70) and (0.85 - 0.80) → mean 0.15
+    assert metrics.max_forgetting(R, 2) == pytest.approx(0.15)
+    summary = metrics.summary(R, 2)
+    assert summary["average_accuracy"] == pytest.approx(0.816666666)
+
+
+def test_matrix_from_ragged_rows():
+    matrix = metrics.matrix_from_rows([[0.9], [0.95, 0.85], [0.7, 0.8, 0.95]])
+    np.testing.assert_array_equal(np.isnan(matrix), np.isnan(R))
+    np.testing.assert_allclose(np.nan_to_num(matrix), np.nan_to_num(R))
+
+
+def test_gate():
+    assert gate.decide(None, 0.05) == (True, "first round")
+    promoted, why = gate.decide(0.125, 0.05)
+    assert not promoted and "12.50%" in why and "5.00%" in why
+    assert gate.decide(0.05, 0.05)[0]  # at the threshold: promoted
+    assert gate.decide(-0.05, 0.0)[0]
+    assert gate.decide(0.9, None)[0]
+
+
+def test_selection_modes():
+    sources = ["folder:/a", "folder:/b", "folder:/c"]
+    assert selection.training_parts(sources, 0, "union") == [{"source": "folder:/a", "fraction": 1.0}]
+    assert [p["source"] for p in selection.training_parts(sources, 2, "union")] == sources
+    assert selection.training_parts(sources, 2, "naive") == [{"source": "folder:/c", "fraction": 1.0}]
+    replay = selection.training_parts(sources, 2, "replay", replay=0.25, seed=7)
+    assert replay == [
+        {"source": "folder:/a", "fraction": 0.25, "seed": 7 + 2000 + 0},
+        {"source": "folder:/b", "fraction": 0.25, "seed": 7 + 2000 + 1},
+        {"source": "folder:/c", "fraction": 1.0},
+    ]
+    assert selection.data_source(selection.training_parts(sources, 2, "naive"), "/x/data.json") == "folder:/c"
+    assert selection.data_source(replay, "/x/data.json") == "mix:/x/data.json"
+    with pytest.raises(GraftError):
+        selection.training_parts(sources, 1, "replay", replay=1.5)
+    with pytest.raises(GraftError):
+        selection.training_parts(sources, 3, "union")
+
+
+def test_mix_source_union_and_replay(tmp_path):
+    first = digit_folder(tmp_path / "a", ["0", "1", "2"], per_class=10)
+    second = digit_folder(tmp_path / "b", ["3", "1"], invert=True, per_class=10)
+    mix = tmp_path / "r2" / "data.json"
+    mix.parent.mkdir()
+    mix.write_text(json.dumps({"parts": [{"source": first}, {"source": second}]}))
+    pool, test = load_source(f"mix:{mix}")
+    # union of class names, first-seen order; folders list classes sorted, so b contributes 1 then 3
+    assert pool.classes == ["0", "1", "2", "3"] and test.classes == pool.classes
+    assert len(pool) == 50 and len(test) == 40 and pool.channels == 1
+    assert np.bincount(pool.labels).tolist() == [10, 20, 10, 10]
+    # labels follow names: an image of b's class "3" is labelled 3, and is inverted (bright background)
+    three = np.flatnonzero(pool.labels == 3)[0]
+    assert pool.image(int(three)).mean() > 128
+    # replay: a seeded stratified sample of the earlier part, the same every time
+    mix.write_text(json.dumps({"parts": [{"source": first, "fraction": 0.5, "seed": 3}, {"source": second}]}))
+    pool_a, _ = load_source(f"mix:{mix}")
+    pool_b, _ = load_source(f"mix:{mix}")
+    assert len(pool_a) == 15 + 20
+    np.testing.assert_array_equal(pool_a.labels, pool_b.labels)
+    assert all((pool_a.image(i) == pool_b.image(i)).all() for i in range(len(pool_a)))
+    splits = load_splits(f"mix:{mix}", valid_fraction=0.2, seed=0)
+    assert len(splits.train) + len(splits.valid) == 35
+
+
+def test_mix_file_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(GraftError, match="not a mix file"):
+        load_source(f"mix:{bad}")
+    bad.write_text(json.dumps({"parts": [{"source": "digits", "fraction": 0}]}))
+    with pytest.raises(GraftError, match="fraction"):
+        load_source(f"mix:{bad}")
+    with pytest.raises(GraftError, match="not found"):
+        load_source(f"mix:{tmp_path / 'missing.json'}")
