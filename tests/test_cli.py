@@ -13,18 +13,7 @@ import pytest
 from PIL import Image
 
 import graft
-from graft.cli import main
-
-
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    """Call the CLI in-process (fast) and return exit code, stdout, stderr."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from cli_helpers import run_cli as run
 
 
 def _digit_pngs(tmp_path: Path, count: int = 6) -> list[Path]:

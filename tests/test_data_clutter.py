@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graft.cli import main
+from cli_helpers import run_cli as run
 from graft.data import load_source, make_clutter
 from graft.data.clutter import (
     INGREDIENTS,
@@ -24,17 +24,6 @@ from graft.data.preprocess import LUMA_WEIGHTS
 from graft.errors import GraftError
 
 SMALL = {"levels": 3, "size": 16, "max_train": 60, "max_test": 30, "preview": False}
-
-
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    """The CLI in-process: exit code, stdout, stderr."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def files(root: Path) -> dict[str, bytes]:

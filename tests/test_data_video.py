@@ -10,24 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from graft.cli import main
+from cli_helpers import run_cli as run
 from graft.data import extract_frames, load_source
 from graft.data.video import resize_frame
 from graft.errors import GraftError
 
 HEIGHT, WIDTH = 48, 64
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
-
-
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    """The CLI in-process: exit code, stdout, stderr."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def quadrant_image(shade: int = 0) -> np.ndarray:

@@ -9,9 +9,9 @@ import shutil
 import pytest
 
 import graft
+from cli_helpers import run_cli as run
 from graft.exports import onnx_export, read_exports
 from graft.serve.engines import open_engine
-from serve_helpers import cli as run
 
 
 @pytest.fixture

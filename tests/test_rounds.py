@@ -13,8 +13,8 @@ from safetensors.numpy import load_file
 
 import graft.rounds as rounds
 import graft.rounds.run as rounds_run
+from cli_helpers import run_cli as cli
 from graft.bundle import load
-from graft.cli import main
 from graft.errors import Interrupted
 from rounds_helpers import digit_folder
 
@@ -32,16 +32,6 @@ def data(tmp_path_factory) -> dict[str, str]:
         "inverted": digit_folder(root / "inverted", ["0", "1", "2"], invert=True, offset=30),
         "grown": digit_folder(root / "grown", ["0", "1", "2", "3"], offset=60, per_class=16),
     }
-
-
-def cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_rounds_cli_flow_with_new_class(tmp_path, data, capsys, monkeypatch):

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 import graft
+from cli_helpers import run_cli as cli
 from graft.serve.run import where_to_open
-from serve_helpers import cli, digit, encode
+from serve_helpers import digit, encode
 
 
 def _free_port() -> int:
