@@ -52,20 +52,14 @@ def check_strategy(config: TrainConfig) -> None:
 
 def set_phase(model: GraftModel, frozen: bool) -> None:
     """Training mode for an epoch: everything trains, or only the head with the backbone in inference mode."""
+    roles = parameter_roles(model)
+    for name, param in model.named_parameters():
+        param.requires_grad_(not frozen or roles[name] == "head")
     model.train()
-    for module in head_modules(model):
-        for p in module.parameters():
-            p.requires_grad_(True)
-    if not frozen:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return
-    head_ids = {id(p) for module in head_modules(model) for p in module.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in head_ids)
-    model.backbone.eval()
-    for module in head_modules(model):
-        module.train()
+    if frozen:
+        model.backbone.eval()
+        for module in head_modules(model):
+            module.train()
 
 
 def trainable_names(config: TrainConfig, model: GraftModel) -> set[str]:
