@@ -87,6 +87,42 @@ def test_gate_keeps_previous_current(tmp_path, data, monkeypatch):
     ]
 
 
+def test_redo_a_rejected_round_with_replay_and_its_own_settings(tmp_path, data, capsys, monkeypatch):
+    project = tmp_path / "proj"
+    rounds.init(project, max_forgetting=0.05, **SETTINGS)
+    rounds.add(project, "plain", data["plain"])
+    rounds.add(project, "inverted", data["inverted"], naive=True)
+    rounds.add(project, "grown", data["grown"])
+    scripted = iter([0.9, 0.6, 0.9, 0.9, 0.9, 0.9])  # round 2 forgets 0.3 of round 1: rejected; round 3 passes
+    monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images: next(scripted))
+    summary = rounds.train(project)
+    assert [r["status"] for r in summary["rounds"]] == ["promoted", "rejected", "promoted"]
+    assert summary["current"]["round"] == "grown"
+    lines = "\n".join(rounds_run.status_lines(summary))
+    assert f"graft rounds redo {project} inverted --replay" in lines
+
+    code, out, err = cli(["rounds", "redo", str(project), "inverted", "--replay", "0.5", "--epochs", "2"], capsys)
+    assert code == 0, err
+    assert "pending again: inverted, grown" in out
+    archived = sorted(round_dir.name for stamp in (project / "archive").iterdir() for round_dir in stamp.iterdir())
+    assert archived == ["2-inverted", "3-grown"] and not (project / "rounds/2-inverted").exists()
+    state = rounds.status(project)
+    assert [r["status"] for r in state["rounds"]] == ["promoted", "pending", "pending"]
+    assert state["current"]["round"] == "plain" and "being redone" in state["current"]["why"]
+    assert state["rounds"][1]["mode"] == "replay" and state["rounds"][1]["settings"] == {"epochs": 2}
+    assert state["matrix"] == [[0.9]]
+
+    scripted = iter([0.88, 0.9, 0.88, 0.9, 0.9])  # now round 2 forgets 0.02: promoted
+    monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images: next(scripted))
+    summary = rounds.train(project)
+    assert [r["status"] for r in summary["rounds"]] == ["promoted", "promoted", "promoted"]
+    config = json.loads((project / "rounds/2-inverted/run/config.json").read_text())
+    assert config["epochs"] == 2 and config["data"].startswith("mix:")  # its own epochs, replay data
+    assert json.loads((project / "rounds/3-grown/run/config.json").read_text())["epochs"] == SETTINGS["epochs"]
+    parts = json.loads((project / "rounds/2-inverted/data.json").read_text())["parts"]
+    assert [(p["source"], p["fraction"]) for p in parts] == [(data["plain"], 0.5), (data["inverted"], 1.0)]
+
+
 def _weights(project: Path, round_dir: str) -> dict[str, np.ndarray]:
     return load_file(project / round_dir / "bundle" / "model.safetensors")
 
@@ -136,6 +172,10 @@ def test_resume_interrupted_round_matches_uninterrupted(tmp_path, data, monkeypa
         (["rounds", "add", "{proj}", "x", "--data", "digits", "--replay", "0.2", "--naive"], "exclude each other"),
         (["rounds", "add", "{proj}", "bad/name", "--data", "digits"], "round name"),
         (["rounds", "train", "{proj}"], "has no rounds"),
+        (["rounds", "add", "{proj}", "x", "--data", "digits", "--lr", "-1"], "lr"),
+        (["rounds", "add", "{proj}", "x", "--data", "digits", "--recipe", "{tmp}/size.toml"], "cannot set size"),
+        (["rounds", "redo", "{proj}", "nope"], "no round named 'nope'"),
+        (["rounds", "redo", "{proj}", "nope", "--union", "--naive"], "exclude each other"),
         (["rounds", "init", "{proj}"], "already a rounds project"),
         (["rounds", "init", "{tmp}/other", "--max-forgetting", "3"], "--max-forgetting is a fraction"),
         (["rounds", "init", "{tmp}/other", "--epochs", "0"], "epochs"),
@@ -144,6 +184,7 @@ def test_resume_interrupted_round_matches_uninterrupted(tmp_path, data, monkeypa
 def test_rounds_cli_bad_input(tmp_path, capsys, args, message):
     project = tmp_path / "proj"
     rounds.init(project, model="resnet10t")
+    (tmp_path / "size.toml").write_text("size = 64\n")
     args = [a.format(tmp=tmp_path, proj=project) for a in args]
     code, out, err = cli(args, capsys)
     assert code == 2

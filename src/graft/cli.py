@@ -166,7 +166,7 @@ def train(
 
 @app.command("eval")
 def eval_command(
-    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory, or a rounds project (its promoted bundle).")],
     data: Annotated[
         str | None,
         typer.Option("--data", "-d", help="Data source. [default: the one the bundle was trained on]"),
@@ -194,6 +194,7 @@ def eval_command(
 
     if split not in ("test", "valid", "train", "all"):
         raise GraftError(f"unknown split {split!r}; choose test, valid, train or all")
+    bundle = _bundle_dir(bundle)
     loaded = load(bundle)
     source = data or loaded.provenance.get("data", {}).get("source") or "data"
     name = source_label(source)
@@ -223,13 +224,24 @@ def eval_command(
     console().print(f"wrote {out_dir}/eval.json, confusion.png, misclassified.png")
 
 
+def _bundle_dir(path: Path) -> Path:
+    """`path` itself, or the promoted bundle of the rounds project at `path` (said on stderr)."""
+    from graft.rounds.project import current_bundle, is_project
+
+    if not is_project(path):
+        return path
+    bundle, pointer = current_bundle(path)
+    print(f"{path} is a rounds project: using round {pointer['index']} ({pointer['round']}), {bundle}", file=sys.stderr)
+    return bundle
+
+
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.2%}"
 
 
 @app.command()
 def predict(
-    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory, or a rounds project (its promoted bundle).")],
     images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, WebP, BMP).")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
@@ -237,7 +249,7 @@ def predict(
     """Top-k classes with probabilities, preprocessed exactly as in training (from the bundle's spec)."""
     from graft.bundle import load
 
-    predictions = load(bundle).predict(images, top_k=top_k)  # every file is checked before any output
+    predictions = load(_bundle_dir(bundle)).predict(images, top_k=top_k)  # every file is checked before any output
     if as_json:
         print(
             json.dumps(
@@ -346,7 +358,7 @@ def surgery_command(
 
 @app.command()
 def info(
-    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory, or a rounds project (its promoted bundle).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
     layers: Annotated[
         bool, typer.Option("--layers", help="List the model's layers with their output shapes (for surgery).")
@@ -355,6 +367,7 @@ def info(
     """Architecture, parameters, input spec, classes, metrics and surgery history of a bundle."""
     from graft.api import info as bundle_info
 
+    bundle = _bundle_dir(bundle)
     if layers:
         from graft.api import layer_table
 
@@ -541,7 +554,9 @@ def clutter_command(
 
 @app.command("export")
 def export_command(
-    bundle: Annotated[Path, typer.Argument(help="Bundle directory; model.onnx is written into it.")],
+    bundle: Annotated[
+        Path, typer.Argument(help="Bundle directory (or a rounds project: its promoted bundle); model.onnx goes in it.")
+    ],
     format: Annotated[str, typer.Option("--format", "-f", help="Export format: onnx.")] = "onnx",
     opset: Annotated[int | None, typer.Option(min=7, help="ONNX opset. [default: the exporter's]")] = None,
     tolerance: Annotated[
@@ -557,6 +572,7 @@ def export_command(
     """
     from graft.exports import export
 
+    bundle = _bundle_dir(bundle)
     console().print(f"exporting {bundle} to {format} and checking it against PyTorch…", markup=False)
     record = export(bundle, format, opset=opset, tolerance=tolerance)
     if as_json:
@@ -576,7 +592,9 @@ def export_command(
 
 @app.command("serve")
 def serve_command(
-    bundle: Annotated[Path, typer.Argument(help="Bundle directory to serve.")],
+    bundle: Annotated[
+        Path, typer.Argument(help="Bundle directory to serve, or a rounds project (its promoted bundle, followed).")
+    ],
     host: Annotated[
         str, typer.Option(help="Address to listen on; 0.0.0.0 exposes it to your network (then use --token).")
     ] = "127.0.0.1",
@@ -603,6 +621,10 @@ def serve_command(
     threads: Annotated[int | None, typer.Option(min=1, help="Threads for the model. [default: all cores]")] = None,
     decode_threads: Annotated[int, typer.Option(min=1, help="Threads decoding uploads.")] = 2,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    watch: Annotated[
+        float,
+        typer.Option(min=0, help="For a rounds project: seconds between checks for a newly promoted round (0: off)."),
+    ] = 2.0,
 ) -> None:
     """Serve a bundle over HTTP: a phone page at /, the API at /v1/predict, docs at /docs.
 
@@ -610,6 +632,7 @@ def serve_command(
     Examples:
       graft serve runs/x/bundle
       graft serve runs/x/bundle --host 0.0.0.0 --token SECRET   # reachable from a phone on your Wi-Fi
+      graft serve proj          # a rounds project: serves its current round, switches when a new one is promoted
     \b
     POST /v1/reload or SIGHUP loads the bundle again (e.g. after a new round) without dropping requests.
     """
@@ -627,6 +650,7 @@ def serve_command(
         token=token,
         threads=threads,
         decode_threads=decode_threads,
+        watch_s=watch,
     )
     serve(bundle, host=host, port=port, settings=settings, access_log=access_log)
 
@@ -689,6 +713,23 @@ def rounds_init_command(
     print(f"rounds project: {directory} (gate: forgetting ≤ {max_forgetting:.2%}); add rounds with `graft rounds add`")
 
 
+# A round's own training settings, shared by `rounds add` and `rounds redo`.
+RoundRecipe = Annotated[Path | None, typer.Option(help="TOML recipe with this round's own training settings.")]
+RoundEpochs = Annotated[int | None, typer.Option("--epochs", "-e", help="This round's epochs. [default: project's]")]
+RoundLr = Annotated[float | None, typer.Option(help="This round's peak LR. [default: project's]")]
+RoundSchedule = Annotated[str | None, typer.Option(help="This round's schedule: onecycle, cosine or constant.")]
+RoundStrategy = Annotated[str | None, typer.Option(help="This round's strategy: finetune, transfer, freeze-unfreeze.")]
+RoundAugment = Annotated[str | None, typer.Option(help="This round's augmentation: none or reference.")]
+
+
+def _round_flags(recipe: Path | None, **flags: object) -> dict:
+    from graft.train.config import read_recipe
+
+    settings = read_recipe(recipe) if recipe is not None else {}
+    settings.update({key: value for key, value in flags.items() if value is not None})
+    return settings
+
+
 @rounds_app.command("add")
 def rounds_add_command(
     directory: Annotated[Path, typer.Argument(help="Rounds project directory.")],
@@ -699,13 +740,55 @@ def rounds_add_command(
         typer.Option(help="Train on this round plus this fraction of each earlier round (seeded sample)."),
     ] = None,
     naive: Annotated[bool, typer.Option("--naive", help="Train on this round only (for comparison).")] = False,
+    recipe: RoundRecipe = None,
+    epochs: RoundEpochs = None,
+    lr: RoundLr = None,
+    schedule: RoundSchedule = None,
+    strategy: RoundStrategy = None,
+    augment: RoundAugment = None,
 ) -> None:
-    """Add a round; by default it trains on the union of all rounds so far."""
+    """Add a round; by default it trains on the union of all rounds so far, with the project's settings."""
     from graft.rounds import add
 
-    state = add(directory, name, data, replay=replay, naive=naive)
+    own = _round_flags(recipe, epochs=epochs, lr=lr, schedule=schedule, strategy=strategy, augment=augment)
+    state = add(directory, name, data, replay=replay, naive=naive, settings=own)
     entry = state["rounds"][-1]
     print(f"round {len(state['rounds'])}: {entry['name']} ({entry['mode']}) {entry['data']}")
+
+
+@rounds_app.command("redo")
+def rounds_redo_command(
+    directory: Annotated[Path, typer.Argument(help="Rounds project directory.")],
+    name: Annotated[str, typer.Argument(help="The round to train again (later rounds are redone too).")],
+    union: Annotated[bool, typer.Option("--union", help="Train it on the union of all rounds so far.")] = False,
+    replay: Annotated[
+        float | None, typer.Option(help="Train it on itself plus this fraction of each earlier round.")
+    ] = None,
+    naive: Annotated[bool, typer.Option("--naive", help="Train it on itself only.")] = False,
+    recipe: RoundRecipe = None,
+    epochs: RoundEpochs = None,
+    lr: RoundLr = None,
+    schedule: RoundSchedule = None,
+    strategy: RoundStrategy = None,
+    augment: RoundAugment = None,
+) -> None:
+    """Send a round (e.g. a rejected one) and all later rounds back to pending, with another mode or settings.
+
+    \b
+    Their folders move to DIR/archive/<time>/; current falls back to the newest promoted earlier round.
+    Example:
+      graft rounds redo proj level-4 --replay 0.3 --epochs 3 && graft rounds train proj
+    """
+    from graft.rounds.project import redo
+
+    if union + naive + (replay is not None) > 1:
+        raise GraftError("--union, --replay and --naive exclude each other")
+    mode = "union" if union else "naive" if naive else "replay" if replay is not None else None
+    own = _round_flags(recipe, epochs=epochs, lr=lr, schedule=schedule, strategy=strategy, augment=augment)
+    state, archive = redo(directory, name, mode=mode, replay=replay, settings=own)  # type: ignore[arg-type]
+    pending = [r["name"] for r in state["rounds"] if r["status"] == "pending"]
+    print(f"pending again: {', '.join(pending)}" + (f"; earlier results moved to {archive}" if archive else ""))
+    print(f"train them with `graft rounds train {directory}`")
 
 
 @rounds_app.command("train")

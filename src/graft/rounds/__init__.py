@@ -7,11 +7,12 @@
     rounds.add("proj", "level-3", data="folder:clutter/level-3", replay=0.2)
     rounds.train("proj")
     rounds.status("proj")
+    rounds.redo("proj", "level-3", mode="replay", replay=0.5, settings={"epochs": 4})  # e.g. after a rejection
 
 Layering: rounds sits above train, data and evaluate; nothing below imports it.
 """
 
-from graft.rounds.project import add, init
+from graft.rounds.project import add, init, redo
 from graft.rounds.run import status, train
 
-__all__ = ["add", "init", "status", "train"]
+__all__ = ["add", "init", "redo", "status", "train"]

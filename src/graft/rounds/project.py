@@ -6,13 +6,16 @@
     DIR/report.json, matrix.png  accuracy matrix and metrics after the latest trained round
 
 A round's `status` is pending (not trained), promoted or rejected (trained; the gate's decision and why are in
-`gate`). A pending round whose run directory holds a checkpoint was interrupted and is resumed.
+`gate`). A pending round whose run directory holds a checkpoint was interrupted and is resumed. `redo` sends a
+trained round (and every later one, which continued from it) back to pending, its old directories archived.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import re
+import shutil
 from pathlib import Path
 
 from graft.data.sources import normalise_source
@@ -24,8 +27,11 @@ from graft.train.config import validate
 MANIFEST = "rounds.json"
 CURRENT = "current.json"
 FORMAT = 1
+ARCHIVE = "archive"
 # Where each round's data, run and bundle go is the project's business, not a setting.
 NOT_SETTINGS = {"data", "run_dir", "output", "force"}
+# Settings that describe the architecture: round 1 uses them, later rounds take them from the bundle they continue.
+ARCHITECTURE_KEYS = {"model", "model_kwargs", "pretrained", "weights", "input_mode", "head", "size", "resize"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -80,18 +86,50 @@ def init(
     return state
 
 
-def add(directory: str | Path, name: str, data: str, *, replay: float | None = None, naive: bool = False) -> dict:
-    """Append a pending round: train on the union of all rounds so far (default), new + replay sample, or new only."""
+def round_settings(settings: dict, project_settings: dict) -> dict:
+    """A round's own training settings (epochs, lr, schedule, …), checked against the project's.
+
+    Architecture settings are refused: every round continues the previous round's model (change a model with
+    `graft surgery`).
+    """
+    given = {key: value for key, value in settings.items() if value is not None}
+    refused = sorted(set(given) & (NOT_SETTINGS | ARCHITECTURE_KEYS))
+    if refused:
+        raise GraftError(
+            f"a round cannot set {', '.join(refused)}: rounds continue one model (set it at `graft rounds init`)"
+        )
+    validate({**project_settings, **given}, origin="round settings")
+    return given
+
+
+def _mode(replay: float | None, naive: bool) -> Mode:
+    if replay is not None and naive:
+        raise GraftError("--replay and --naive exclude each other")
+    if replay is not None and not 0 < replay <= 1:
+        raise GraftError(f"--replay takes a fraction in (0, 1], got {replay}")
+    return "naive" if naive else "replay" if replay is not None else "union"
+
+
+def add(
+    directory: str | Path,
+    name: str,
+    data: str,
+    *,
+    replay: float | None = None,
+    naive: bool = False,
+    settings: dict | None = None,
+) -> dict:
+    """Append a pending round: train on the union of all rounds so far (default), new + replay sample, or new only.
+
+    `settings` (e.g. `{"epochs": 3, "lr": 1e-3}`) override the project's training settings for this round only.
+    """
     state = read(directory)
     if not _NAME.match(name):
         raise GraftError(f"round name {name!r}: use letters, digits, '.', '_' or '-' (e.g. level-2)")
     if any(r["name"] == name for r in state["rounds"]):
         raise GraftError(f"{directory} already has a round named {name!r}")
-    if replay is not None and naive:
-        raise GraftError("--replay and --naive exclude each other")
-    if replay is not None and not 0 < replay <= 1:
-        raise GraftError(f"--replay takes a fraction in (0, 1], got {replay}")
-    mode: Mode = "naive" if naive else "replay" if replay is not None else "union"
+    mode = _mode(replay, naive)
+    own = round_settings(settings or {}, state["settings"])
     index = len(state["rounds"]) + 1
     state["rounds"].append(
         {
@@ -99,6 +137,7 @@ def add(directory: str | Path, name: str, data: str, *, replay: float | None = N
             "data": normalise_source(data),
             "mode": mode,
             "replay": replay,
+            "settings": own,
             "dir": f"rounds/{index}-{name}",
             "status": "pending",
         }
@@ -107,6 +146,91 @@ def add(directory: str | Path, name: str, data: str, *, replay: float | None = N
     return state
 
 
+def redo(
+    directory: str | Path,
+    name: str,
+    *,
+    mode: Mode | None = None,
+    replay: float | None = None,
+    settings: dict | None = None,
+) -> tuple[dict, Path | None]:
+    """Send round `name` and every later round back to pending, optionally with another mode or settings.
+
+    For a rejected round: train it again with replay, the union or other settings. Later rounds continued from
+    it, so they are redone too. Their directories move to `DIR/archive/<time>/` (nothing is deleted), and
+    `current` falls back to the newest promoted round before `name`. Returns (state, archive folder or None).
+    """
+    directory = Path(directory)
+    state = read(directory)
+    names = [r["name"] for r in state["rounds"]]
+    if name not in names:
+        raise GraftError(f"{directory} has no round named {name!r} (rounds: {', '.join(names) or 'none'})")
+    k = names.index(name)
+    entry = state["rounds"][k]
+    if mode is not None:
+        if (mode == "replay") != (replay is not None):
+            raise GraftError("a replay fraction goes with the replay mode, and only with it")
+        entry["mode"], entry["replay"] = _mode(replay, mode == "naive"), replay
+    if settings:
+        entry["settings"] = {**entry.get("settings", {}), **round_settings(settings, state["settings"])}
+
+    pointer = current(directory)
+    if pointer is not None and pointer.get("index", 0) > k:  # the current bundle is about to be archived
+        kept = [(i, r) for i, r in enumerate(state["rounds"][:k]) if r["status"] == "promoted"]
+        if kept:
+            i, last = kept[-1]
+            why = f"round {name!r} and later are being redone"
+            atomic_write_json(
+                directory / CURRENT,
+                {"round": last["name"], "index": i + 1, "bundle": f"{last['dir']}/bundle", "why": why},
+            )
+        else:
+            (directory / CURRENT).unlink(missing_ok=True)
+
+    archive = _fresh(directory / ARCHIVE / _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S"))
+    moved = False
+    for later in state["rounds"][k:]:
+        base = directory / later["dir"]
+        if base.exists():
+            archive.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(base), str(archive / base.name))
+            moved = True
+        later["status"] = "pending"
+        for key in ("training_data", "accuracy", "metrics", "gate"):
+            later.pop(key, None)
+    write(directory, state)
+    return state, archive if moved else None
+
+
+def _fresh(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`, … : the first that does not exist yet."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 def current(directory: str | Path) -> dict | None:
     path = Path(directory) / CURRENT
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_project(path: str | Path) -> bool:
+    return manifest_path(path).is_file()
+
+
+def current_bundle(directory: str | Path) -> tuple[Path, dict]:
+    """The promoted bundle's directory and the `current.json` record naming it.
+
+    It is what a server or `graft predict DIR` should use: the newest round that passed the gate.
+    """
+    directory = Path(directory)
+    read(directory)
+    try:
+        pointer = current(directory)
+    except (OSError, ValueError) as error:
+        raise GraftError(f"{directory / CURRENT} is damaged: {error}") from None
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("bundle"), str):
+        raise GraftError(f"{directory} has no promoted round yet; train one with `graft rounds train {directory}`")
+    return (directory / pointer["bundle"]).resolve(), pointer

@@ -23,9 +23,6 @@ from graft.rounds import gate, metrics, project, report, selection
 from graft.train.checkpoint import checkpoint_path
 from graft.train.loop import train as train_model
 
-# Settings that describe the architecture: round 1 uses them, later rounds take them from the bundle they continue.
-ARCHITECTURE_KEYS = {"model", "model_kwargs", "pretrained", "weights", "input_mode", "head", "size", "resize"}
-
 
 def _paths(directory: Path, entry: dict) -> tuple[Path, Path, Path]:
     base = directory / entry["dir"]
@@ -54,10 +51,11 @@ def test_accuracy(bundle: Bundle, images: ImageSet, *, batch_size: int = 256) ->
 
 
 def _round_settings(state: dict, k: int, directory: Path) -> dict:
-    settings = dict(state["settings"])
+    """The project's settings with the round's own on top; after round 1, the previous round's bundle as weights."""
+    settings = {**state["settings"], **state["rounds"][k].get("settings", {})}
     if k > 0:
         previous = state["rounds"][k - 1]
-        settings = {key: value for key, value in settings.items() if key not in ARCHITECTURE_KEYS}
+        settings = {key: value for key, value in settings.items() if key not in project.ARCHITECTURE_KEYS}
         settings["weights"] = str(_paths(directory, previous)[2])
     return settings
 
@@ -119,7 +117,10 @@ def train(
     given = {key: value for key, value in overrides.items() if value is not None}
     how = {"threads", "workers", "device"}
     if set(given) - how:
-        raise GraftError(f"rounds train only changes {', '.join(sorted(how))}; settings belong to `rounds init`")
+        raise GraftError(
+            f"rounds train only changes {', '.join(sorted(how))}; settings belong to `rounds init`, or to "
+            "one round (`rounds add` or `rounds redo` with --epochs, --lr, …)"
+        )
     if not state["rounds"]:
         raise GraftError(f"{directory} has no rounds; add one with `graft rounds add {directory} NAME --data SOURCE`")
     tests: dict[int, ImageSet] = {}
@@ -127,33 +128,40 @@ def train(
         if entry["status"] != "pending":
             continue
         _train_round(directory, state, k, out, given)
-        bundle = load(_paths(directory, entry)[2])
-        row = []
-        for j in range(k + 1):
-            if j not in tests:
-                source = state["rounds"][j]["data"]
-                tests[j] = load_source(source, state["settings"].get("data_root"))[1]
-            row.append(test_accuracy(bundle, tests[j]))
-        entry["accuracy"] = row
-        matrix = metrics.matrix_from_rows([r["accuracy"] for r in state["rounds"][: k + 1]])
-        entry["metrics"] = metrics.summary(matrix, k)
-        promoted, why = gate.decide(entry["metrics"]["forgetting"], threshold)
-        entry["status"] = "promoted" if promoted else "rejected"
-        entry["gate"] = {"promoted": promoted, "why": why, "max_forgetting": threshold}
-        if promoted:
-            atomic_write_json(
-                directory / project.CURRENT,
-                {"round": entry["name"], "index": k + 1, "bundle": f"{entry['dir']}/bundle", "why": why},
-            )
-        project.write(directory, state)
-        verdict = "promoted to current" if promoted else "NOT promoted (current unchanged)"
-        out.print(
-            f"round {k + 1} ({entry['name']}): accuracy on rounds 1..{k + 1}: "
-            + ", ".join(f"{a:.1%}" for a in row)
-            + f"; {verdict}: {why}"
-        )
+        _measure_and_gate(directory, state, k, threshold, tests, out)
         _write_report(directory, state)
     return status(directory)
+
+
+def _measure_and_gate(
+    directory: Path, state: dict, k: int, threshold: float | None, tests: dict[int, ImageSet], out: Console
+) -> None:
+    """Row k of the accuracy matrix, its metrics, the gate's decision; `current.json` moves when promoted."""
+    entry = state["rounds"][k]
+    bundle = load(_paths(directory, entry)[2])
+    row = []
+    for j in range(k + 1):
+        if j not in tests:
+            tests[j] = load_source(state["rounds"][j]["data"], state["settings"].get("data_root"))[1]
+        row.append(test_accuracy(bundle, tests[j]))
+    entry["accuracy"] = row
+    matrix = metrics.matrix_from_rows([r["accuracy"] for r in state["rounds"][: k + 1]])
+    entry["metrics"] = metrics.summary(matrix, k)
+    promoted, why = gate.decide(entry["metrics"]["forgetting"], threshold)
+    entry["status"] = "promoted" if promoted else "rejected"
+    entry["gate"] = {"promoted": promoted, "why": why, "max_forgetting": threshold}
+    if promoted:  # the bundle is complete on disk before current.json names it
+        atomic_write_json(
+            directory / project.CURRENT,
+            {"round": entry["name"], "index": k + 1, "bundle": f"{entry['dir']}/bundle", "why": why},
+        )
+    project.write(directory, state)
+    verdict = "promoted to current" if promoted else "NOT promoted (current unchanged)"
+    out.print(
+        f"round {k + 1} ({entry['name']}): accuracy on rounds 1..{k + 1}: "
+        + ", ".join(f"{a:.1%}" for a in row)
+        + f"; {verdict}: {why}"
+    )
 
 
 def _trained(state: dict) -> list[dict]:
@@ -182,6 +190,7 @@ def _summary(directory: Path, state: dict) -> dict:
                 "data": entry["data"],
                 "mode": entry["mode"],
                 "replay": entry.get("replay"),
+                "settings": entry.get("settings", {}),
                 "status": status_now,
                 "accuracy": entry.get("accuracy"),
                 "metrics": entry.get("metrics"),
@@ -213,6 +222,7 @@ def status_lines(summary: dict) -> list[str]:
     lines = []
     for r in summary["rounds"]:
         how = r["mode"] + (f" {r['replay']:g}" if r["replay"] else "")
+        how += "".join(f" {key}={value}" for key, value in r.get("settings", {}).items())
         why = f" — {r['gate']['why']}" if r.get("gate") else ""
         lines.append(f"{r['round']:>2}. {r['name']:<16} {r['status']:<11} {how:<12} {r['data']}{why}")
     trained = [r for r in summary["rounds"] if r["accuracy"] is not None]
@@ -230,4 +240,11 @@ def status_lines(summary: dict) -> list[str]:
     else:
         lines += ["", "current: none yet"]
     lines.append(gate_text)
+    rejected = [r for r in summary["rounds"] if r["status"] == "rejected"]
+    if rejected:
+        name = rejected[-1]["name"]
+        lines.append(
+            f"to train {name!r} again (it and later rounds go back to pending, their folders archived): "
+            f"graft rounds redo {summary['directory']} {name} --replay 0.3 (or --union, --epochs N, --lr LR)"
+        )
     return lines

@@ -34,7 +34,7 @@ from graft.data.images import ImageTooLarge
 from graft.errors import GraftError
 from graft.exports import onnx_export
 from graft.serve.limits import Admission, BodyLimit, Problem, check_token, is_loopback, problem_response
-from graft.serve.models import ModelHolder, load_model
+from graft.serve.models import ModelHolder, load_model, resolve
 from graft.serve.page import PAGE_HEADERS, page_html
 from graft.serve.settings import ServeSettings
 
@@ -72,7 +72,11 @@ class ErrorResponse(BaseModel):
 
 
 class ReloadRequest(BaseModel):
-    bundle: str | None = Field(None, description="bundle directory to load; default: the current one again")
+    bundle: str | None = Field(
+        None,
+        description="bundle directory to load (then a rounds project is no longer followed); default: the current "
+        "one again, or the project's newest promoted one",
+    )
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -109,18 +113,27 @@ _UPLOAD_DOC = {
 
 
 def create_app(bundle: Bundle | str | Path, settings: ServeSettings | None = None, **overrides: Any) -> FastAPI:
-    """The FastAPI app serving `bundle`; `settings` or keyword overrides (e.g. `max_batch=1`) set its limits.
+    """The FastAPI app serving `bundle` (or a rounds project's promoted bundle, following new promotions);
+    `settings` or keyword overrides (e.g. `max_batch=1`) set its limits.
 
     The bundle is loaded here, so a broken one fails before any server starts.
     """
     settings = ServeSettings(**{**(settings or ServeSettings()).__dict__, **overrides}).validate()
-    holder = ModelHolder(load_model(bundle, settings), settings)
+    source, project = resolve(bundle)
+    holder = ModelHolder(load_model(source, settings), settings, project)
     admission = Admission(settings.max_queue)
     decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="graft-decode")
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        watcher = None
+        if holder.project is not None and settings.watch_s > 0:
+            watcher = asyncio.get_running_loop().create_task(holder.watch(settings.watch_s))
         yield
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         holder.closing = True
         await holder.close()
         decoder.shutdown(wait=False, cancel_futures=True)
@@ -206,6 +219,7 @@ def create_app(bundle: Bundle | str | Path, settings: ServeSettings | None = Non
             "engine": loaded.engine_name,
             "engine_note": loaded.engine_note,
             "bundle": str(loaded.bundle.path) if loaded.bundle.path else None,
+            "project": str(holder.project) if holder.project else None,
             "loaded_at": loaded.loaded_at,
             **{key: meta[key] for key in ("architecture", "input", "classes", "parameters", "metrics", "provenance")},
             "export": _export_summary(loaded.bundle),
@@ -221,8 +235,9 @@ def create_app(bundle: Bundle | str | Path, settings: ServeSettings | None = Non
 
     @app.post("/v1/reload", summary="Load the bundle again", responses={401: _ERRORS[401], 422: _ERRORS[422]})
     async def reload(request: Request, body: Annotated[ReloadRequest | None, Body()] = None) -> dict[str, Any]:
-        """Load the bundle again (after a new round wrote it) or another one; requests in flight finish on the
-        model they started with. Needs the token; without a token set, only clients on this machine may reload."""
+        """Load the bundle again (a rounds project's newest promoted one) or another one; requests in flight finish
+        on the model they started with. Needs the token; without a token set, only clients on this machine may
+        reload."""
         authorise(request)
         if settings.token is None and not is_loopback(request.client.host if request.client else None):
             raise Problem(403, "forbidden", "reloading from another machine needs the server to run with --token")

@@ -4,6 +4,9 @@ A request takes the current `Loaded` model for its whole life (decode with its s
 rank with its classes). A reload loads the new bundle in a thread, then swaps it in at once: new requests get
 the new model, requests already holding the old one finish on it, and the old batcher is closed only when the
 last of them is done.
+
+Serving a rounds project follows its promotions: the model is the project's `current` bundle, a plain reload
+takes the newest promoted one, and `watch` reloads by itself when `current.json` changes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graft.bundle import WEIGHTS_FILE, Bundle, load
+from graft.errors import GraftError
 from graft.io import file_sha256
+from graft.rounds.project import CURRENT, current_bundle, is_project
 from graft.serve.batching import Batcher
 from graft.serve.engines import Engine, open_engine
 from graft.serve.settings import ServeSettings
@@ -62,11 +67,21 @@ def load_model(source: Bundle | str | Path, settings: ServeSettings) -> Loaded:
     return Loaded(bundle, engine, name, note, model_id(bundle), batcher, now)
 
 
-class ModelHolder:
-    """The current model, swapped by `reload` while requests keep going."""
+def resolve(source: Bundle | str | Path) -> tuple[Bundle | Path, Path | None]:
+    """What to load for `source`, and the rounds project it came from (None for a bundle)."""
+    if isinstance(source, Bundle) or not is_project(source):
+        return source, None
+    return current_bundle(source)[0], Path(source).resolve()
 
-    def __init__(self, loaded: Loaded, settings: ServeSettings) -> None:
-        self.current, self.settings = loaded, settings
+
+class ModelHolder:
+    """The current model, swapped by `reload` while requests keep going.
+
+    `project`, when set, is a rounds project whose promoted bundle is served (see `watch`).
+    """
+
+    def __init__(self, loaded: Loaded, settings: ServeSettings, project: Path | None = None) -> None:
+        self.current, self.settings, self.project = loaded, settings, project
         self.closing = False
         self._reload_lock: asyncio.Lock | None = None
         self._retiring: set[asyncio.Task] = set()
@@ -84,16 +99,20 @@ class ModelHolder:
                 loaded.idle.set()
 
     async def reload(self, path: str | Path | None = None) -> tuple[Loaded, Loaded]:
-        """Load `path` (default: the current bundle's directory again) and swap it in; (old, new).
+        """Load `path` (default: the project's promoted bundle, or the current bundle's directory again) and swap
+        it in; (old, new). An explicit `path` stops following a project.
 
         A bundle that fails to load raises its GraftError and the current model stays.
         """
         self._reload_lock = self._reload_lock or asyncio.Lock()
         async with self._reload_lock:
-            target = path if path is not None else self.current.bundle.path
+            if path is not None:
+                target, self.project = path, None
+            elif self.project is not None:
+                target = current_bundle(self.project)[0]
+            else:
+                target = self.current.bundle.path
             if target is None:
-                from graft.errors import GraftError
-
                 raise GraftError("this server's bundle was never saved, so there is nothing to reload from")
             new = await asyncio.to_thread(load_model, Path(target), self.settings)
             old, self.current = self.current, new
@@ -102,6 +121,27 @@ class ModelHolder:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
             return old, new
+
+    async def watch(self, interval_s: float) -> None:
+        """Reload whenever the project's `current.json` names another bundle (a round was promoted); runs until
+        cancelled. A bundle that fails to load is logged and the served model stays."""
+        seen: tuple[int, int, int] | None = (-1, -1, -1)  # the first look compares with what was loaded
+        while self.project is not None:
+            await asyncio.sleep(interval_s)
+            if self.project is None:
+                break
+            stamp = _stamp(self.project / CURRENT)
+            if stamp == seen:
+                continue
+            seen = stamp
+            try:
+                target = current_bundle(self.project)[0]
+                if self.current.bundle.path is None or Path(self.current.bundle.path).resolve() != target:
+                    await self.reload()
+            except (GraftError, OSError) as error:
+                log.error("not following the new round, still serving %s: %s", self.current.model_id, error)
+            except Exception:  # the watcher must outlive any one bad round
+                log.exception("not following the new round, still serving %s", self.current.model_id)
 
     async def _retire(self, old: Loaded) -> None:
         old.retired = True
@@ -114,3 +154,12 @@ class ModelHolder:
         for task in list(self._retiring):
             await task
         await self.current.batcher.close()
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """Changes whenever the file is replaced (atomic writes give a new inode) or rewritten."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size

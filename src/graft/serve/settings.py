@@ -22,6 +22,8 @@ class ServeSettings:
     - `max_pixels` refuses larger images from their header, before a pixel is decoded (decompression bombs).
     - `timeout_s` bounds a whole predict request (upload, decoding, queue, inference): past it, 504.
     - `token`, when set, is required as `Authorization: Bearer TOKEN` by /v1/predict, /v1/model and /v1/reload.
+    - `watch_s`: serving a rounds project, how often its `current.json` is checked so that a newly promoted
+      round is served without a restart; 0 leaves that to SIGHUP and POST /v1/reload.
     """
 
     engine: EngineChoice = "auto"
@@ -35,6 +37,7 @@ class ServeSettings:
     threads: int | None = None
     decode_threads: int = 2
     top_k: int = 5
+    watch_s: float = 2.0
 
     @property
     def max_upload_bytes(self) -> int:
@@ -58,6 +61,8 @@ class ServeSettings:
         for flag, value in positive.items():
             if not value > 0:
                 raise GraftError(f"{flag} must be positive, got {value}")
+        if not self.watch_s >= 0:
+            raise GraftError(f"--watch must be 0 or more seconds, got {self.watch_s}")
         if not self.max_delay_ms >= 0:
             raise GraftError(f"--max-delay-ms must be 0 or more, got {self.max_delay_ms}")
         if self.token is not None and not self.token.strip():
