@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+import graft
 import graft.rounds as rounds
+import graft.rounds.project as rounds_project
 import graft.rounds.run as rounds_run
 from cli_helpers import run_cli as cli
 from graft.bundle import load
@@ -72,7 +74,7 @@ def test_gate_keeps_previous_current(tmp_path, data, monkeypatch):
     rounds.add(project, "plain", data["plain"])
     rounds.add(project, "inverted", data["inverted"], naive=True)
     scripted = iter([0.9, 0.6, 0.9])  # round 1 on plain; round 2 on plain (forgot 0.3), on inverted
-    monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images: next(scripted))
+    monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images, **_: next(scripted))
     summary = rounds.train(project)
     first, second = summary["rounds"]
     assert first["status"] == "promoted" and second["status"] == "rejected"
@@ -94,7 +96,7 @@ def test_redo_a_rejected_round_with_replay_and_its_own_settings(tmp_path, data, 
     rounds.add(project, "inverted", data["inverted"], naive=True)
     rounds.add(project, "grown", data["grown"])
     scripted = iter([0.9, 0.6, 0.9, 0.9, 0.9, 0.9])  # round 2 forgets 0.3 of round 1: rejected; round 3 passes
-    monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images: next(scripted))
+    monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images, **_: next(scripted))
     summary = rounds.train(project)
     assert [r["status"] for r in summary["rounds"]] == ["promoted", "rejected", "promoted"]
     assert summary["current"]["round"] == "grown"
@@ -104,7 +106,8 @@ def test_redo_a_rejected_round_with_replay_and_its_own_settings(tmp_path, data, 
     code, out, err = cli(["rounds", "redo", str(project), "inverted", "--replay", "0.5", "--epochs", "2"], capsys)
     assert code == 0, err
     assert "pending again: inverted, grown" in out
-    archived = sorted(round_dir.name for stamp in (project / "archive").iterdir() for round_dir in stamp.iterdir())
+    (stamp,) = (project / "archive").iterdir()
+    archived = sorted(round_dir.name for round_dir in (stamp / "rounds").iterdir())
     assert archived == ["2-inverted", "3-grown"] and not (project / "rounds/2-inverted").exists()
     state = rounds.status(project)
     assert [r["status"] for r in state["rounds"]] == ["promoted", "pending", "pending"]
@@ -113,7 +116,7 @@ def test_redo_a_rejected_round_with_replay_and_its_own_settings(tmp_path, data, 
     assert state["matrix"] == [[0.9]]
 
     scripted = iter([0.88, 0.9, 0.88, 0.9, 0.9])  # now round 2 forgets 0.02: promoted
-    monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images: next(scripted))
+    monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images, **_: next(scripted))
     summary = rounds.train(project)
     assert [r["status"] for r in summary["rounds"]] == ["promoted", "promoted", "promoted"]
     config = json.loads((project / "rounds/2-inverted/run/config.json").read_text())
@@ -172,7 +175,9 @@ def test_resume_interrupted_round_matches_uninterrupted(tmp_path, data, monkeypa
         (["rounds", "add", "{proj}", "x", "--data", "digits", "--replay", "0.2", "--naive"], "exclude each other"),
         (["rounds", "add", "{proj}", "bad/name", "--data", "digits"], "round name"),
         (["rounds", "train", "{proj}"], "has no rounds"),
-        (["rounds", "add", "{proj}", "x", "--data", "digits", "--lr", "-1"], "lr"),
+        (["rounds", "add", "{proj}", "x", "--data", "digits", "--lr", "-1"], "round settings: lr"),
+        (["rounds", "add", "{proj}", "x", "--data", "folder:{tmp}/missing"], "missing: no such folder"),
+        (["rounds", "add", "{proj}", "x", "--data", "minst"], "did you mean mnist"),
         (["rounds", "add", "{proj}", "x", "--data", "digits", "--recipe", "{tmp}/size.toml"], "cannot set size"),
         (["rounds", "redo", "{proj}", "nope"], "no round named 'nope'"),
         (["rounds", "redo", "{proj}", "nope", "--union", "--naive"], "exclude each other"),
@@ -190,3 +195,87 @@ def test_rounds_cli_bad_input(tmp_path, capsys, args, message):
     assert code == 2
     text = (out + err).strip()
     assert message in text and len(text.splitlines()) == 1 and "Traceback" not in text
+
+
+def test_redo_falls_back_to_no_current_and_leaves_an_earlier_current_alone(tmp_path, data, monkeypatch):
+    project = tmp_path / "proj"
+    rounds.init(project, max_forgetting=0.05, **SETTINGS)
+    rounds.add(project, "plain", data["plain"])
+    rounds.add(project, "inverted", data["inverted"], naive=True)
+    scripted = iter([0.9, 0.6, 0.9])
+    monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images, **_: next(scripted))
+    rounds.train(project)
+    before = (project / "current.json").read_bytes()
+    rounds.redo(project, "inverted", mode="union")  # current is round 1, before the redone round: untouched
+    assert (project / "current.json").read_bytes() == before
+    state, archive = rounds.redo(project, "plain")  # nothing promoted before round 1: no current at all
+    assert rounds.status(project)["current"] is None and state["rounds"][0]["status"] == "pending"
+    assert archive is not None and (archive / "rounds/1-plain/bundle/graft.json").is_file()
+    assert [r["status"] for r in rounds.status(project)["rounds"]] == ["pending", "pending"]
+
+
+def test_a_redo_cut_short_is_finished_by_the_next_command(tmp_path, data, monkeypatch):
+    project = tmp_path / "proj"
+    rounds.init(project, max_forgetting=None, **SETTINGS)
+    rounds.add(project, "plain", data["plain"])
+    rounds.train(project)
+
+    real_finish = rounds_project.finish_archiving
+    calls = []
+
+    def crash_on_the_move(directory, state):  # redo's first call tidies up; its second one moves: die there
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_finish(directory, state)
+
+    monkeypatch.setattr(rounds_project, "finish_archiving", crash_on_the_move)
+    with pytest.raises(KeyboardInterrupt):
+        rounds.redo(project, "plain")
+    monkeypatch.undo()
+    assert (project / "rounds/1-plain/bundle").is_dir()  # not moved yet, but the manifest says pending
+    note = json.loads((project / "rounds.json").read_text())["archiving"]
+    assert note["dirs"] == ["rounds/1-plain"] and rounds.status(project)["rounds"][0]["status"] == "pending"
+
+    bundle_there = []
+
+    def stop_before_training(**kwargs):
+        bundle_there.append((project / "rounds/1-plain/bundle").exists())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(rounds_run, "train_model", stop_before_training)
+    with pytest.raises(RuntimeError, match="stop here"):
+        rounds.train(project)
+    assert bundle_there == [False]  # set aside before training, not measured as if it were this round's
+    assert (project / note["to"] / "rounds/1-plain/bundle/graft.json").is_file()
+    assert "archiving" not in json.loads((project / "rounds.json").read_text())
+
+
+def test_init_force_archives_the_old_project_and_a_busy_project_refuses(tmp_path, data):
+    project = tmp_path / "proj"
+    rounds.init(project, max_forgetting=None, **SETTINGS)
+    rounds.add(project, "plain", data["plain"])
+    rounds.train(project)
+    config = json.loads((project / "rounds/1-plain/run/config.json").read_text())
+    assert Path(config["output"]).is_absolute() and Path(config["run_dir"]).is_absolute()  # resumable from anywhere
+
+    rounds.init(project, force=True, **SETTINGS)
+    archived = next((project / "archive").iterdir())
+    assert (archived / "rounds/1-plain/bundle/graft.json").is_file() and (archived / "rounds.json").is_file()
+    assert not (project / "rounds").exists() and not (project / "current.json").exists()
+    assert rounds.status(project)["rounds"] == []
+
+    with rounds_project.locked(project), pytest.raises(graft.GraftError, match="is busy"):
+        rounds.add(project, "plain", data["plain"])
+    rounds.add(project, "plain", data["plain"])  # free again
+
+
+def test_damaged_files_are_one_line_errors(tmp_path, capsys):
+    project = tmp_path / "proj"
+    rounds.init(project, model="resnet10t")
+    (project / "current.json").write_text("{not json")
+    code, out, err = cli(["rounds", "status", str(project)], capsys)
+    assert code == 2 and "current.json is damaged" in out + err and "Traceback" not in out + err
+    (project / "rounds.json").write_text("[]")
+    code, out, err = cli(["rounds", "status", str(project)], capsys)
+    assert code == 2 and "not a rounds manifest" in out + err

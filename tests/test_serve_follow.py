@@ -24,13 +24,16 @@ def _project(tmp_path: Path, serve_bundle: Path) -> Path:
     project = tmp_path / "proj"
     rounds.init(project, model="resnet10t", input_mode="fold", size=16)
     shutil.copytree(serve_bundle, project / "rounds/1-plain/bundle")
-    second = graft.load(serve_bundle)
-    with torch.no_grad():
-        for parameter in second.model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 1e-3)
-    second.save(project / "rounds/2-busy/bundle")
+    _perturb(graft.load(serve_bundle)).save(project / "rounds/2-busy/bundle")
     _promote(project, 1, "plain")
     return project
+
+
+def _perturb(bundle: graft.Bundle) -> graft.Bundle:
+    with torch.no_grad():
+        for parameter in bundle.model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 1e-3)
+    return bundle
 
 
 def _promote(project: Path, index: int, name: str) -> None:
@@ -63,20 +66,37 @@ def test_serving_a_project_follows_its_promotions(serve_bundle, tmp_path):
         answer = httpx.post(f"{url}/v1/predict", content=encode(Image.fromarray(pixels))).json()
         assert answer["model"] == second and answer["top"][0]["class"] == label
 
+        _perturb(graft.load(project / "rounds/2-busy/bundle")).save(project / "rounds/2-busy/bundle", overwrite=True)
+        _promote(project, 2, "busy")  # a redone round: the same directory with new weights is a new model
+        redone = _served(url, second)
+        assert redone.startswith("2-busy-") and redone != second
+        second = redone
+
         (project / "rounds/3-broken/bundle").mkdir(parents=True)
         _promote(project, 3, "broken")  # a bundle that cannot load is refused; the served model stays
         assert _served(url, second, seconds=1) == second
+        _promote(project, 1, "plain")  # and the watcher is still there for the next promotion
+        assert _served(url, second).startswith("1-plain-")
 
-        _promote(project, 1, "plain")  # a plain reload, like the watcher, takes the promoted bundle
-        reloaded = httpx.post(f"{url}/v1/reload", timeout=30).json()["model"]
-        assert reloaded.startswith("1-plain-")
-
-        # an explicit bundle stops following the project
+        # a pinned reload that fails keeps following the project; one that loads stops following it
+        failed = httpx.post(f"{url}/v1/reload", json={"bundle": str(tmp_path / "nowhere")}, timeout=30)
+        assert failed.status_code == 422 and httpx.get(f"{url}/v1/model").json()["project"] is not None
         httpx.post(f"{url}/v1/reload", json={"bundle": str(serve_bundle)}, timeout=30).raise_for_status()
         pinned = httpx.get(f"{url}/v1/model").json()
         assert pinned["project"] is None
         _promote(project, 2, "busy")
         assert _served(url, pinned["model"], seconds=1) == pinned["model"]
+
+
+def test_a_plain_reload_takes_the_promoted_bundle(serve_bundle, tmp_path):
+    project = _project(tmp_path, serve_bundle)
+    with live_server(create_app(project, engine="torch", watch_s=0)) as url:  # no watcher: only reload moves it
+        first = httpx.get(f"{url}/readyz").json()["model"]
+        _promote(project, 2, "busy")
+        time.sleep(0.3)
+        assert httpx.get(f"{url}/readyz").json()["model"] == first
+        reloaded = httpx.post(f"{url}/v1/reload", timeout=30).json()
+        assert reloaded["previous"] == first and reloaded["model"].startswith("2-busy-")
 
 
 def test_a_project_without_a_promoted_round_is_a_clear_error(tmp_path, capsys):

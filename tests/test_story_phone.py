@@ -4,6 +4,7 @@ server that follows the promoted round. Videos are encoded here with PyAV; every
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import av
@@ -64,24 +65,33 @@ def test_videos_to_rounds_to_a_server_that_follows_them(tmp_path, capsys):
 
     project = tmp_path / "proj"
     init = ["rounds", "init", str(project), "--model", "resnet10t", "--input-mode", "fold", "--size", "24"]
-    assert cli([*init, "--epochs", "5", "--batch-size", "8", "--precision", "fp32"], capsys)[0] == 0
-    for name in ("round1", "round2"):
-        assert cli(["rounds", "add", str(project), name, "--data", f"folder:{data / name}"], capsys)[0] == 0
-    code, out, err = cli(["rounds", "train", str(project), "--workers", "0"], capsys)
+    init += ["--epochs", "5", "--batch-size", "8", "--precision", "fp32", "--max-forgetting", "1"]
+    assert cli(init, capsys)[0] == 0
+    add = ["rounds", "add", str(project), "round1", "--data", f"folder:{data / 'round1'}"]
+    assert cli(add, capsys)[0] == 0
+    code, _, err = cli(["rounds", "train", str(project), "--workers", "0"], capsys)
     assert code == 0, err
 
-    summary = json.loads(cli(["rounds", "status", str(project), "--json"], capsys)[1])
-    first, second = summary["matrix"]
-    assert first[0] > 0.6 and min(second) > 0.6, summary["matrix"]  # chance is 1/3
-    bundle = project / summary["current"]["bundle"]
-    assert summary["current"]["round"] in ("round1", "round2") and bundle.is_dir()
-
     frame = _frame("vbar", _background(True, 999), 3)  # a new photo against a busy background
-    with live_server(create_app(project, engine="torch")) as url:
+    with live_server(create_app(project, engine="torch", watch_s=0.1)) as url:
         served = httpx.get(f"{url}/v1/model").json()
         assert served["project"] == str(project.resolve()) and served["classes"] == sorted(OBJECTS)
+        assert served["model"].startswith("1-round1-")
+
+        # the busier round trains while the phone keeps being served, and replaces round 1 once promoted
+        add = ["rounds", "add", str(project), "round2", "--data", f"folder:{data / 'round2'}"]
+        assert cli(add, capsys)[0] == 0
+        code, _, err = cli(["rounds", "train", str(project), "--workers", "0"], capsys)
+        assert code == 0, err
+        summary = json.loads(cli(["rounds", "status", str(project), "--json"], capsys)[1])
+        first, second = summary["matrix"]
+        assert first[0] > 0.6 and min(second) > 0.6, summary["matrix"]  # chance is 1/3
+        assert summary["current"]["round"] == "round2"
+        deadline = time.monotonic() + 15
+        while httpx.get(f"{url}/readyz").json()["model"].startswith("1-") and time.monotonic() < deadline:
+            time.sleep(0.05)
         answer = httpx.post(f"{url}/v1/predict", content=encode(Image.fromarray(frame))).json()
-    assert answer["model"].startswith(bundle.parent.name)
+    assert answer["model"].startswith("2-round2-")
     offline = cli(["predict", str(project), _save(tmp_path / "photo.png", frame), "--json"], capsys)[1]
     assert json.loads(offline)[0]["top"][0] == answer["top"][0]  # the same preprocessing and model
 

@@ -136,6 +136,26 @@ def normalise_source(source: str) -> str:
     return source
 
 
+def check_source(source: str) -> str:
+    """The normalised source, or a GraftError now for one that cannot be there (a missing folder or mix file, an
+    unknown name), so a typo is caught when it is written down rather than hours later when it is read."""
+    source = normalise_source(source)
+    kind, _, path = source.partition(":")
+    if kind == "folder" and not Path(path).is_dir():
+        raise GraftError(f"{source}: no such folder")
+    if kind == "mix" and not Path(path).is_file():
+        raise GraftError(f"{source}: no such file")
+    if kind not in ("folder", "mix") and source not in (*IDX_DATASETS, "digits"):
+        raise _unknown(source)
+    return source
+
+
+def _unknown(source: str) -> GraftError:
+    close = difflib.get_close_matches(source, [*IDX_DATASETS, "digits"], n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return GraftError(f"unknown data source {source!r}{hint}; known: {', '.join(SOURCE_NAMES)}")
+
+
 def source_label(source: str) -> str:
     """A short name for file names: the source name, or a folder's (or mix file's folder's) last path component."""
     if source.startswith("mix:"):
@@ -192,9 +212,7 @@ def load_source(
         return load_idx_source(source, data_root(root), download)
     if source == "digits":
         return load_digits_source()
-    close = difflib.get_close_matches(source, [*IDX_DATASETS, "digits"], n=3)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise GraftError(f"unknown data source {source!r}{hint}; known: {', '.join(SOURCE_NAMES)}")
+    raise _unknown(source)
 
 
 def load_splits(

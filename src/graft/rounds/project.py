@@ -4,6 +4,8 @@
     DIR/current.json             the promoted bundle in use: {"round", "bundle", "why"}
     DIR/rounds/<k>-<name>/       per round: data.json (a mix: source when needed), run/ and bundle/
     DIR/report.json, matrix.png  accuracy matrix and metrics after the latest trained round
+    DIR/archive/<time>/          what `redo` and `init --force` set aside (nothing is deleted)
+    DIR/.lock                    held by the command changing the project (train, add, redo, init)
 
 A round's `status` is pending (not trained), promoted or rejected (trained; the gate's decision and why are in
 `gate`). A pending round whose run directory holds a checkpoint was interrupted and is resumed. `redo` sends a
@@ -12,13 +14,16 @@ trained round (and every later one, which continued from it) back to pending, it
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
-from graft.data.sources import normalise_source
+from graft.data.sources import check_source
 from graft.errors import GraftError
 from graft.io import atomic_write_json
 from graft.rounds.selection import Mode
@@ -28,6 +33,7 @@ MANIFEST = "rounds.json"
 CURRENT = "current.json"
 FORMAT = 1
 ARCHIVE = "archive"
+LOCK = ".lock"
 # Where each round's data, run and bundle go is the project's business, not a setting.
 NOT_SETTINGS = {"data", "run_dir", "output", "force"}
 # Settings that describe the architecture: round 1 uses them, later rounds take them from the bundle they continue.
@@ -47,9 +53,42 @@ def read(directory: str | Path) -> dict:
         state = json.loads(path.read_text())
     except ValueError as error:
         raise GraftError(f"{path} is damaged: {error}") from None
-    if state.get("format") != FORMAT:
-        raise GraftError(f"{path}: unknown format {state.get('format')!r}")
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise GraftError(f"{path}: not a rounds manifest of format {FORMAT} (found {found!r})")
+    if not isinstance(state.get("settings"), dict) or not isinstance(state.get("rounds"), list):
+        raise GraftError(f"{path} is damaged: it needs 'settings' and 'rounds'")
     return state
+
+
+@contextlib.contextmanager
+def locked(directory: str | Path) -> Iterator[None]:
+    """Held by a command that changes the project: a second one at the same time gets a one-line error instead
+    of overwriting the first one's manifest. (No lock where `fcntl` is missing, i.e. on Windows.)"""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    with open(Path(directory) / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise GraftError(
+                f"{directory} is busy: another graft rounds command (process {holder}) is changing it; "
+                "wait for it to finish"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write(directory: str | Path, state: dict) -> None:
@@ -65,7 +104,10 @@ def check_threshold(value: float | None) -> float | None:
 def init(
     directory: str | Path, *, max_forgetting: float | None = 0.05, force: bool = False, **settings: object
 ) -> dict:
-    """Create a project whose rounds all train with `settings` (any TrainConfig fields but data/run_dir/output)."""
+    """Create a project whose rounds all train with `settings` (any TrainConfig fields but data/run_dir/output).
+
+    `force` starts an existing project again; its rounds, report and current pointer move to `DIR/archive/<time>/`.
+    """
     directory = Path(directory)
     if manifest_path(directory).exists() and not force:
         raise GraftError(f"{directory} is already a rounds project; pass --force to start it again")
@@ -80,9 +122,11 @@ def init(
         "max_forgetting": check_threshold(max_forgetting),
         "rounds": [],
     }
-    directory.mkdir(parents=True, exist_ok=True)
-    write(directory, state)
-    (directory / CURRENT).unlink(missing_ok=True)
+    with locked(directory):
+        # The manifest and pointer go first: cut short, the rest is a folder `init` sets aside again.
+        old = [directory / name for name in (MANIFEST, CURRENT, "rounds", "report.json", "matrix.png")]
+        _archive(directory, old)
+        write(directory, state)
     return state
 
 
@@ -123,26 +167,20 @@ def add(
 
     `settings` (e.g. `{"epochs": 3, "lr": 1e-3}`) override the project's training settings for this round only.
     """
-    state = read(directory)
+    read(directory)
     if not _NAME.match(name):
         raise GraftError(f"round name {name!r}: use letters, digits, '.', '_' or '-' (e.g. level-2)")
-    if any(r["name"] == name for r in state["rounds"]):
-        raise GraftError(f"{directory} already has a round named {name!r}")
     mode = _mode(replay, naive)
-    own = round_settings(settings or {}, state["settings"])
-    index = len(state["rounds"]) + 1
-    state["rounds"].append(
-        {
-            "name": name,
-            "data": normalise_source(data),
-            "mode": mode,
-            "replay": replay,
-            "settings": own,
-            "dir": f"rounds/{index}-{name}",
-            "status": "pending",
-        }
-    )
-    write(directory, state)
+    source = check_source(data)
+    with locked(directory):
+        state = read(directory)
+        if any(r["name"] == name for r in state["rounds"]):
+            raise GraftError(f"{directory} already has a round named {name!r}")
+        own = round_settings(settings or {}, state["settings"])
+        index = len(state["rounds"]) + 1
+        entry = {"name": name, "data": source, "mode": mode, "replay": replay, "settings": own}
+        state["rounds"].append({**entry, "dir": f"rounds/{index}-{name}", "status": "pending"})
+        write(directory, state)
     return state
 
 
@@ -161,45 +199,77 @@ def redo(
     `current` falls back to the newest promoted round before `name`. Returns (state, archive folder or None).
     """
     directory = Path(directory)
-    state = read(directory)
-    names = [r["name"] for r in state["rounds"]]
-    if name not in names:
-        raise GraftError(f"{directory} has no round named {name!r} (rounds: {', '.join(names) or 'none'})")
-    k = names.index(name)
+    with locked(directory):
+        state = finish_archiving(directory, read(directory))
+        names = [r["name"] for r in state["rounds"]]
+        if name not in names:
+            raise GraftError(f"{directory} has no round named {name!r} (rounds: {', '.join(names) or 'none'})")
+        k = names.index(name)
+        entry = state["rounds"][k]
+        if replay is not None and mode is None:
+            mode = "replay"
+        if mode is not None:
+            if (mode == "replay") != (replay is not None):
+                raise GraftError("a replay fraction goes with the replay mode, and only with it")
+            entry["mode"], entry["replay"] = _mode(replay, mode == "naive"), replay
+        if settings:
+            entry["settings"] = {**entry.get("settings", {}), **round_settings(settings, state["settings"])}
+
+        # The manifest first: a crash after it leaves pending rounds and a note of what still has to move,
+        # which the next rounds command finishes (finish_archiving) before anything else.
+        later = state["rounds"][k:]
+        moving = [r["dir"] for r in later if (directory / r["dir"]).exists()]
+        archive = _fresh(directory / ARCHIVE / _stamp()) if moving else None
+        for r in later:
+            r["status"] = "pending"
+            for key in ("training_data", "accuracy", "metrics", "gate"):
+                r.pop(key, None)
+        if archive is not None:
+            state["archiving"] = {"to": str(archive.relative_to(directory)), "dirs": moving}
+        write(directory, state)
+
+        pointer = read_current(directory)
+        if pointer is not None and pointer.get("index", 0) > k:  # the current bundle is about to be archived
+            kept = [i for i, r in enumerate(state["rounds"][:k]) if r["status"] == "promoted"]
+            if kept:
+                set_current(directory, state, kept[-1], f"round {name!r} and later are being redone")
+            else:
+                (directory / CURRENT).unlink(missing_ok=True)
+        return finish_archiving(directory, state), archive
+
+
+def finish_archiving(directory: Path, state: dict) -> dict:
+    """Move the folders that a `redo` set aside (again, after a crash) and drop its note from the manifest."""
+    pending = state.pop("archiving", None)
+    if pending:
+        _archive(directory, [directory / d for d in pending["dirs"]], directory / pending["to"])
+        write(directory, state)
+    return state
+
+
+def set_current(directory: Path, state: dict, k: int, why: str) -> None:
+    """Point `current.json` at round k's bundle (0-based), which must be complete on disk already."""
     entry = state["rounds"][k]
-    if mode is not None:
-        if (mode == "replay") != (replay is not None):
-            raise GraftError("a replay fraction goes with the replay mode, and only with it")
-        entry["mode"], entry["replay"] = _mode(replay, mode == "naive"), replay
-    if settings:
-        entry["settings"] = {**entry.get("settings", {}), **round_settings(settings, state["settings"])}
+    record = {"round": entry["name"], "index": k + 1, "bundle": f"{entry['dir']}/bundle", "why": why}
+    atomic_write_json(directory / CURRENT, record)
 
-    pointer = current(directory)
-    if pointer is not None and pointer.get("index", 0) > k:  # the current bundle is about to be archived
-        kept = [(i, r) for i, r in enumerate(state["rounds"][:k]) if r["status"] == "promoted"]
-        if kept:
-            i, last = kept[-1]
-            why = f"round {name!r} and later are being redone"
-            atomic_write_json(
-                directory / CURRENT,
-                {"round": last["name"], "index": i + 1, "bundle": f"{last['dir']}/bundle", "why": why},
-            )
-        else:
-            (directory / CURRENT).unlink(missing_ok=True)
 
-    archive = _fresh(directory / ARCHIVE / _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S"))
-    moved = False
-    for later in state["rounds"][k:]:
-        base = directory / later["dir"]
-        if base.exists():
-            archive.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(base), str(archive / base.name))
-            moved = True
-        later["status"] = "pending"
-        for key in ("training_data", "accuracy", "metrics", "gate"):
-            later.pop(key, None)
-    write(directory, state)
-    return state, archive if moved else None
+def _stamp() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def _archive(directory: Path, paths: list[Path], into: Path | None = None) -> Path | None:
+    """Move `paths` (those that exist) under `into` (default: a new DIR/archive/<time>/), keeping their path
+    relative to the project; the archive folder, or None when nothing moved."""
+    present = [p for p in paths if p.exists()]
+    if not present:
+        return None
+    into = into or _fresh(directory / ARCHIVE / _stamp())
+    for path in present:
+        target = into / path.relative_to(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(target))
+    return into
 
 
 def _fresh(path: Path) -> Path:
@@ -211,9 +281,18 @@ def _fresh(path: Path) -> Path:
     return candidate
 
 
-def current(directory: str | Path) -> dict | None:
+def read_current(directory: str | Path) -> dict | None:
+    """`current.json`'s record, None when no round was promoted; a damaged file is a GraftError."""
     path = Path(directory) / CURRENT
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        pointer = json.loads(path.read_text())
+    except ValueError as error:
+        raise GraftError(f"{path} is damaged: {error}") from None
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("bundle"), str):
+        raise GraftError(f"{path} is damaged: it does not name a bundle")
+    return pointer
 
 
 def is_project(path: str | Path) -> bool:
@@ -227,10 +306,7 @@ def current_bundle(directory: str | Path) -> tuple[Path, dict]:
     """
     directory = Path(directory)
     read(directory)
-    try:
-        pointer = current(directory)
-    except (OSError, ValueError) as error:
-        raise GraftError(f"{directory / CURRENT} is damaged: {error}") from None
-    if not isinstance(pointer, dict) or not isinstance(pointer.get("bundle"), str):
+    pointer = read_current(directory)
+    if pointer is None:
         raise GraftError(f"{directory} has no promoted round yet; train one with `graft rounds train {directory}`")
     return (directory / pointer["bundle"]).resolve(), pointer

@@ -7,6 +7,7 @@ model is evaluated on the test split of every round so far: row k of the accurac
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,10 @@ from graft.io import atomic_write_json
 from graft.progress import console as default_console
 from graft.rounds import gate, metrics, project, report, selection
 from graft.train.checkpoint import checkpoint_path
+from graft.train.distributed import World
+from graft.train.loop import RESUME_MAY_CHANGE
 from graft.train.loop import train as train_model
+from graft.train.runtime import resolve_device
 
 
 def _paths(directory: Path, entry: dict) -> tuple[Path, Path, Path]:
@@ -29,7 +33,7 @@ def _paths(directory: Path, entry: dict) -> tuple[Path, Path, Path]:
     return base, base / "run", base / "bundle"
 
 
-def test_accuracy(bundle: Bundle, images: ImageSet, *, batch_size: int = 256) -> float:
+def test_accuracy(bundle: Bundle, images: ImageSet, *, batch_size: int = 256, device: str | None = None) -> float:
     """Accuracy on `images`, classes matched by name; images of classes the model does not know count as wrong."""
     known = np.array([name in bundle.classes for name in images.classes], dtype=bool)
     keep = np.flatnonzero(known[images.labels])
@@ -38,14 +42,16 @@ def test_accuracy(bundle: Bundle, images: ImageSet, *, batch_size: int = 256) ->
     if len(keep) == 0:
         return 0.0
     mapping = np.array([bundle.classes.index(c) if c in bundle.classes else 0 for c in images.classes])
+    where = resolve_device(device, World())  # where training ran: cuda when there is one, unless told
     result = evaluate_model(
-        bundle.model,
+        bundle.model.to(where),
         bundle.spec,
         images.subset(keep),
         classes=bundle.classes,
         label_map=mapping,
         batch_size=batch_size,
         workers=0,
+        device=where,
     )
     return float((result.predicted == result.labels).sum()) / len(images)
 
@@ -60,10 +66,19 @@ def _round_settings(state: dict, k: int, directory: Path) -> dict:
     return settings
 
 
+def _finished_before(bundle_dir: Path, entry: dict) -> bool:
+    """A bundle this very round wrote before a crash kept it from being measured (not one left by anything else)."""
+    try:
+        provenance = json.loads((bundle_dir / "graft.json").read_text())["provenance"]
+        return provenance["data"]["source"] == entry["training_data"]["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _train_round(directory: Path, state: dict, k: int, out: Console, overrides: dict) -> None:
     entry = state["rounds"][k]
     base, run_dir, bundle_dir = _paths(directory, entry)
-    if (bundle_dir / "graft.json").is_file() and not checkpoint_path(run_dir).is_file():
+    if not checkpoint_path(run_dir).is_file() and _finished_before(bundle_dir, entry):
         out.print(f"round {k + 1} ({entry['name']}): already trained, measuring it")
         return
     try:
@@ -108,33 +123,40 @@ def train(
     `max_forgetting` overrides the project's gate for this call; `overrides` (threads, workers, device) change
     how the work is done, never what is trained.
     """
-    directory = Path(directory)
+    directory = Path(directory).resolve()  # run configs hold absolute paths: resuming works from anywhere
     out = console or default_console()
     state = project.read(directory)
     threshold = project.check_threshold(max_forgetting)
     if threshold is None:
         threshold = state.get("max_forgetting")
     given = {key: value for key, value in overrides.items() if value is not None}
-    how = {"threads", "workers", "device"}
-    if set(given) - how:
+    if set(given) - RESUME_MAY_CHANGE:
         raise GraftError(
-            f"rounds train only changes {', '.join(sorted(how))}; settings belong to `rounds init`, or to "
-            "one round (`rounds add` or `rounds redo` with --epochs, --lr, …)"
+            f"rounds train only changes {', '.join(sorted(RESUME_MAY_CHANGE))}; settings belong to `rounds init`, "
+            "or to one round (`rounds add` or `rounds redo` with --epochs, --lr, …)"
         )
     if not state["rounds"]:
         raise GraftError(f"{directory} has no rounds; add one with `graft rounds add {directory} NAME --data SOURCE`")
     tests: dict[int, ImageSet] = {}
-    for k, entry in enumerate(state["rounds"]):
-        if entry["status"] != "pending":
-            continue
-        _train_round(directory, state, k, out, given)
-        _measure_and_gate(directory, state, k, threshold, tests, out)
-        _write_report(directory, state)
+    with project.locked(directory):
+        state = project.finish_archiving(directory, project.read(directory))
+        for k, entry in enumerate(state["rounds"]):
+            if entry["status"] != "pending":
+                continue
+            _train_round(directory, state, k, out, given)
+            _measure_and_gate(directory, state, k, threshold, tests, out, given.get("device"))
+            _write_report(directory, state)
     return status(directory)
 
 
 def _measure_and_gate(
-    directory: Path, state: dict, k: int, threshold: float | None, tests: dict[int, ImageSet], out: Console
+    directory: Path,
+    state: dict,
+    k: int,
+    threshold: float | None,
+    tests: dict[int, ImageSet],
+    out: Console,
+    device: str | None,
 ) -> None:
     """Row k of the accuracy matrix, its metrics, the gate's decision; `current.json` moves when promoted."""
     entry = state["rounds"][k]
@@ -143,7 +165,7 @@ def _measure_and_gate(
     for j in range(k + 1):
         if j not in tests:
             tests[j] = load_source(state["rounds"][j]["data"], state["settings"].get("data_root"))[1]
-        row.append(test_accuracy(bundle, tests[j]))
+        row.append(test_accuracy(bundle, tests[j], device=device))
     entry["accuracy"] = row
     matrix = metrics.matrix_from_rows([r["accuracy"] for r in state["rounds"][: k + 1]])
     entry["metrics"] = metrics.summary(matrix, k)
@@ -151,10 +173,7 @@ def _measure_and_gate(
     entry["status"] = "promoted" if promoted else "rejected"
     entry["gate"] = {"promoted": promoted, "why": why, "max_forgetting": threshold}
     if promoted:  # the bundle is complete on disk before current.json names it
-        atomic_write_json(
-            directory / project.CURRENT,
-            {"round": entry["name"], "index": k + 1, "bundle": f"{entry['dir']}/bundle", "why": why},
-        )
+        project.set_current(directory, state, k, why)
     project.write(directory, state)
     verdict = "promoted to current" if promoted else "NOT promoted (current unchanged)"
     out.print(
@@ -169,10 +188,16 @@ def _trained(state: dict) -> list[dict]:
 
 
 def _write_report(directory: Path, state: dict) -> None:
-    trained = _trained(state)
-    names = [r["name"] for r in trained]
-    matrix = metrics.matrix_from_rows([r["accuracy"] for r in trained])
-    report.write_report(directory, _summary(directory, state), names, matrix)
+    summary = _summary(directory, state)
+    names = [r["name"] for r in summary["rounds"] if r["accuracy"] is not None]
+    report.write_report(directory, summary, names, _as_array(summary["matrix"]))
+
+
+def _as_array(matrix: list[list[float | None]]) -> np.ndarray:
+    """The summary's JSON matrix (None for rounds not measured) as floats with NaN."""
+    return np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float).reshape(
+        len(matrix), len(matrix)
+    )
 
 
 def _summary(directory: Path, state: dict) -> dict:
@@ -207,7 +232,7 @@ def _summary(directory: Path, state: dict) -> dict:
         "rounds": rounds,
         "matrix": [[None if np.isnan(v) else float(v) for v in row] for row in matrix],
         "final": final,
-        "current": project.current(directory),
+        "current": project.read_current(directory),
     }
 
 
@@ -228,9 +253,8 @@ def status_lines(summary: dict) -> list[str]:
     trained = [r for r in summary["rounds"] if r["accuracy"] is not None]
     if trained:
         names = [r["name"] for r in trained]
-        matrix = np.array([[np.nan if v is None else v for v in row] for row in summary["matrix"]], dtype=float)
         lines += ["", "accuracy matrix (row: model after round; column: test split of round)"]
-        lines += report.matrix_table(names, matrix)
+        lines += report.matrix_table(names, _as_array(summary["matrix"]))
         lines += ["", *report.metrics_table(names, [r["metrics"] for r in trained])]
     current = summary["current"]
     threshold = summary["max_forgetting"]

@@ -107,7 +107,7 @@ class ModelHolder:
         self._reload_lock = self._reload_lock or asyncio.Lock()
         async with self._reload_lock:
             if path is not None:
-                target, self.project = path, None
+                target = path
             elif self.project is not None:
                 target = current_bundle(self.project)[0]
             else:
@@ -115,6 +115,8 @@ class ModelHolder:
             if target is None:
                 raise GraftError("this server's bundle was never saved, so there is nothing to reload from")
             new = await asyncio.to_thread(load_model, Path(target), self.settings)
+            if path is not None:  # pinned only once it loaded: a typo keeps the server following its project
+                self.project = None
             old, self.current = self.current, new
             log.info("reloaded %s: %s (%s) replaces %s", target, new.model_id, new.engine_name, old.model_id)
             task = asyncio.get_running_loop().create_task(self._retire(old))
@@ -136,7 +138,7 @@ class ModelHolder:
             seen = stamp
             try:
                 target = current_bundle(self.project)[0]
-                if self.current.bundle.path is None or Path(self.current.bundle.path).resolve() != target:
+                if not await asyncio.to_thread(_serving, self.current, target):  # hashing stays off the loop
                     await self.reload()
             except (GraftError, OSError) as error:
                 log.error("not following the new round, still serving %s: %s", self.current.model_id, error)
@@ -154,6 +156,16 @@ class ModelHolder:
         for task in list(self._retiring):
             await task
         await self.current.batcher.close()
+
+
+def _serving(loaded: Loaded, bundle_dir: Path) -> bool:
+    """Whether `loaded` is that bundle with those very weights (a redone round reuses its directory)."""
+    if loaded.bundle.path is None or Path(loaded.bundle.path).resolve() != bundle_dir:
+        return False
+    try:
+        return loaded.model_id.endswith(file_sha256(bundle_dir / WEIGHTS_FILE)[:12])
+    except OSError:
+        return False
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
