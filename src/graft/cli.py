@@ -772,7 +772,7 @@ def rounds_redo_command(
     strategy: RoundStrategy = None,
     augment: RoundAugment = None,
 ) -> None:
-    """Send a round (e.g. a rejected one) and all later rounds back to pending, with another mode or settings.
+    """Put a round and every later one back to pending, to train them again (a rejected round with replay).
 
     \b
     Their folders move to DIR/archive/<time>/; current falls back to the newest promoted earlier round.
