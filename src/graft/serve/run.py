@@ -50,8 +50,8 @@ def serve(
         loaded = holder.current
         say(f"serving {loaded.model_id} with {loaded.engine_name} ({loaded.engine_note})")
         if holder.project is not None:
-            how = f"checked every {settings.watch_s:g} s" if settings.watch_s > 0 else "on SIGHUP or POST /v1/reload"
-            say(f"following rounds project {holder.project}: a newly promoted round is served at once ({how})")
+            when = f"within {settings.watch_s:g} s" if settings.watch_s > 0 else "on SIGHUP or POST /v1/reload"
+            say(f"following rounds project {holder.project}: a newly promoted round replaces this model {when}")
         for line in where_to_open(host, sock.getsockname()[1], settings.token is not None):
             say(line)
         config = uvicorn.Config(
