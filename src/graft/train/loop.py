@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
-from timm.utils import ModelEmaV3
 from torch import nn
 
 from graft._version import __version__
 from graft.bundle import Bundle, check_replaceable
 from graft.data.base import ImageSet, Splits
-from graft.data.loader import count_batches
 from graft.data.sources import load_splits, normalise_source, source_label
-from graft.errors import GraftError, Interrupted
+from graft.errors import GraftError
 from graft.evaluate import EvalResult, evaluate_model, write_eval_outputs
 from graft.io import atomic_write_json
 from graft.models.factory import Architecture, build_model, count_parameters
@@ -30,28 +25,13 @@ from graft.models.weights import TransferReport
 from graft.progress import console as default_console
 from graft.spec import InputSpec
 from graft.train import distributed
-from graft.train.augment import make_augment
-from graft.train.cache import cache_features, can_cache, head_on_features
-from graft.train.checkpoint import checkpoint_path, load_checkpoint, remove_checkpoint, save_checkpoint
+from graft.train.checkpoint import checkpoint_path, load_checkpoint, remove_checkpoint
 from graft.train.config import TrainConfig, make_config, validate
 from graft.train.distributed import World, world_from_env
-from graft.train.optim import make_optimizer, make_schedule
-from graft.train.runtime import Runtime, resolve_runtime, wrap_for_training
-from graft.train.signals import StopSignals
+from graft.train.runtime import Runtime, resolve_runtime
+from graft.train.session import EpochCallback, Session, start_session
 from graft.train.start import parent_record, resolve_settings, starting_model
-from graft.train.steps import (
-    EpochProgress,
-    StepContext,
-    drop_last,
-    epoch_record,
-    epoch_seed,
-    feature_batches,
-    image_batches,
-    run_epoch,
-)
-from graft.train.strategy import backbone_frozen, backbone_lr_ratio, check_strategy, set_phase
-
-EpochCallback = Callable[[dict, nn.Module, InputSpec], None]
+from graft.train.strategy import check_strategy
 
 
 @dataclass
@@ -150,203 +130,75 @@ def _train(
     _seed_everything(config.seed)
 
     splits, train_set = _load_data(config, out)
-    classes = splits.classes
     checkpoint = load_checkpoint(run_dir) if resuming else None
     if checkpoint is not None:
         model, arch, spec, report = _model_from_checkpoint(checkpoint, run_dir)
     else:
-        model, arch, spec, report = starting_model(config, classes, train_set)
+        model, arch, spec, report = starting_model(config, splits.classes, train_set)
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     out.print(
         f"graft train: {config.model} ({count_parameters(model) / 1e6:.2f} M parameters), mode {config.input_mode}, "
         f"{spec.size[0]}×{spec.size[1]}×{spec.channels}, {config.data}: {len(train_set)} train / "
-        f"{len(splits.valid)} valid / {len(splits.test)} test, {len(classes)} classes; strategy {config.strategy}; "
-        f"{runtime.describe()}" + (f"; {world.size} processes" if world.distributed else "")
+        f"{len(splits.valid)} valid / {len(splits.test)} test, {len(splits.classes)} classes; "
+        f"strategy {config.strategy}; {runtime.describe()}" + (f"; {world.size} processes" if world.distributed else "")
     )
     if report is not None and checkpoint is None:
         for line in report.lines():
             out.print(line, markup=False, highlight=False)
-
-    metrics_path = run_dir / "metrics.jsonl"
     if world.is_main and not resuming:
         _start_run_dir(run_dir, config, report)
     distributed.barrier(world)
 
-    cached = can_cache(config, model, world)
-    if cached:
-        out.print("transfer without augmentation: the backbone runs once, the head trains on cached features")
-        train_features = cache_features(model, spec, train_set, runtime, config, out)
-        valid_features = cache_features(model, spec, splits.valid, runtime, config, out)
-        head = head_on_features(model)
-    steps = count_batches(len(train_set), config.batch_size, drop_last=drop_last(len(train_set), config))
-    optimizer = make_optimizer(model, config)
-    schedule = make_schedule(optimizer, config, steps)
-    ema = ModelEmaV3(model, decay=config.ema, use_warmup=True) if config.ema else None
-    stop = StopSignals()
-    ctx = StepContext(
-        model=head if cached else model,
-        optimizer=optimizer,
-        schedule=schedule,
-        runtime=runtime,
-        config=config,
-        world=world,
-        should_stop=lambda: distributed.broadcast_flag(stop.requested is not None, world, runtime.device),
-        augment=make_augment(config),
-        out=out,
-    )
-    if ema is not None:
-        ctx.after_step = lambda: ema.update(model, step=schedule.last_epoch)
-
-    history: list[dict] = []
-    keep = config.keep or ("best" if config.patience is not None else "last")
-    best: dict | None = None  # {"epoch", "valid_acc", "state"} of the best epoch so far (state only to keep it)
-    first_epoch, position, done, elapsed_before = 1, EpochProgress(), False, 0.0
+    session = start_session(
+        config, run_dir, world, runtime, out,
+        splits=splits, train_set=train_set, model=model, arch=arch, spec=spec, report=report,
+    )  # fmt: skip
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        if ema is not None:
-            ema.module.load_state_dict(checkpoint["ema"])
-        history = list(checkpoint["history"])
-        best = checkpoint["best"]
-        first_epoch = checkpoint["epoch"]
-        position = EpochProgress(**checkpoint["position"])
-        done = checkpoint["done"]
-        elapsed_before = checkpoint["elapsed"]
-        if checkpoint.get("fell_back"):
-            ctx.runtime = dataclasses.replace(ctx.runtime, bf16=False, fell_back=checkpoint["fell_back"])
-        out.print(f"resuming {run_dir} at epoch {min(first_epoch, config.epochs)}, batch {position.step}/{steps}")
+        session.restore(checkpoint)
     if world.is_main:
-        metrics_path.write_text("".join(json.dumps(record) + "\n" for record in history))
-
-    def evaluate(images: ImageSet) -> EvalResult:
-        return evaluate_model(
-            ema.module if ema is not None else model,
-            spec,
-            images,
-            classes=classes,
-            batch_size=config.batch_size,
-            workers=config.workers,
-            console=out,
-            device=runtime.device,  # float32: validation numbers are what the bundle will do
-            channels_last=runtime.channels_last,
-        )
-
-    def save(epoch: int, state: EpochProgress, finished: bool = False) -> None:
-        if not world.is_main:
-            return
-        save_checkpoint(
-            run_dir,
-            {
-                "architecture": arch.to_dict(),
-                "spec": spec.to_dict(),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "ema": ema.module.state_dict() if ema is not None else None,
-                "history": history,
-                "best": best,
-                "epoch": epoch,
-                "position": state.to_dict(),
-                "rng": torch.get_rng_state(),
-                "fell_back": ctx.runtime.fell_back,
-                "elapsed": elapsed_before + time.perf_counter() - started,  # seconds over all sessions
-                "done": finished,  # training over (last epoch or early stop): a resume goes to the bundle
-            },
-        )
-
-    started = time.perf_counter()
-    wrapped: dict[bool, nn.Module] = {}
-    with stop.installed():
-        for epoch in range(first_epoch, 1 if done else config.epochs + 1):
-            if epoch > first_epoch or position.step == 0:
-                position = EpochProgress()
-                torch.manual_seed(epoch_seed(config, epoch))  # dropout and augmentation draws, per epoch
-            else:
-                torch.set_rng_state(checkpoint["rng"])
-            frozen = backbone_frozen(config, epoch)
-            set_phase(model, frozen)
-            if config.strategy == "freeze-unfreeze" and epoch == config.head_epochs + 1 and position.step == 0:
-                out.print(f"epoch {epoch}: backbone unfrozen (learning rate × {backbone_lr_ratio(config):g})")
-            if frozen not in wrapped:  # DDP tracks the parameters that train: one wrapper per phase
-                wrapped.clear()
-                wrapped[frozen] = head if cached else wrap_for_training(model, world, runtime, config)
-            ctx.model = wrapped[frozen]
-            if cached:
-                batches = feature_batches(train_features, train_set.labels, ctx, epoch, position.step)
-            else:
-                batches = image_batches(train_set, spec, ctx, epoch, position.step)
-            position, interrupted = run_epoch(ctx, epoch, steps, position, out, batches)
-            if interrupted:
-                save(epoch, position)
-                distributed.barrier(world)
-                raise Interrupted(
-                    f"stopped at epoch {epoch}, batch {position.step}/{steps}; continue with "
-                    f"`graft train --resume {run_dir}`",
-                    signum=stop.requested,
-                )
-            head_lr = max(group["lr"] for group in optimizer.param_groups if group["role"] == "head")
-            record = epoch_record(position, epoch, head_lr, ctx)
-            if cached:
-                valid = _evaluate_features(head, valid_features, splits.valid, classes, ctx.runtime)
-            else:
-                valid = evaluate_sharded(evaluate, splits.valid, world, runtime)
-            record.update(valid_loss=valid.loss, valid_acc=valid.accuracy)
-            history.append(record)
-            if best is None or record["valid_acc"] > best["valid_acc"]:
-                state = _weights_to_keep(model, ema) if keep == "best" else None
-                best = {"epoch": epoch, "valid_acc": record["valid_acc"], "state": state}
-            if world.is_main:
-                with metrics_path.open("a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                _plot_curves(history, run_dir, config)
-            out.print(
-                f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  acc {record['train_acc']:.2%}  "
-                f"valid loss {valid.loss:.4f}  valid acc {valid.accuracy:.2%}  "
-                f"{record['images_per_s']:.0f} img/s  {record['seconds']:.0f}s"
-            )
-            if on_epoch is not None:
-                on_epoch(record, ema.module if ema is not None else model, spec)
-            stopped_early = config.patience is not None and epoch - best["epoch"] >= config.patience
-            save(epoch + 1, EpochProgress(), finished=stopped_early or epoch == config.epochs)
-            if stopped_early:
-                out.print(
-                    f"early stop: valid accuracy has not improved for {config.patience} epochs "
-                    f"(best {best['valid_acc']:.2%} at epoch {best['epoch']})"
-                )
+        session.metrics_path.write_text("".join(json.dumps(record) + "\n" for record in session.history))
+    session.started = time.perf_counter()
+    with session.stop.installed():
+        for epoch in range(session.first_epoch, 1 if session.done else config.epochs + 1):
+            if session.train_epoch(epoch, on_epoch):
                 break
 
-    final_model = ema.module if ema is not None else model
-    if keep == "best" and best is not None:
-        final_model.load_state_dict(best["state"])
-        out.print(f"bundle weights: epoch {best['epoch']} (best valid accuracy {best['valid_acc']:.2%})")
-    final_model = final_model.float().to(memory_format=torch.contiguous_format).eval()
+    final_model = session.final_model()
     distributed.barrier(world)
     if not world.is_main:
-        return TrainResult(None, run_dir, history)  # type: ignore[arg-type]
-    # float32, as the bundle will predict offline and when served
+        return TrainResult(None, run_dir, session.history)  # type: ignore[arg-type]
+    return _finish(session, final_model, bundle_dir, resuming)
+
+
+def _finish(session: Session, final_model: nn.Module, bundle_dir: Path, resuming: bool) -> TrainResult:
+    """Test the kept weights in float32 (as the bundle will predict offline and when served), write the bundle,
+    drop the checkpoint, and write the run's evaluation files and report."""
+    config, run_dir, out, splits = session.config, session.run_dir, session.out, session.splits
     test = evaluate_model(
         final_model,
-        spec,
+        session.spec,
         splits.test,
-        classes=classes,
+        classes=splits.classes,
         batch_size=config.batch_size,
         workers=config.workers,
         console=out,
-        device=runtime.device,
+        device=session.ctx.runtime.device,
     )
     final_model.to("cpu")
     out.print(f"test: loss {test.loss:.4f}  accuracy {test.accuracy:.2%} on {len(splits.test)} images")
-    final = _final_metrics(history, test, elapsed_before + time.perf_counter() - started, best, keep)
-    provenance = _provenance(config, splits, train_set, report, run_dir, ctx.runtime, world)
-    bundle = Bundle(final_model, arch, spec, list(classes), final, provenance)
+    final = _final_metrics(session.history, test, session.elapsed(), session.best, session.keep)
+    provenance = _provenance(
+        config, splits, session.train_set, session.report, run_dir, session.ctx.runtime, session.world
+    )
+    bundle = Bundle(final_model, session.arch, session.spec, list(splits.classes), final, provenance)
     bundle.save(bundle_dir, overwrite=config.force or resuming)
     remove_checkpoint(run_dir)
     eval_files = write_eval_outputs(test, splits.test, run_dir, title=f"{config.data} test")
-    _write_report(run_dir, config, final, history, report, eval_files, bundle_dir)
+    _write_report(run_dir, config, final, session.history, session.report, eval_files, bundle_dir)
     out.print(f"bundle: {bundle_dir}   run: {run_dir} (report.html, curves.png, metrics.jsonl)")
-    return TrainResult(bundle, run_dir, history)
+    return TrainResult(bundle, run_dir, session.history)
 
 
 def _model_from_checkpoint(
@@ -371,53 +223,9 @@ def _start_run_dir(run_dir: Path, config: TrainConfig, report: TransferReport | 
         (run_dir / "transfer.json").unlink(missing_ok=True)  # a --force re-run must not keep an old report
 
 
-def _weights_to_keep(model: nn.Module, ema: ModelEmaV3 | None) -> dict[str, torch.Tensor]:
-    source = ema.module if ema is not None else model
-    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in source.state_dict().items()}
-
-
 def _saved_report(run_dir: Path) -> TransferReport | None:
     path = run_dir / "transfer.json"
     return TransferReport(**json.loads(path.read_text())) if path.is_file() else None
-
-
-def _evaluate_features(
-    head: nn.Module, features: torch.Tensor, images: ImageSet, classes: list[str], runtime: Runtime
-) -> EvalResult:
-    """Valid metrics from cached features (the same numbers the full model gives, without the backbone pass)."""
-    head.eval()
-    with torch.no_grad():
-        logits = head(features.to(runtime.device)).float().cpu()
-    labels = torch.from_numpy(images.labels)
-    top, index = logits.softmax(dim=1).max(dim=1)
-    return EvalResult(
-        classes=list(classes),
-        labels=images.labels,
-        predicted=index.numpy(),
-        confidence=top.numpy(),
-        loss=float(F.cross_entropy(logits, labels)),
-    )
-
-
-def evaluate_sharded(
-    evaluate: Callable[[ImageSet], EvalResult], images: ImageSet, world: World, runtime: Runtime
-) -> EvalResult:
-    """Each process evaluates its share; loss and accuracy are reduced so every process sees the same numbers."""
-    if not world.distributed:
-        return evaluate(images)
-    share = images.subset(np.arange(world.rank, len(images), world.size))
-    result = evaluate(share)
-    n = len(share)
-    loss_sum, correct, total = distributed.reduce_sums(
-        [result.loss * n, float((result.predicted == result.labels).sum()), n], world, runtime.device
-    )
-    return ReducedResult(loss=loss_sum / max(total, 1), accuracy=correct / max(total, 1))
-
-
-@dataclass
-class ReducedResult:
-    loss: float
-    accuracy: float
 
 
 def _check_outputs(bundle_dir: Path, run_dir: Path, force: bool) -> None:
@@ -503,15 +311,6 @@ def _provenance(
         "runtime": {"how": runtime.describe(), "processes": world.size, "torch": torch.__version__},
         "continued_from": parent_record(config),
     }
-
-
-def _plot_curves(history: list[dict], run_dir: Path, config: TrainConfig) -> None:
-    """Redrawn after every epoch, so a long run's curves can be watched while it trains."""
-    from graft.report.plots import plot_learning_curves
-
-    plot_learning_curves(
-        history, run_dir / "curves.png", title=f"{config.model} on {config.data} ({config.input_mode})"
-    )
 
 
 def _short(value: object) -> object:
