@@ -689,7 +689,9 @@ def rounds_init_command(
         float,
         typer.Option(help="Promotion gate: a round forgetting more than this on earlier rounds is not promoted."),
     ] = 0.05,
-    force: Annotated[bool, typer.Option("--force", help="Start an existing project again.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start an existing project again (its old rounds move to DIR/archive/).")
+    ] = False,
 ) -> None:
     """Create a rounds project: the training settings every round uses, and the promotion gate.
 
