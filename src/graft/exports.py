@@ -208,15 +208,19 @@ def read_exports(directory: str | Path) -> dict:
     return exports if isinstance(exports, dict) else {}
 
 
-def onnx_export(directory: str | Path) -> tuple[Path | None, str]:
+NO_EXPORT = "no ONNX export (graft export BUNDLE --format onnx)"
+
+
+def onnx_export(directory: str | Path, *, weights_sha256: str | None = None) -> tuple[Path | None, str]:
     """The bundle's ONNX file if the server may use it, else None; and a one-line reason either way.
 
     Usable means: recorded, parity passed, made from the current `model.safetensors`, file unchanged since.
+    `weights_sha256` is that file's hash when the caller has it already (it is the expensive part).
     """
     directory = Path(directory)
     record = read_exports(directory).get("onnx")
     if not isinstance(record, dict):
-        return None, "no ONNX export (graft export BUNDLE --format onnx)"
+        return None, NO_EXPORT
     path = directory / str(record.get("file", ONNX_FILE))
     if not record.get("passed"):
         return None, (
@@ -225,7 +229,7 @@ def onnx_export(directory: str | Path) -> tuple[Path | None, str]:
         )
     if not path.is_file():
         return None, f"the ONNX export is recorded but {path.name} is missing"
-    if record.get("weights_sha256") != file_sha256(directory / WEIGHTS_FILE):
+    if record.get("weights_sha256") != (weights_sha256 or file_sha256(directory / WEIGHTS_FILE)):
         return None, f"the ONNX export is stale: {WEIGHTS_FILE} changed since it was made; run graft export again"
     if record.get("sha256") != file_sha256(path):
         return None, f"{path.name} does not match its export record; run graft export again"

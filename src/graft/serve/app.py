@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -32,7 +33,6 @@ from graft._version import __version__
 from graft.bundle import Bundle
 from graft.data.images import ImageTooLarge
 from graft.errors import GraftError
-from graft.exports import onnx_export
 from graft.serve.limits import Admission, BodyLimit, Problem, check_token, is_loopback, problem_response
 from graft.serve.models import ModelHolder, load_model, resolve
 from graft.serve.page import PAGE_HEADERS, page_html
@@ -118,7 +118,7 @@ def create_app(bundle: Bundle | str | Path, settings: ServeSettings | None = Non
 
     The bundle is loaded here, so a broken one fails before any server starts.
     """
-    settings = ServeSettings(**{**(settings or ServeSettings()).__dict__, **overrides}).validate()
+    settings = dataclasses.replace(settings or ServeSettings(), **overrides).validate()
     source, project = resolve(bundle)
     holder = ModelHolder(load_model(source, settings), settings, project)
     admission = Admission(settings.max_queue)
@@ -134,7 +134,6 @@ def create_app(bundle: Bundle | str | Path, settings: ServeSettings | None = Non
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        holder.closing = True
         await holder.close()
         decoder.shutdown(wait=False, cancel_futures=True)
 
@@ -222,7 +221,7 @@ def create_app(bundle: Bundle | str | Path, settings: ServeSettings | None = Non
             "project": str(holder.project) if holder.project else None,
             "loaded_at": loaded.loaded_at,
             **{key: meta[key] for key in ("architecture", "input", "classes", "parameters", "metrics", "provenance")},
-            "export": _export_summary(loaded.bundle),
+            "export": loaded.export,
             "batching": {"max_batch": settings.max_batch, "max_delay_ms": settings.max_delay_ms},
             "limits": {
                 "max_upload_mb": settings.max_upload_mb,
@@ -303,13 +302,6 @@ def _model_input(bundle: Bundle, data: bytes, max_pixels: int):
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
-
-
-def _export_summary(bundle: Bundle) -> dict[str, Any] | None:
-    if bundle.path is None:
-        return None
-    path, reason = onnx_export(bundle.path)
-    return {"usable": path is not None, "note": reason}
 
 
 def _error_handlers(app: FastAPI) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from graft.bundle import Bundle
 from graft.errors import GraftError, first_line
-from graft.exports import onnx_export
+from graft.exports import NO_EXPORT, onnx_export
 
 log = logging.getLogger("graft.serve")
 
@@ -53,11 +53,17 @@ def onnx_engine(path: Path, threads: int | None = None) -> Engine:
     return run
 
 
-def open_engine(bundle: Bundle, choice: str = "auto", threads: int | None = None) -> tuple[Engine, str, str]:
+def open_engine(
+    bundle: Bundle,
+    choice: str = "auto",
+    threads: int | None = None,
+    export: tuple[Path | None, str] | None = None,
+) -> tuple[Engine, str, str]:
     """(engine, its name, why it was chosen) for a loaded bundle.
 
     `auto` takes ONNX Runtime when the export is usable and PyTorch otherwise (a stale or failed export is
-    logged); `onnx` insists and fails with the reason; `torch` never looks at the export.
+    logged); `onnx` insists and fails with the reason; `torch` never looks at the export. `export` is
+    `onnx_export(bundle.path)` when the caller has it already.
     """
     if choice == "torch":
         return torch_engine(bundle), "torch", "PyTorch, as asked"
@@ -65,11 +71,11 @@ def open_engine(bundle: Bundle, choice: str = "auto", threads: int | None = None
         if choice == "onnx":
             raise GraftError("the ONNX engine needs a saved bundle with an export")
         return torch_engine(bundle), "torch", "PyTorch: the bundle is not saved, so it has no export"
-    path, reason = onnx_export(bundle.path)
+    path, reason = export or onnx_export(bundle.path)
     if path is not None:
         return onnx_engine(path, threads), "onnx", reason
     if choice == "onnx":
         raise GraftError(f"--engine onnx: {reason}")
-    if "no ONNX export" not in reason:
+    if reason != NO_EXPORT:
         log.warning("not using the ONNX export: %s", reason)
     return torch_engine(bundle), "torch", f"PyTorch: {reason}"

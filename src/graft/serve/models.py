@@ -21,6 +21,7 @@ from pathlib import Path
 
 from graft.bundle import WEIGHTS_FILE, Bundle, load
 from graft.errors import GraftError
+from graft.exports import onnx_export
 from graft.io import file_sha256
 from graft.rounds.project import CURRENT, current_bundle, is_project
 from graft.serve.batching import Batcher
@@ -41,12 +42,14 @@ class Loaded:
     model_id: str
     batcher: Batcher
     loaded_at: str
+    weights_sha256: str | None  # None for a bundle that was never saved
+    export: dict | None  # {"usable", "note"} of its ONNX export as loaded; None when unsaved
     active: int = 0
     retired: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def model_id(bundle: Bundle) -> str:
+def model_id(bundle: Bundle, weights_sha256: str | None = None) -> str:
     """`<name>-<sha256 of model.safetensors, 12 hex>`: stable for the same weights, new for new ones.
 
     The name is the bundle directory's, or its run directory's for `RUN_DIR/bundle` as `graft train` writes.
@@ -55,16 +58,24 @@ def model_id(bundle: Bundle) -> str:
         return f"{bundle.architecture.timm_name}-unsaved"
     path = Path(bundle.path).resolve()
     name = path.parent.name if path.name == "bundle" and path.parent.name else path.name
-    return f"{name}-{file_sha256(path / WEIGHTS_FILE)[:12]}"
+    return f"{name}-{(weights_sha256 or file_sha256(path / WEIGHTS_FILE))[:12]}"
 
 
 def load_model(source: Bundle | str | Path, settings: ServeSettings) -> Loaded:
-    """Load a bundle (or take a loaded one) with its engine; blocking, so reloads call it in a thread."""
+    """Load a bundle (or take a loaded one) with its engine; blocking, so reloads call it in a thread.
+
+    The weights are hashed once here: for the model id, the export check and later comparisons.
+    """
     bundle = source if isinstance(source, Bundle) else load(source)
-    engine, name, note = open_engine(bundle, settings.engine, settings.threads)
+    weights = export = None
+    if bundle.path is not None:
+        weights = file_sha256(Path(bundle.path) / WEIGHTS_FILE)
+        export = onnx_export(bundle.path, weights_sha256=weights)
+    engine, name, note = open_engine(bundle, settings.engine, settings.threads, export)
     batcher = Batcher(engine, max_batch=settings.max_batch, max_delay_s=settings.max_delay_ms / 1000)
     now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    return Loaded(bundle, engine, name, note, model_id(bundle), batcher, now)
+    summary = None if export is None else {"usable": export[0] is not None, "note": export[1]}
+    return Loaded(bundle, engine, name, note, model_id(bundle, weights), batcher, now, weights, summary)
 
 
 def resolve(source: Bundle | str | Path) -> tuple[Bundle | Path, Path | None]:
@@ -152,7 +163,8 @@ class ModelHolder:
         await old.batcher.close()
 
     async def close(self) -> None:
-        """Stop every batcher (server shutdown); requests still running finish first."""
+        """Stop every batcher (server shutdown); requests still running finish first, new ones are refused."""
+        self.closing = True
         for task in list(self._retiring):
             await task
         await self.current.batcher.close()
@@ -163,7 +175,7 @@ def _serving(loaded: Loaded, bundle_dir: Path) -> bool:
     if loaded.bundle.path is None or Path(loaded.bundle.path).resolve() != bundle_dir:
         return False
     try:
-        return loaded.model_id.endswith(file_sha256(bundle_dir / WEIGHTS_FILE)[:12])
+        return loaded.weights_sha256 == file_sha256(bundle_dir / WEIGHTS_FILE)
     except OSError:
         return False
 

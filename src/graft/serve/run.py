@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from graft.bundle import Bundle
 from graft.errors import GraftError
+from graft.serve.limits import is_loopback
 from graft.serve.settings import ServeSettings
 
 log = logging.getLogger("graft.serve")
@@ -109,7 +109,7 @@ def bind(host: str, port: int) -> socket.socket:
 def where_to_open(host: str, port: int, has_token: bool) -> list[str]:
     """The lines that tell a person which address to open, and who else can reach it."""
     token = "?token=TOKEN" if has_token else ""
-    if _is_loopback(host):
+    if is_loopback(host):
         return [
             f"open http://{_url_host(host)}:{port}/ on this computer (API docs: /docs)",
             "only this computer can reach it; for a phone on the same Wi-Fi use --host 0.0.0.0 with --token SECRET",
@@ -140,18 +140,9 @@ def lan_addresses() -> list[str]:
     found = []
     for info in infos:
         address = str(info[4][0])
-        if not _is_loopback(address) and address not in found:
+        if not is_loopback(address) and address not in found:
             found.append(address)
     return found
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _url_host(host: str) -> str:
