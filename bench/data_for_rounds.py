@@ -129,7 +129,9 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "rows": rows}
     target = REPO / "bench" / "results" / "data_for_rounds.json"
-    target.write_text(json.dumps(result, indent=2) + "\n")
+    from graft.io import atomic_write_json
+
+    atomic_write_json(target, result)
     print(f"wrote {target}")
 
 

@@ -40,9 +40,10 @@ def data_root(explicit: str | None) -> str:
 def clutter(args: argparse.Namespace, work: Path) -> Path:
     """The benchmark folder: reused when it holds clutter.json, else built."""
     from graft.data import make_clutter
+    from graft.data.clutter import MANIFEST
 
     out = Path(args.clutter) if args.clutter else work / f"clutter-{args.source}"
-    if not (out / "clutter.json").is_file():
+    if not (out / MANIFEST).is_file():
         make_clutter(
             args.source,
             out,
@@ -74,7 +75,7 @@ def settings(args: argparse.Namespace) -> dict:
 
 def run_rounds(levels: list[str], work: Path, name: str, args: argparse.Namespace) -> dict:
     import graft.rounds as rounds
-    from graft.bundle import load
+    from graft.bundle import META_FILE
 
     project = work / name
     started = time.perf_counter()
@@ -83,7 +84,8 @@ def run_rounds(levels: list[str], work: Path, name: str, args: argparse.Namespac
         replay = args.replay if name == "replay" and k > 1 else None
         rounds.add(project, f"level-{k}", source, naive=name == "naive", replay=replay)
     summary = rounds.train(project)
-    seen = sum(load(project / r["bundle"]).provenance["data"]["train"] * args.epochs for r in summary["rounds"])
+    trained = [json.loads((project / r["bundle"] / META_FILE).read_text()) for r in summary["rounds"]]
+    seen = sum(meta["provenance"]["data"]["train"] * args.epochs for meta in trained)
     final = summary["final"]
     return {
         "method": name,
@@ -101,18 +103,19 @@ def run_rounds(levels: list[str], work: Path, name: str, args: argparse.Namespac
 def run_scratch(levels: list[str], work: Path, images_budget: int, args: argparse.Namespace) -> dict:
     """One model on all levels from scratch; epochs chosen so it sees about as many images as the rounds did."""
     import graft
-    from graft.data.sources import load_source, load_splits
+    from graft.data.sources import load_splits
     from graft.io import atomic_write_json
     from graft.rounds.run import test_accuracy
 
     started = time.perf_counter()
     mix = atomic_write_json(work / "scratch" / "data.json", {"parts": [{"source": s} for s in levels]})
-    per_epoch = len(load_splits(f"mix:{mix}", valid_fraction=0.2, seed=args.seed).train)  # as graft.train splits
+    splits = load_splits(f"mix:{mix}", valid_fraction=0.2, seed=args.seed)  # as graft.train splits
+    per_epoch = len(splits.train)
     epochs = max(1, round(images_budget / per_epoch))
     result = graft.train(
         data=f"mix:{mix}", run_dir=str(work / "scratch" / "run"), force=True, **{**settings(args), "epochs": epochs}
     )
-    row = [test_accuracy(result.bundle, load_source(source)[1]) for source in levels]
+    row = [test_accuracy(result.bundle, level_test) for level_test in splits.test.parts]  # each level's own test
     return {
         "method": "scratch",
         "final_level_accuracy": row[-1],
@@ -185,8 +188,9 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "rows": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    from graft.io import atomic_write_json
+
+    atomic_write_json(args.json, record)
     print(f"wrote {args.json}")
 
 

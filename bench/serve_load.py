@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import io
-import json
 import os
 import platform
 import shutil
@@ -269,8 +268,9 @@ def main() -> None:
             "threads": args.threads,
             "wall_seconds": round(time.monotonic() - started, 1),
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"setup": setup, "rows": rows}, indent=2) + "\n")
+        from graft.io import atomic_write_json
+
+        atomic_write_json(args.json, {"setup": setup, "rows": rows})
         print(f"wrote {args.json}", file=sys.stderr)
 
 

@@ -13,7 +13,6 @@ Needs MNIST under $GRAFT_DATA/mnist (or ../shared/datasets/mnist beside the repo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -95,8 +94,9 @@ def main() -> None:
             print(f"{name:>10}  {hit['epoch']:5d}  {hit['train_time_s'] / 60:7.2f} min  {hit['wall_s'] / 60:5.2f} min")
     print(f"final test accuracy (bundle): {summary['final_test_acc']:.2%}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        from graft.io import atomic_write_json
+
+        atomic_write_json(args.json, summary)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,14 @@ ROWS: list[tuple[str, dict]] = [
         "densenet121 64px bf16 channels-last",
         {"model": "densenet121", "size": 64, "precision": "bf16", "channels_last": True, "max_train": 1024},
     ),
-    ("resnet18 32px transfer, backbone every epoch", {"model": "resnet18", "size": 32, "feature_cache": False}),
-    ("resnet18 32px transfer, feature cache", {"model": "resnet18", "size": 32, "feature_cache": True}),
+    (
+        "resnet18 32px transfer, backbone every epoch",
+        {"model": "resnet18", "size": 32, "strategy": "transfer", "feature_cache": False},
+    ),
+    (
+        "resnet18 32px transfer, feature cache",
+        {"model": "resnet18", "size": 32, "strategy": "transfer", "feature_cache": True},
+    ),
 ]
 
 
@@ -49,7 +55,6 @@ def _peak_mb() -> float:
 def child(label: str, settings: dict, args: argparse.Namespace) -> None:
     import graft
 
-    transfer = "transfer" in label
     settings = {"max_train": args.max_train, **settings}  # DenseNet rows use fewer images (slow at 64 px)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -61,7 +66,6 @@ def child(label: str, settings: dict, args: argparse.Namespace) -> None:
             batch_size=128,
             run_dir=f"{tmp}/run",
             download=False,
-            strategy="transfer" if transfer else "finetune",
             **settings,
         )
         total = time.perf_counter() - started
@@ -126,9 +130,9 @@ def main() -> None:
             f"| {row['first_epoch_s']:.1f} | {row['total_s']:.0f} | {row['peak_rss_mb']:.0f} |"
         )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        summary = {"epochs": args.epochs, "max_train": args.max_train, "rows": results}
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        from graft.io import atomic_write_json
+
+        atomic_write_json(args.json, {"epochs": args.epochs, "max_train": args.max_train, "rows": results})
 
 
 if __name__ == "__main__":

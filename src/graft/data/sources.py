@@ -42,7 +42,8 @@ IDX_DATASETS: dict[str, IdxDataset] = {
     "fashion-mnist": IdxDataset("fashion-mnist", tvd.FashionMNIST, tuple(tvd.FashionMNIST.classes)),
     "kmnist": IdxDataset("kmnist", tvd.KMNIST, tuple(tvd.KMNIST.classes)),
 }
-SOURCE_NAMES: tuple[str, ...] = (*IDX_DATASETS, "digits", "folder:PATH", "mix:FILE.json")
+NAMED_SOURCES: tuple[str, ...] = (*IDX_DATASETS, "digits")  # sources given by name alone
+SOURCE_NAMES: tuple[str, ...] = (*NAMED_SOURCES, "folder:PATH", "mix:FILE.json")
 
 
 def _find_local(root: Path, info: IdxDataset, filename: str) -> Path | None:
@@ -121,18 +122,21 @@ def _hold_out(pool: ImageSet) -> tuple[ImageSet, ImageSet]:
     return pool.subset(train, f"{pool.name}-train"), pool.subset(test, f"{pool.name}-test")
 
 
+_PATH_SOURCES = {
+    "folder:": "folder: needs a path, e.g. folder:~/photos (one sub-folder per class)",
+    "mix:": "mix: needs a JSON file, e.g. mix:round-3/data.json (see graft.data.mix)",
+}
+
+
 def normalise_source(source: str) -> str:
-    """`folder:` sources as absolute paths, so a bundle's provenance still finds them from another directory."""
-    if source.startswith("folder:"):
-        folder = source.removeprefix("folder:")
-        if not folder.strip():
-            raise GraftError("folder: needs a path, e.g. folder:~/photos (one sub-folder per class)")
-        return f"folder:{Path(folder).expanduser().resolve()}"
-    if source.startswith("mix:"):
-        file = source.removeprefix("mix:")
-        if not file.strip():
-            raise GraftError("mix: needs a JSON file, e.g. mix:round-3/data.json (see graft.data.mix)")
-        return f"mix:{Path(file).expanduser().resolve()}"
+    """`folder:` and `mix:` sources as absolute paths, so a bundle's provenance still finds them from another
+    directory."""
+    for prefix, empty in _PATH_SOURCES.items():
+        if source.startswith(prefix):
+            path = source.removeprefix(prefix)
+            if not path.strip():
+                raise GraftError(empty)
+            return f"{prefix}{Path(path).expanduser().resolve()}"
     return source
 
 
@@ -145,13 +149,13 @@ def check_source(source: str) -> str:
         raise GraftError(f"{source}: no such folder")
     if kind == "mix" and not Path(path).is_file():
         raise GraftError(f"{source}: no such file")
-    if kind not in ("folder", "mix") and source not in (*IDX_DATASETS, "digits"):
+    if kind not in ("folder", "mix") and source not in NAMED_SOURCES:
         raise _unknown(source)
     return source
 
 
 def _unknown(source: str) -> GraftError:
-    close = difflib.get_close_matches(source, [*IDX_DATASETS, "digits"], n=3)
+    close = difflib.get_close_matches(source, NAMED_SOURCES, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return GraftError(f"unknown data source {source!r}{hint}; known: {', '.join(SOURCE_NAMES)}")
 
@@ -192,7 +196,7 @@ def load_mix_source(
         pools.append(sample(pool, float(part.get("fraction", 1.0)), int(part.get("seed", 0))))
         tests.append(test)
     classes = union_classes([images.classes for images in [*pools, *tests]])
-    name = Path(path).parent.name or "mix"
+    name = source_label(f"mix:{path}")
     return join(pools, name, classes), join(tests, f"{name}-test", classes)
 
 
@@ -240,12 +244,10 @@ def load_everything(
         scan = _scan(normalise_source(source).removeprefix("folder:"), report)
         return scan.train if scan.test is None else concat_files(scan.train, scan.test, scan.train.name)
     pool, test = load_source(source, root, download=download, report=report)
-    if source.startswith("mix:"):
+    if not (isinstance(pool, ArrayImages) and isinstance(test, ArrayImages)):  # a mix: join its two halves
         from graft.data.mix import join
 
         return join([pool, test], source_label(source), pool.classes)
-    if not (isinstance(pool, ArrayImages) and isinstance(test, ArrayImages)):
-        raise GraftError(f"{source}: cannot join its splits")
     if pool.array is test.array:  # a hold-out of one array (digits): the whole array
         return ArrayImages(source, pool.array, pool.all_labels, pool.classes)
     return concat_arrays(pool, test, source)

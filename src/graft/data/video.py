@@ -341,6 +341,11 @@ def _rotation_degrees(matrix: np.ndarray) -> int:
     return theta % 360
 
 
+def _quarter_turn(matrix: np.ndarray) -> int:
+    """The clockwise angle rounded to the nearest quarter turn: 0, 90, 180 or 270."""
+    return round(_rotation_degrees(matrix) / 90) * 90 % 360
+
+
 def upright(image: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
     """The image as a player shows it, by the rules of the `ffmpeg` program's autorotation.
 
@@ -349,7 +354,7 @@ def upright(image: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
     """
     if matrix is None:
         return image
-    theta = round(_rotation_degrees(matrix) / 90) * 90 % 360
+    theta = _quarter_turn(matrix)
     if theta == 90:  # ffmpeg: transpose=cclock_flip when matrix[3] > 0, else transpose=clock
         return np.ascontiguousarray(image.transpose(1, 0, 2) if matrix[3] > 0 else np.rot90(image, -1))
     if theta == 180:
@@ -365,7 +370,7 @@ def orientation_of(matrix: np.ndarray | None) -> tuple[int, bool]:
     if matrix is None:
         return 0, False
     mirrored = int(matrix[0]) * int(matrix[4]) - int(matrix[1]) * int(matrix[3]) < 0
-    clockwise = round(_rotation_degrees(matrix) / 90) * 90 % 360
+    clockwise = _quarter_turn(matrix)
     return (360 - clockwise) % 360, mirrored
 
 
