@@ -702,15 +702,14 @@ def rounds_init_command(
       graft rounds train proj && graft rounds status proj
     """
     from graft.rounds import init
-    from graft.train.config import read_recipe
+    from graft.train.config import recipe_settings
 
-    settings = read_recipe(recipe) if recipe is not None else {}
-    flags = {
-        "model": model, "input_mode": input_mode, "size": size, "pretrained": pretrained, "weights": weights,
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "schedule": schedule, "strategy": strategy,
-        "augment": augment, "precision": precision, "seed": seed, "max_train": max_train, "data_root": data_root,
-    }  # fmt: skip
-    settings.update({key: value for key, value in flags.items() if value is not None})
+    settings = recipe_settings(
+        recipe,
+        model=model, input_mode=input_mode, size=size, pretrained=pretrained, weights=weights,
+        epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, strategy=strategy,
+        augment=augment, precision=precision, seed=seed, max_train=max_train, data_root=data_root,
+    )  # fmt: skip
     init(directory, max_forgetting=max_forgetting, force=force, **settings)
     print(f"rounds project: {directory} (gate: forgetting ≤ {max_forgetting:.2%}); add rounds with `graft rounds add`")
 
@@ -722,14 +721,6 @@ RoundLr = Annotated[float | None, typer.Option(help="This round's peak LR. [defa
 RoundSchedule = Annotated[str | None, typer.Option(help="This round's schedule: onecycle, cosine or constant.")]
 RoundStrategy = Annotated[str | None, typer.Option(help="This round's strategy: finetune, transfer, freeze-unfreeze.")]
 RoundAugment = Annotated[str | None, typer.Option(help="This round's augmentation: none or reference.")]
-
-
-def _round_flags(recipe: Path | None, **flags: object) -> dict:
-    from graft.train.config import read_recipe
-
-    settings = read_recipe(recipe) if recipe is not None else {}
-    settings.update({key: value for key, value in flags.items() if value is not None})
-    return settings
 
 
 @rounds_app.command("add")
@@ -751,8 +742,9 @@ def rounds_add_command(
 ) -> None:
     """Add a round; by default it trains on the union of all rounds so far, with the project's settings."""
     from graft.rounds import add
+    from graft.train.config import recipe_settings
 
-    own = _round_flags(recipe, epochs=epochs, lr=lr, schedule=schedule, strategy=strategy, augment=augment)
+    own = recipe_settings(recipe, epochs=epochs, lr=lr, schedule=schedule, strategy=strategy, augment=augment)
     state = add(directory, name, data, replay=replay, naive=naive, settings=own)
     entry = state["rounds"][-1]
     print(f"round {len(state['rounds'])}: {entry['name']} ({entry['mode']}) {entry['data']}")
@@ -782,11 +774,12 @@ def rounds_redo_command(
       graft rounds redo proj level-4 --replay 0.3 --epochs 3 && graft rounds train proj
     """
     from graft.rounds.project import redo
+    from graft.train.config import recipe_settings
 
     if union + naive + (replay is not None) > 1:
         raise GraftError("--union, --replay and --naive exclude each other")
     mode = "union" if union else "naive" if naive else "replay" if replay is not None else None
-    own = _round_flags(recipe, epochs=epochs, lr=lr, schedule=schedule, strategy=strategy, augment=augment)
+    own = recipe_settings(recipe, epochs=epochs, lr=lr, schedule=schedule, strategy=strategy, augment=augment)
     state, archive = redo(directory, name, mode=mode, replay=replay, settings=own)  # type: ignore[arg-type]
     pending = [r["name"] for r in state["rounds"] if r["status"] == "pending"]
     print(f"pending again: {', '.join(pending)}" + (f"; earlier results moved to {archive}" if archive else ""))

@@ -45,14 +45,18 @@ def manifest_path(directory: str | Path) -> Path:
     return Path(directory) / MANIFEST
 
 
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise GraftError(f"{path} is damaged: {error}") from None
+
+
 def read(directory: str | Path) -> dict:
     path = manifest_path(directory)
     if not path.is_file():
         raise GraftError(f"{directory} is not a rounds project (no {MANIFEST}); create it with `graft rounds init`")
-    try:
-        state = json.loads(path.read_text())
-    except ValueError as error:
-        raise GraftError(f"{path} is damaged: {error}") from None
+    state = _read_json(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise GraftError(f"{path}: not a rounds manifest of format {FORMAT} (found {found!r})")
@@ -286,10 +290,7 @@ def read_current(directory: str | Path) -> dict | None:
     path = Path(directory) / CURRENT
     if not path.is_file():
         return None
-    try:
-        pointer = json.loads(path.read_text())
-    except ValueError as error:
-        raise GraftError(f"{path} is damaged: {error}") from None
+    pointer = _read_json(path)
     if not isinstance(pointer, dict) or not isinstance(pointer.get("bundle"), str):
         raise GraftError(f"{path} is damaged: it does not name a bundle")
     return pointer

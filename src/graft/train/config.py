@@ -150,8 +150,13 @@ def validate(settings: dict, origin: str = "settings") -> TrainConfig:
         raise _first_error(error, origin) from None
 
 
-def make_config(recipe: str | Path | None = None, **overrides: object) -> TrainConfig:
-    """Defaults, then the recipe, then explicit overrides (None means 'not given')."""
+def recipe_settings(recipe: str | Path | None = None, **overrides: object) -> dict:
+    """The recipe's settings, then explicit overrides on top (None means 'not given'); not yet validated."""
     settings = read_recipe(recipe) if recipe else {}
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    return validate(settings, origin=str(recipe) if recipe else "settings")
+    return settings
+
+
+def make_config(recipe: str | Path | None = None, **overrides: object) -> TrainConfig:
+    """Defaults, then the recipe, then explicit overrides (None means 'not given')."""
+    return validate(recipe_settings(recipe, **overrides), origin=str(recipe) if recipe else "settings")
