@@ -186,7 +186,7 @@ def test_eval_rebuilds_the_valid_split_of_a_seeded_run(tmp_path):
     assert graft.load(result.bundle.path).spec.resize == "crop"
     again = graft.evaluate(result.bundle.path, split="valid")
     assert again.accuracy == result.bundle.metrics["valid_acc"]
-    assert len(again.labels) == result.bundle.provenance["data"]["valid"]
+    assert len(again.labels) == result.bundle.provenance.data.valid
 
 
 def test_force_rerun_without_weights_drops_the_old_transfer_report(tmp_path):

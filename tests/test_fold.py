@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from graft.data.preprocess import to_model_input
-from graft.models import create_model
+from graft.models import create_model, read_state_dict
 from graft.models.input_modes import FoldedConv2d, GrayStem, fold_weights
 
 ARCHITECTURES = [
@@ -73,12 +73,9 @@ def test_create_model_folds_loaded_weights_exactly(name: str, tmp_path) -> None:
     replicate, *_ = create_model(name, 7, input_mode="replicate", size=32)
     _randomise(replicate, seed=2)
     save_file(replicate.backbone.state_dict(), str(tmp_path / "w.safetensors"))
-    loaded, _, spec_l, _ = create_model(
-        name, 7, input_mode="replicate", size=32, weights=str(tmp_path / "w.safetensors")
-    )
-    folded, _, spec_f, report = create_model(
-        name, 7, input_mode="fold", size=32, weights=str(tmp_path / "w.safetensors")
-    )
+    state = read_state_dict(tmp_path / "w.safetensors")
+    loaded, _, spec_l, _ = create_model(name, 7, input_mode="replicate", size=32, source=state)
+    folded, _, spec_f, report = create_model(name, 7, input_mode="fold", size=32, source=state)
     assert not report.initialised, "same class count: every tensor comes from the file"
     images = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
     with torch.no_grad():

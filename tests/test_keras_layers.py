@@ -156,7 +156,7 @@ def test_file_formats(fmt, tmp_path):
             architecture = tmp_path / "arch.keras"
             model.save(architecture)
     bundle = graft.import_keras(path, tmp_path / "bundle", architecture=architecture, classes="a,b,c,d")
-    assert any("softmax" in note for note in bundle.provenance["keras"]["notes"])
+    assert any("softmax" in note for note in bundle.provenance.keras.notes)
     loaded = graft.load(tmp_path / "bundle")
     assert loaded.classes == ["a", "b", "c", "d"]
     x = random_images(3, 14, 14, seed=2)
@@ -176,7 +176,7 @@ def test_sequential_with_rescaling_gets_raw_preprocessing_and_predicts(tmp_path)
     randomise(model)
     model.save(tmp_path / "s.keras")
     bundle = graft.import_keras(tmp_path / "s.keras", tmp_path / "b")
-    assert bundle.provenance["keras"]["preprocess"] == "raw" and bundle.spec.channels == 1
+    assert bundle.provenance.keras.preprocess == "raw" and bundle.spec.channels == 1
     images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
     expected = keras_out(model, images.astype("float32"))
     loaded = graft.load(tmp_path / "b")
@@ -259,9 +259,9 @@ def test_layer_graph_bundle_fine_tunes(tmp_path):
     assert (
         arch.timm_name == "keras-graph" and arch.num_classes == 10 and arch.graph["layers"][-1]["config"]["units"] == 10
     )
-    transfer = result.bundle.provenance["transfer"]
-    assert "backbone.layers.conv.weight" in transfer["loaded"]
-    assert {s["name"] for s in transfer["skipped"]} == {"backbone.layers.head.weight", "backbone.layers.head.bias"}
+    transfer = result.bundle.provenance.transfer
+    assert "backbone.layers.conv.weight" in transfer.loaded
+    assert {s["name"] for s in transfer.skipped} == {"backbone.layers.head.weight", "backbone.layers.head.bias"}
     assert graft.load(tmp_path / "b").spec.channels == 1
 
 
@@ -318,7 +318,7 @@ def test_binary_sigmoid_classifier_becomes_two_logits(tmp_path):
     randomise(model, seed=9)
     model.save(tmp_path / "m.keras")
     bundle = graft.import_keras(tmp_path / "m.keras", classes="cat,dog")
-    assert "two logits" in bundle.provenance["keras"]["notes"][0]
+    assert "two logits" in bundle.provenance.keras.notes[0]
     x = random_images(4, 8, 8, seed=4)
     logits = graft_out(bundle, x)
     p_dog = 1 / (1 + np.exp(logits[:, 0] - logits[:, 1]))

@@ -58,7 +58,7 @@ def test_rounds_cli_flow_with_new_class(tmp_path, data, capsys, monkeypatch):
 
     first, third = load(project / "rounds/1-plain/bundle"), load(project / "rounds/3-grown/bundle")
     assert first.classes == ["0", "1", "2"] and third.classes == ["0", "1", "2", "3"]  # the head grew by name
-    assert third.provenance["continued_from"]["bundle"].endswith("rounds/2-inverted/bundle")
+    assert third.provenance.continued_from.bundle.endswith("rounds/2-inverted/bundle")
     parts = json.loads((project / "rounds/3-grown/data.json").read_text())["parts"]
     assert [p["source"] for p in parts] == [data["plain"], data["inverted"], data["grown"]]
     assert (project / "report.json").is_file() and (project / "matrix.png").stat().st_size > 0

@@ -48,10 +48,10 @@ def test_the_user_story_chain_is_certified_and_saved(tiny_run, tmp_path, capsys)
     assert report["steps"][0]["probe"] == "digits"
     bundle = graft.load(out)
     assert bundle.spec.channels == 3 and bundle.classes[-1] == "extra"
-    chain = bundle.provenance["surgery"][-1]
-    assert chain["parent"] == str(tiny_run.bundle.path) and len(chain["steps"]) == 4
+    chain = bundle.provenance.surgery[-1]
+    assert chain.parent == str(tiny_run.bundle.path) and len(chain.steps) == 4
     # Kept metrics would be wrong for the new class list: they move aside.
-    assert bundle.metrics == {} and bundle.provenance["metrics_before_surgery"]
+    assert bundle.metrics == {} and bundle.provenance.metrics_before_surgery
     assert run_cli("info", str(out)) == 0
     shown = capsys.readouterr().out
     assert "surgery" in shown and "channels 1 → 3" in shown and "exact" in shown
@@ -72,9 +72,9 @@ def test_a_chain_of_surgeries_is_kept_in_order(tiny_run, tmp_path):
     surgery(tiny_run.bundle.path, tmp_path / "a", insert_after="layer2", probe_count=4)
     surgery(tmp_path / "a", tmp_path / "b", insert_after="layer3", block="residual", probe_count=4)
     bundle = graft.load(tmp_path / "b")
-    assert len(bundle.provenance["surgery"]) == 2
+    assert len(bundle.provenance.surgery) == 2
     assert [e["op"] for e in bundle.architecture.edits] == ["insert", "insert"]
-    assert bundle.provenance["surgery"][0]["steps"][0]["operation"].startswith("deeper")
+    assert bundle.provenance.surgery[0].steps[0]["operation"].startswith("deeper")
 
 
 def test_size_change_is_certified_as_inexact_and_keeps_every_weight(tiny_run, tmp_path):
@@ -239,10 +239,10 @@ def test_training_continues_an_edited_bundle_with_its_architecture_and_spec(tiny
     assert tuned.architecture.edits == grown.bundle.architecture.edits
     assert tuned.spec == grown.bundle.spec and tuned.spec.channels == 3
     assert tuned.classes == [str(i) for i in range(10)]  # the data's classes; "9" came back, imprinted
-    adapted = result.bundle.provenance["transfer"]["adapted"][0]["how"]
+    adapted = result.bundle.provenance.transfer.adapted[0]["how"]
     assert "9 kept" in adapted and "1 imprinted" in adapted
-    parent = tuned.provenance["continued_from"]
-    assert parent["bundle"] == str(tmp_path / "grown") and parent["surgery"][0]["verdict"] == "exact"
+    parent = tuned.provenance.continued_from
+    assert parent.bundle == str(tmp_path / "grown") and parent.surgery[0].verdict == "exact"
 
 
 def test_other_settings_transfer_a_plain_bundle_but_refuse_an_edited_one(tiny_run, tmp_path):
@@ -256,8 +256,8 @@ def test_other_settings_transfer_a_plain_bundle_but_refuse_an_edited_one(tiny_ru
         run_dir=str(tmp_path / "moved"),
         workers=0,
     )
-    assert moved.bundle.spec.size == (24, 24) and moved.bundle.provenance["continued_from"] is None
-    assert moved.bundle.provenance["transfer"]["loaded"]
+    assert moved.bundle.spec.size == (24, 24) and moved.bundle.provenance.continued_from is None
+    assert moved.bundle.provenance.transfer.loaded
     surgery(tiny_run.bundle.path, tmp_path / "grown", insert_after="layer2", probe_count=4)
     with pytest.raises(GraftError, match="graft surgery"):
         graft.train(data="digits", weights=str(tmp_path / "grown"), size=32, run_dir=str(tmp_path / "r"))
@@ -280,5 +280,5 @@ def test_whole_chain_certificate_judges_the_final_model(tiny_run, tmp_path):
     assert result.overall is not None and result.overall.operation == "whole chain"
     assert result.verdict == result.overall.verdict
     assert "luminance" in result.overall.views  # the channel step's views apply to the whole chain
-    saved = graft.load(tmp_path / "r").provenance["surgery"][-1]
-    assert saved["overall"]["verdict"] == result.verdict
+    saved = graft.load(tmp_path / "r").provenance.surgery[-1]
+    assert saved.overall["verdict"] == result.verdict

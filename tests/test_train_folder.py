@@ -36,7 +36,7 @@ def test_train_on_a_folder_and_predict_a_photo(tmp_path):
     bundle = graft.load(result.bundle.path)
     assert bundle.classes == ["blue", "green", "red"]
     assert bundle.spec.channels == 1, "colour photos meet a fold model through luminance"
-    assert result.bundle.provenance["data"]["train"] + result.bundle.provenance["data"]["valid"] == 24
+    assert result.bundle.provenance.data.train + result.bundle.provenance.data.valid == 24
     photo = tmp_path / "query.png"
     Image.fromarray(np.full((30, 20, 3), colours["green"], np.uint8)).save(photo)
     (prediction,) = bundle.predict(photo, top_k=3)
@@ -52,7 +52,7 @@ def test_eval_finds_a_relative_folder_from_elsewhere(tmp_path, monkeypatch):
     _photos(tmp_path / "photos", per_class=4)
     monkeypatch.chdir(tmp_path)
     result = graft.train(data="folder:photos", model="resnet10t", size=16, epochs=1, batch_size=4, workers=0)
-    assert result.bundle.provenance["data"]["source"] == f"folder:{(tmp_path / 'photos').resolve()}"
+    assert result.bundle.provenance.data.source == f"folder:{(tmp_path / 'photos').resolve()}"
     monkeypatch.chdir("/")
     bundle_path = tmp_path / result.bundle.path  # the run was written relative to tmp_path
     assert graft.evaluate(bundle_path).accuracy == result.bundle.metrics["test_acc"]

@@ -144,6 +144,6 @@ def test_non_finite_bf16_gradients_fall_back_to_float32(tmp_path, monkeypatch):
 
     monkeypatch.setattr(steps, "_gradients_finite", flaky)
     result = _train(tmp_path, "fallback", epochs=1, max_train=256, precision="auto")
-    how = result.bundle.provenance["runtime"]["how"]
+    how = result.bundle.provenance.runtime["how"]
     assert "float32 (after non-finite gradients in bfloat16)" in how
     assert all(torch.isfinite(t).all() for t in result.bundle.model.state_dict().values() if t.is_floating_point())

@@ -9,9 +9,19 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from graft import record
 from graft.errors import GraftError
 from graft.models import create_model, read_state_dict, transfer_weights
 from graft.models.input_modes import find_first_conv, fold_weights
+
+
+def _seeded(name: str, num_classes: int, *, path, **settings):
+    """`create_model` seeded from a weights file or a bundle, as `graft train --weights` does it for a new model:
+    the state dict by name and shape, with the normalisation a bundle records."""
+    recorded = record.read(path) if (path / record.META_FILE).is_file() else None
+    normalisation = (recorded.spec.backbone_mean, recorded.spec.backbone_std) if recorded is not None else None
+    state = read_state_dict(path)
+    return create_model(name, num_classes, source=state, source_name=str(path), normalisation=normalisation, **settings)
 
 
 def _source_model():
@@ -28,7 +38,7 @@ def test_weights_file_loads_by_name_and_reports(tmp_path, fmt):
         save_file(source, str(path))
     else:
         torch.save({"state_dict": source}, path)
-    model, _, _, report = create_model("resnet10t", 5, size=32, weights=str(path))
+    model, _, _, report = _seeded("resnet10t", 5, size=32, path=path)
     state = model.backbone.state_dict()
     assert torch.equal(state["layer1.0.conv1.weight"], source["layer1.0.conv1.weight"])
     assert {s["name"] for s in report.skipped} == {"fc.weight", "fc.bias"}
@@ -40,9 +50,7 @@ def test_weights_file_loads_by_name_and_reports(tmp_path, fmt):
 def test_fold_reports_the_adapted_first_conv(tmp_path):
     source = _source_model()
     save_file(source, str(tmp_path / "w.safetensors"))
-    model, _, spec, report = create_model(
-        "resnet10t", 5, size=32, input_mode="fold", weights=str(tmp_path / "w.safetensors")
-    )
+    model, _, spec, report = _seeded("resnet10t", 5, size=32, input_mode="fold", path=tmp_path / "w.safetensors")
     assert [a["name"] for a in report.adapted] == ["conv1.0.weight"] and spec.channels == 1
     gray, offset = fold_weights(source["conv1.0.weight"], spec.backbone_mean, spec.backbone_std)
     assert torch.allclose(model.backbone.conv1[0].weight, gray) and torch.allclose(
@@ -84,7 +92,7 @@ def test_bundle_directory_as_weights(tmp_path):
     torch.manual_seed(1)
     model, arch, spec, _ = create_model("resnet10t", 3, size=32)
     Bundle(model, arch, spec, ["a", "b", "c"]).save(tmp_path / "b")
-    fresh, _, _, report = create_model("resnet10t", 3, size=32, weights=str(tmp_path / "b"))
+    fresh, _, _, report = _seeded("resnet10t", 3, size=32, path=tmp_path / "b")
     assert not report.skipped and not report.initialised
     assert torch.equal(fresh.backbone.fc.weight, model.backbone.fc.weight)
 
@@ -95,17 +103,20 @@ def test_fold_bundle_seeds_a_fold_model_and_nothing_else(tmp_path):
     torch.manual_seed(2)
     model, arch, spec, _ = create_model("resnet10t", 3, size=32, input_mode="fold")
     Bundle(model, arch, spec, ["a", "b", "c"]).save(tmp_path / "fold")
-    again, _, _, report = create_model("resnet10t", 3, size=32, input_mode="fold", weights=str(tmp_path / "fold"))
+    again, _, _, report = _seeded("resnet10t", 3, size=32, input_mode="fold", path=tmp_path / "fold")
     assert not report.skipped and not report.initialised and not report.adapted
     for key, value in model.state_dict().items():
         assert torch.equal(again.state_dict()[key], value), key
     with pytest.raises(GraftError, match="input mode 'fold'"):
-        create_model("resnet10t", 3, size=32, input_mode="replicate", weights=str(tmp_path / "fold"))
+        _seeded("resnet10t", 3, size=32, input_mode="replicate", path=tmp_path / "fold")
 
 
 def test_pretrained_and_weights_together_are_refused(tmp_path):
+    from graft.train.config import TrainConfig
+    from graft.train.start import weights_origin
+
     with pytest.raises(GraftError, match="not both"):
-        create_model("resnet10t", 3, size=32, pretrained="imagenet", weights=str(tmp_path / "w.safetensors"))
+        weights_origin(TrainConfig(pretrained="imagenet", weights=str(tmp_path / "w.safetensors")))
 
 
 def test_a_bundle_as_weights_keeps_its_normalisation(tmp_path):
@@ -120,7 +131,7 @@ def test_a_bundle_as_weights_keeps_its_normalisation(tmp_path):
     meta = json.loads((tmp_path / "b" / "graft.json").read_text())
     meta["input"]["backbone_mean"], meta["input"]["backbone_std"] = [0.5, 0.5, 0.5], [0.25, 0.5, 1.0]
     (tmp_path / "b" / "graft.json").write_text(json.dumps(meta))
-    folded, _, again, _ = create_model("resnet10t", 3, size=32, input_mode="fold", weights=str(tmp_path / "b"))
+    folded, _, again, _ = _seeded("resnet10t", 3, size=32, input_mode="fold", path=tmp_path / "b")
     assert again.backbone_mean == (0.5, 0.5, 0.5) and again.backbone_std == (0.25, 0.5, 1.0)
     gray, _ = fold_weights(model.backbone.conv1[0].weight, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
     assert torch.allclose(folded.backbone.conv1[0].weight, gray)

@@ -1,48 +1,64 @@
 """graft: fine-tune pretrained image classifiers, reshape trained models, train in rounds, serve to phones.
 
-The Python API mirrors the CLI:
+The Python API mirrors the CLI, in tiers (simple call first, power on demand):
 
     import graft
-    result = graft.train(data="digits", model="resnet18", epochs=3)
-    bundle = graft.load(result.bundle.path)
+    result = graft.train(data="digits", model="resnet18", epochs=3)       # one-liners
+    bundle = graft.load(result.bundle.path)                                  # a bundle or a rounds project
     bundle.predict("photo.png", top_k=3)
     graft.evaluate(bundle, data="digits")
     graft.surgery(bundle, "bundle-rgb", channels=3, size=64)   # certified model changes
     graft.import_keras("model.h5", "bundles/model")   # a Keras model, same logits, no TensorFlow
     graft.export(bundle, format="onnx")                 # model.onnx in the bundle, checked against PyTorch
     graft.serve.create_app(bundle)                      # the HTTP API and phone page (FastAPI)
+
+Names load on first use, so `import graft` (and `graft --help`) stays quick and free of torch until needed.
 """
 
-from graft._version import __version__
-from graft.api import evaluate, info
-from graft.bundle import Bundle, Prediction, load
-from graft.errors import GraftError
-from graft.exports import export
-from graft.models.keras.importer import import_keras
-from graft.surgery import SurgeryResult, surgery
-from graft.train import TrainConfig, train
+from __future__ import annotations
 
-__all__ = [
-    "Bundle",
-    "GraftError",
-    "Prediction",
-    "SurgeryResult",
-    "TrainConfig",
-    "__version__",
-    "evaluate",
-    "export",
-    "import_keras",
-    "info",
-    "load",
-    "surgery",
-    "train",
-]
+import importlib
+from typing import TYPE_CHECKING
+
+from graft._version import __version__
+from graft.errors import GraftError
+
+# public name → the module that defines it
+_EXPORTS = {
+    "Bundle": "graft.bundle",
+    "Prediction": "graft.bundle",
+    "SurgeryResult": "graft.surgery",
+    "TrainConfig": "graft.train",
+    "evaluate": "graft.api",
+    "export": "graft.exports",
+    "import_keras": "graft.keras_import",
+    "info": "graft.api",
+    "load": "graft.api",
+    "surgery": "graft.surgery",
+    "train": "graft.train",
+}
+
+__all__ = ["GraftError", "__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:
+    from graft.api import evaluate, info, load
+    from graft.bundle import Bundle, Prediction
+    from graft.exports import export
+    from graft.keras_import import import_keras
+    from graft.surgery import SurgeryResult, surgery
+    from graft.train import TrainConfig, train
 
 
 def __getattr__(name: str):
-    """`graft.serve` on first use: importing graft stays free of FastAPI and uvicorn."""
+    """Public names, and `graft.serve`, on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
     if name == "serve":
-        import importlib
-
         return importlib.import_module("graft.serve")
     raise AttributeError(f"module 'graft' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, "serve"})

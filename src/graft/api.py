@@ -1,4 +1,7 @@
-"""Python API for the operations that read a bundle: evaluate and info (train and load live in their modules)."""
+"""Python API for the operations that read a bundle: load (a bundle or a rounds project), evaluate and info.
+
+`load` resolves a path exactly as every command does (`graft.rounds.project.resolve_bundle`).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,20 @@ from typing import Literal
 
 from rich.console import Console
 
-from graft.bundle import Bundle, load
+from graft import bundle as _bundle_module
+from graft.bundle import Bundle
 from graft.data.sources import load_everything, load_splits
 from graft.errors import GraftError
 from graft.evaluate import EvalResult, class_map, evaluate_model, write_eval_outputs
+from graft.record import DEFAULT_VALID_FRACTION
+from graft.rounds.project import resolve_bundle
 
 Split = Literal["test", "valid", "train", "all"]
+
+
+def load(path: str | Path) -> Bundle:
+    """A bundle directory, or the promoted bundle of a rounds project (as `graft predict PROJECT` uses)."""
+    return _bundle_module.load(resolve_bundle(path).bundle)
 
 
 def _bundle(bundle: Bundle | str | Path) -> Bundle:
@@ -37,19 +48,19 @@ def evaluate(
     source, for data the model has never seen.
     """
     bundle = _bundle(bundle)
-    recorded = bundle.provenance.get("data", {})
-    data = data or recorded.get("source")
+    recorded = bundle.provenance.data
+    data = data or (recorded.source if recorded is not None else None)
     if not data:
         raise GraftError("this bundle does not record its data source; pass --data")
-    root = data_root or recorded.get("data_root")
+    root = data_root or (recorded.data_root if recorded is not None else None)
     if split == "all":
         images = load_everything(data, root, download=download)
     else:
         splits = load_splits(
             data,
             root,
-            valid_fraction=float(recorded.get("valid_fraction", 0.2)),
-            seed=int(recorded.get("split_seed", 0)),
+            valid_fraction=recorded.valid_fraction if recorded is not None else DEFAULT_VALID_FRACTION,
+            seed=recorded.split_seed if recorded is not None else 0,
             download=download,
         )
         images = getattr(splits, split)
@@ -73,14 +84,13 @@ def info(bundle: Bundle | str | Path) -> dict:
     bundle = _bundle(bundle)
     meta = bundle.metadata()
     meta["path"] = str(bundle.path) if bundle.path else None
-    if bundle.path is not None:
-        from graft.exports import onnx_export, read_exports
+    if not meta["exports"]:
+        del meta["exports"]
+    elif bundle.path is not None:
+        from graft.exports import onnx_export
 
-        exports = read_exports(bundle.path)
-        if exports:
-            meta["exports"] = exports
-            usable, reason = onnx_export(bundle.path)
-            meta["export_status"] = "used by graft serve" if usable else f"not used by graft serve: {reason}"
+        usable, reason = onnx_export(bundle)
+        meta["export_status"] = "used by graft serve" if usable else f"not used by graft serve: {reason}"
     return meta
 
 

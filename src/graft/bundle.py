@@ -7,7 +7,6 @@ into place, so an interrupted write never leaves a half-written bundle.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +17,21 @@ from safetensors.torch import load_file, save_file
 
 from graft.data.preprocess import hwc_to_tensor, to_model_input
 from graft.errors import GraftError, first_line
-from graft.io import atomic_directory, atomic_write_json
-from graft.models.factory import Architecture, GraftModel, build_model, count_parameters
+from graft.io import atomic_directory
+from graft.models.factory import GraftModel, build_model, count_parameters
+from graft.record import (
+    FORMAT,
+    META_FILE,
+    WEIGHTS_FILE,
+    Architecture,
+    BundleRecord,
+    Provenance,
+    is_bundle,
+    make_record,
+)
+from graft.record import read as read_record
+from graft.record import write as write_record
 from graft.spec import InputSpec
-
-FORMAT = "graft.bundle"
-VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "graft.json"
 
 ImageInput = str | Path | bytes | np.ndarray
 
@@ -50,21 +56,31 @@ class Bundle:
     spec: InputSpec
     classes: list[str]
     metrics: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=Provenance)
     path: Path | None = None
+    exports: dict = field(default_factory=dict)  # `graft.json` → exports as read (graft.record.export_record types it)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.provenance, Provenance):  # a plain dict from a caller: validated once, here
+            self.provenance = Provenance.model_validate(self.provenance or {})
 
     # ---- persistence -------------------------------------------------------------------------------------
+    def record(self) -> BundleRecord:
+        """This bundle's `graft.json`, validated (exports are dropped: they describe files of the saved bundle)."""
+        return make_record(
+            self.architecture,
+            self.spec,
+            self.classes,
+            parameters=count_parameters(self.model),
+            metrics=self.metrics,
+            provenance=self.provenance,
+        )
+
     def metadata(self) -> dict:
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "architecture": self.architecture.to_dict(),
-            "input": self.spec.to_dict(),
-            "classes": list(self.classes),
-            "parameters": count_parameters(self.model),
-            "metrics": self.metrics,
-            "provenance": self.provenance,
-        }
+        """The record as JSON-ready data (what `graft info` and `GET /v1/model` show)."""
+        record = self.record().to_json()
+        record["exports"] = dict(self.exports)
+        return record
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the bundle atomically; an existing bundle is only replaced with `overwrite=True`.
@@ -72,16 +88,18 @@ class Bundle:
         Even then, only a bundle or an empty directory is replaced: `--force` must never delete someone's folder.
         """
         path = Path(path)
+        record = self.record()  # validated before anything is written
         if overwrite:
             check_replaceable(path)
         try:
             with atomic_directory(path, overwrite=overwrite) as tmp:
                 state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
                 save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-                atomic_write_json(tmp / META_FILE, self.metadata())
+                write_record(tmp, record)
         except FileExistsError:
             raise GraftError(f"{path} already exists; choose another output or pass --force") from None
         self.path = path
+        self.exports = {}
         return path
 
     # ---- inference ---------------------------------------------------------------------------------------
@@ -146,40 +164,23 @@ def check_replaceable(path: Path) -> None:
         return
     if path.is_dir() and not any(path.iterdir()):
         return
-    try:
-        is_bundle = json.loads((path / META_FILE).read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        is_bundle = False
-    if not is_bundle:
+    if not is_bundle(path):
         raise GraftError(f"{path} exists and is not a graft bundle; refusing to replace it, even with --force")
 
 
-def load(path: str | Path) -> Bundle:
-    """Read a bundle directory; every way it can be broken is a one-line GraftError."""
+def load(path: str | Path, *, record: BundleRecord | None = None) -> Bundle:
+    """Read a bundle directory; every way it can be broken is a one-line GraftError.
+
+    `record` is the bundle's record when the caller has read it already (a command reads `graft.json` once).
+    """
     path = Path(path)
-    meta_path, weights_path = path / META_FILE, path / WEIGHTS_FILE
+    weights_path = path / WEIGHTS_FILE
     if not path.is_dir():
         raise GraftError(f"{path} is not a bundle directory")
-    for needed in (meta_path, weights_path):
-        if not needed.is_file():
-            raise GraftError(f"{path} is not a graft bundle: {needed.name} is missing")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise GraftError(f"{meta_path} is damaged: not JSON ({first_line(error)})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise GraftError(f"{meta_path} is not a graft bundle description (format is not {FORMAT!r})")
-    if not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
-        raise GraftError(f"{meta_path}: bundle version {meta.get('version')!r} is newer than this graft reads")
-    try:
-        arch = Architecture.from_dict(meta["architecture"])
-        spec = InputSpec.from_dict(meta["input"])
-        classes = [str(c) for c in meta["classes"]]
-        spec.validate()
-        if len(classes) != arch.num_classes:
-            raise ValueError(f"{len(classes)} class names for a {arch.num_classes}-class model")
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise GraftError(f"{meta_path} is damaged ({type(error).__name__}: {first_line(error)})") from None
+    record = record if record is not None else read_record(path)
+    if not weights_path.is_file():
+        raise GraftError(f"{path} is not a graft bundle: {WEIGHTS_FILE} is missing")
+    arch, spec = record.arch, record.spec
     model = build_model(arch, spec)
     try:
         state = load_file(str(weights_path))
@@ -187,4 +188,13 @@ def load(path: str | Path) -> Bundle:
     except Exception as error:
         raise GraftError(f"{weights_path} does not fit the architecture in {META_FILE}: {first_line(error)}") from None
     model.eval()
-    return Bundle(model, arch, spec, classes, meta.get("metrics") or {}, meta.get("provenance") or {}, path)
+    return Bundle(
+        model,
+        arch,
+        spec,
+        list(record.classes),
+        dict(record.metrics),
+        record.provenance,
+        path,
+        dict(record.exports),
+    )

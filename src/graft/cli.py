@@ -196,7 +196,8 @@ def eval_command(
         raise GraftError(f"unknown split {split!r}; choose test, valid, train or all")
     bundle = _bundle_dir(bundle)
     loaded = load(bundle)
-    source = data or loaded.provenance.get("data", {}).get("source") or "data"
+    recorded = loaded.provenance.data
+    source = data or (recorded.source if recorded is not None else None) or "data"
     name = source_label(source)
     # Bundles written by `graft train` are RUN_DIR/bundle: name the output after the run, not "bundle".
     resolved = bundle.resolve()
@@ -412,7 +413,7 @@ def import_keras_command(
       graft import-keras mobilenet_v1_0.25_224.h5 -o bundles/mobilenet
       graft import-keras digits.keras -o bundles/digits --classes 0,1,2,3,4,5,6,7,8,9
     """
-    from graft.models.keras.importer import import_keras
+    from graft.keras_import import import_keras
 
     bundle = import_keras(
         file,
@@ -424,14 +425,14 @@ def import_keras_command(
         generic=generic,
         overwrite=force,
     )
-    keras = bundle.provenance["keras"]
-    what = keras["application"] or f"layer graph ({len(bundle.architecture.graph['layers'])} layers)"
+    keras = bundle.provenance.keras
+    what = keras.application or f"layer graph ({len(bundle.architecture.graph['layers'])} layers)"
     print(
-        f"imported {file} ({keras['file_kind']}, Keras {keras['keras_version'] or '?'}) as {what}: "
+        f"imported {file} ({keras.file_kind}, Keras {keras.keras_version or '?'}) as {what}: "
         f"{bundle.architecture.timm_name}, {len(bundle.classes)} classes, input "
-        f"{bundle.spec.size[0]}×{bundle.spec.size[1]}×{bundle.spec.channels}, preprocessing {keras['preprocess']}"
+        f"{bundle.spec.size[0]}×{bundle.spec.size[1]}×{bundle.spec.channels}, preprocessing {keras.preprocess}"
     )
-    for note in keras["notes"]:
+    for note in keras.notes:
         print(f"  note: {note}")
     print(f"bundle: {output}")
 

@@ -13,46 +13,23 @@ No FastAPI here: exporting needs only torch, onnx and onnxruntime.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from graft.bundle import META_FILE, WEIGHTS_FILE, Bundle, load
+from graft import record as bundle_record
+from graft.bundle import Bundle, load
 from graft.data.preprocess import normalise
 from graft.errors import GraftError, first_line
-from graft.io import atomic_write_bytes, atomic_write_json, file_sha256
+from graft.io import atomic_write_bytes, file_sha256
+from graft.record import ONNX_FILE, WEIGHTS_FILE, ExportRecord, export_record
 
-ONNX_FILE = "model.onnx"
 DEFAULT_TOLERANCE = 1e-4
 FORMATS = ("onnx",)
 _PROBE_BATCHES = (8, 1)  # two batch sizes: the exported batch dimension must really be dynamic
 _INPUT, _OUTPUT = "input", "logits"
-
-
-@dataclass
-class ExportRecord:
-    """What `graft.json` → `exports.onnx` holds; `graft info` and the server read it."""
-
-    file: str
-    sha256: str
-    weights_sha256: str
-    opset: int
-    exporter: str
-    torch_version: str
-    onnxruntime_version: str
-    max_abs_logit_delta: float
-    max_abs_probability_delta: float
-    tolerance: float
-    passed: bool
-    probe: str
-    created: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def export(
@@ -116,10 +93,10 @@ def export(
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     )
     atomic_write_bytes(directory / ONNX_FILE, data)
-    meta_path = directory / META_FILE
-    meta = json.loads(meta_path.read_text())
-    meta.setdefault("exports", {})["onnx"] = record.to_dict()
-    atomic_write_json(meta_path, meta)
+    updated = bundle_record.update(
+        directory, lambda old: old.model_copy(update={"exports": {**old.exports, "onnx": record.to_dict()}})
+    )
+    bundle.exports = dict(updated.exports)
     return record
 
 
@@ -200,40 +177,45 @@ def _sha256_bytes(data: bytes) -> str:
 
 
 def read_exports(directory: str | Path) -> dict:
-    """`graft.json` → `exports` of a bundle directory ({} when there is none or it cannot be read)."""
+    """`graft.json` → `exports` of a bundle directory ({} when there is none or the record cannot be read)."""
     try:
-        exports = json.loads((Path(directory) / META_FILE).read_text()).get("exports")
-    except (OSError, ValueError, AttributeError):
+        return dict(bundle_record.read(directory).exports)
+    except GraftError:
         return {}
-    return exports if isinstance(exports, dict) else {}
 
 
 NO_EXPORT = "no ONNX export (graft export BUNDLE --format onnx)"
 
 
-def onnx_export(directory: str | Path, *, weights_sha256: str | None = None) -> tuple[Path | None, str]:
+def onnx_export(source: Bundle | str | Path, *, weights_sha256: str | None = None) -> tuple[Path | None, str]:
     """The bundle's ONNX file if the server may use it, else None; and a one-line reason either way.
 
     Usable means: recorded, parity passed, made from the current `model.safetensors`, file unchanged since.
-    `weights_sha256` is that file's hash when the caller has it already (it is the expensive part).
+    `source` is a loaded bundle (its export record as read, no second read of `graft.json`) or a directory;
+    `weights_sha256` is the weights file's hash when the caller has it already (it is the expensive part).
     """
-    directory = Path(directory)
-    record = read_exports(directory).get("onnx")
-    if not isinstance(record, dict):
+    if isinstance(source, Bundle):
+        if source.path is None:
+            return None, NO_EXPORT
+        directory, exports = Path(source.path), source.exports
+    else:
+        directory, exports = Path(source), read_exports(source)
+    if "onnx" not in exports:
         return None, NO_EXPORT
-    path = directory / str(record.get("file", ONNX_FILE))
-    if not record.get("passed"):
+    record, problem = export_record(exports, "onnx")
+    if record is None:
+        return None, f"{problem}; run graft export again"
+    path = directory / record.file
+    if not record.passed:
         return None, (
-            f"the ONNX export failed its parity check (max |Δ logit| {record.get('max_abs_logit_delta')} > "
-            f"{record.get('tolerance')})"
+            f"the ONNX export failed its parity check (max |Δ logit| {record.max_abs_logit_delta} > {record.tolerance})"
         )
     if not path.is_file():
         return None, f"the ONNX export is recorded but {path.name} is missing"
-    if record.get("weights_sha256") != (weights_sha256 or file_sha256(directory / WEIGHTS_FILE)):
+    if record.weights_sha256 != (weights_sha256 or file_sha256(directory / WEIGHTS_FILE)):
         return None, f"the ONNX export is stale: {WEIGHTS_FILE} changed since it was made; run graft export again"
-    if record.get("sha256") != file_sha256(path):
+    if record.sha256 != file_sha256(path):
         return None, f"{path.name} does not match its export record; run graft export again"
     return path, (
-        f"ONNX export checked against PyTorch: max |Δ logit| {record['max_abs_logit_delta']:.1e} "
-        f"≤ {record['tolerance']:g}"
+        f"ONNX export checked against PyTorch: max |Δ logit| {record.max_abs_logit_delta:.1e} ≤ {record.tolerance:g}"
     )

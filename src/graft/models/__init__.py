@@ -1,7 +1,9 @@
-"""Models: the timm factory, input modes, and weight loading by name."""
+"""Models: pure builders (timm backbones, input modes, imported Keras graphs) and weight loading by name."""
 
-from graft.models.factory import Architecture, GraftModel, build_model, count_parameters, create_model
+from graft.models import keras as _keras  # noqa: F401  (registers the Keras backbone kind and timm names)
+from graft.models.factory import GraftModel, build_model, count_parameters, create_model, register_backbone_kind
 from graft.models.weights import TransferReport, read_state_dict, transfer_weights
+from graft.record import Architecture
 
 __all__ = [
     "Architecture",
@@ -11,5 +13,6 @@ __all__ = [
     "count_parameters",
     "create_model",
     "read_state_dict",
+    "register_backbone_kind",
     "transfer_weights",
 ]

@@ -13,6 +13,7 @@ from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
 from graft.errors import GraftError
+from graft.record import WEIGHTS_FILE
 
 
 @dataclass
@@ -48,8 +49,8 @@ class TransferReport:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file, a graft bundle directory, or a PyTorch state dict (no pickle)."""
     path = Path(path)
-    if path.is_dir() and (path / "model.safetensors").is_file():
-        path = path / "model.safetensors"
+    if path.is_dir() and (path / WEIGHTS_FILE).is_file():
+        path = path / WEIGHTS_FILE
     if not path.is_file():
         raise GraftError(f"weights file not found: {path}")
     try:

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from graft.data.sources import check_source
@@ -298,6 +299,34 @@ def read_current(directory: str | Path) -> dict | None:
 
 def is_project(path: str | Path) -> bool:
     return manifest_path(path).is_file()
+
+
+@dataclass(frozen=True)
+class BundleSource:
+    """What a path names: a bundle directory, or a rounds project and the bundle it has promoted."""
+
+    bundle: Path
+    project: Path | None = None
+    pointer: dict | None = None  # the project's `current.json` record
+
+    def note(self) -> str | None:
+        """The line commands print when a project stands for its bundle (None for a plain bundle)."""
+        if self.project is None or self.pointer is None:
+            return None
+        return (
+            f"{self.project} is a rounds project: using round {self.pointer['index']} ({self.pointer['round']}), "
+            f"{self.bundle}"
+        )
+
+
+def resolve_bundle(path: str | Path) -> BundleSource:
+    """The bundle that `path` means: itself, or a rounds project's promoted bundle. Every command and
+    `graft.load` resolve paths here, so `graft predict PROJECT` and `graft.load(PROJECT)` agree."""
+    path = Path(path)
+    if not is_project(path):
+        return BundleSource(path)
+    bundle, pointer = current_bundle(path)
+    return BundleSource(bundle, path.resolve(), pointer)
 
 
 def current_bundle(directory: str | Path) -> tuple[Path, dict]:

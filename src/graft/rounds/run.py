@@ -7,12 +7,12 @@ model is evaluated on the test split of every round so far: row k of the accurac
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
+from graft import record as bundle_record
 from graft.bundle import Bundle, load
 from graft.data.base import ImageSet
 from graft.data.sources import load_source
@@ -69,10 +69,10 @@ def _round_settings(state: dict, k: int, directory: Path) -> dict:
 def _finished_before(bundle_dir: Path, entry: dict) -> bool:
     """A bundle this very round wrote before a crash kept it from being measured (not one left by anything else)."""
     try:
-        provenance = json.loads((bundle_dir / "graft.json").read_text())["provenance"]
-        return provenance["data"]["source"] == entry["training_data"]["source"]
-    except (OSError, ValueError, KeyError, TypeError):
+        data = bundle_record.read(bundle_dir).provenance.data
+    except GraftError:
         return False
+    return data is not None and data.source == entry["training_data"]["source"]
 
 
 def _train_round(directory: Path, state: dict, k: int, out: Console, overrides: dict) -> None:

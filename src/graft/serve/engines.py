@@ -71,7 +71,7 @@ def open_engine(
         if choice == "onnx":
             raise GraftError("the ONNX engine needs a saved bundle with an export")
         return torch_engine(bundle), "torch", "PyTorch: the bundle is not saved, so it has no export"
-    path, reason = export or onnx_export(bundle.path)
+    path, reason = export or onnx_export(bundle)
     if path is not None:
         return onnx_engine(path, threads), "onnx", reason
     if choice == "onnx":

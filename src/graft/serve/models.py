@@ -19,11 +19,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graft.bundle import WEIGHTS_FILE, Bundle, load
+from graft.bundle import Bundle, load
 from graft.errors import GraftError
 from graft.exports import onnx_export
 from graft.io import file_sha256
-from graft.rounds.project import CURRENT, current_bundle, is_project
+from graft.record import WEIGHTS_FILE
+from graft.rounds.project import CURRENT, current_bundle, resolve_bundle
 from graft.serve.batching import Batcher
 from graft.serve.engines import Engine, open_engine
 from graft.serve.settings import ServeSettings
@@ -70,7 +71,7 @@ def load_model(source: Bundle | str | Path, settings: ServeSettings) -> Loaded:
     weights = export = None
     if bundle.path is not None:
         weights = file_sha256(Path(bundle.path) / WEIGHTS_FILE)
-        export = onnx_export(bundle.path, weights_sha256=weights)
+        export = onnx_export(bundle, weights_sha256=weights)
     engine, name, note = open_engine(bundle, settings.engine, settings.threads, export)
     batcher = Batcher(engine, max_batch=settings.max_batch, max_delay_s=settings.max_delay_ms / 1000)
     now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
@@ -80,9 +81,10 @@ def load_model(source: Bundle | str | Path, settings: ServeSettings) -> Loaded:
 
 def resolve(source: Bundle | str | Path) -> tuple[Bundle | Path, Path | None]:
     """What to load for `source`, and the rounds project it came from (None for a bundle)."""
-    if isinstance(source, Bundle) or not is_project(source):
+    if isinstance(source, Bundle):
         return source, None
-    return current_bundle(source)[0], Path(source).resolve()
+    resolved = resolve_bundle(source)
+    return resolved.bundle, resolved.project
 
 
 class ModelHolder:

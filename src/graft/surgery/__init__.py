@@ -13,6 +13,7 @@ the new bundle's provenance.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from graft.bundle import Bundle, load
 from graft.data.base import ImageSet
 from graft.data.sources import load_everything
 from graft.errors import GraftError
+from graft.record import Provenance, SurgeryEntry
 from graft.spec import InputSpec
 from graft.surgery.certificate import Certificate, Views, certify, identity, model_inputs, synthetic_probe
 from graft.surgery.channels import change_channels
@@ -175,7 +177,7 @@ def surgery(
         raise GraftError(f"the surgery is {result.verdict}, not {require}; nothing written")
     current.provenance = _provenance(current.provenance, records, overall, parent, result.verdict)
     if (result.verdict != "exact" or new_classes is not None) and current.metrics:
-        current.provenance["metrics_before_surgery"] = current.metrics
+        current.provenance = current.provenance.updated(metrics_before_surgery=current.metrics)
         current.metrics = {}
     if output is not None:
         current.save(output, overwrite=overwrite)
@@ -184,18 +186,20 @@ def surgery(
 
 
 def _provenance(
-    previous: dict, records: list[dict], overall: Certificate | None, parent: str | None, verdict: str
-) -> dict:
-    provenance = dict(previous)
-    entry = {
-        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "parent": parent,
-        "verdict": verdict,
-        "steps": records,
-        "overall": overall.to_dict() if overall is not None else None,
-    }
-    provenance["surgery"] = [*previous.get("surgery", []), entry]
-    return provenance
+    previous: Provenance, records: list[dict], overall: Certificate | None, parent: str | None, verdict: str
+) -> Provenance:
+    entry = SurgeryEntry.model_validate_json(
+        json.dumps(
+            {
+                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "parent": parent,
+                "verdict": verdict,
+                "steps": records,
+                "overall": overall.to_dict() if overall is not None else None,
+            }
+        )
+    )
+    return previous.updated(surgery=[*previous.surgery, entry])
 
 
 __all__ = ["Certificate", "SurgeryResult", "load_probe", "surgery"]

@@ -94,11 +94,10 @@ def change_channels(bundle: Bundle, channels: int) -> tuple[Bundle, Views, dict]
         mean = tuple(spec.mean[i % len(spec.mean)] for i in range(channels))
         std = tuple(spec.std[i % len(spec.std)] for i in range(channels))
     new_spec = dataclasses.replace(spec, channels=channels, mode=new_mode, mean=mean, std=std)
-    new_arch = dataclasses.replace(bundle.architecture, input_mode=new_mode)
-    model = build_model(new_arch, new_spec)
+    model = build_model(bundle.architecture, new_spec)
     model.load_state_dict(state, strict=True)
     model.eval()
-    new = dataclasses.replace(bundle, model=model, architecture=new_arch, spec=new_spec, path=None)
+    new = dataclasses.replace(bundle, model=model, spec=new_spec, path=None)
     details = {"from": spec.channels, "to": channels, "rule": rule, "claim": "exact" if exact else "approximate"}
     if new_mode != mode:
         details["input_mode"] = f"{mode} → {new_mode}"

@@ -20,9 +20,10 @@ from graft.data.sources import load_splits, normalise_source, source_label
 from graft.errors import GraftError
 from graft.evaluate import EvalResult, evaluate_model, write_eval_outputs
 from graft.io import atomic_write_json
-from graft.models.factory import Architecture, build_model, count_parameters
+from graft.models.factory import build_model, count_parameters
 from graft.models.weights import TransferReport
 from graft.progress import console as default_console
+from graft.record import META_FILE, Architecture, DataRecord, Provenance, TransferRecord
 from graft.spec import InputSpec
 from graft.train import distributed
 from graft.train.checkpoint import checkpoint_path, load_checkpoint, remove_checkpoint
@@ -30,7 +31,7 @@ from graft.train.config import TrainConfig, make_config, validate
 from graft.train.distributed import World, world_from_env
 from graft.train.runtime import Runtime, resolve_runtime
 from graft.train.session import EpochCallback, Session, start_session
-from graft.train.start import parent_record, resolve_settings, starting_model
+from graft.train.start import Origin, starting_model, weights_origin
 from graft.train.strategy import check_strategy
 
 
@@ -76,18 +77,19 @@ def train(
         if config is not None or recipe is not None:
             raise GraftError("resume continues a run with its own settings; give no recipe or config")
         run_dir = Path(resume)
-        config = resumed_config(run_dir, overrides)
+        origin = weights_origin(resumed_config(run_dir, overrides))
     else:
         config = config or make_config(recipe, **overrides)
-        config = resolve_settings(config.model_copy(update={"data": normalise_source(config.data)}))
-        run_dir = _run_dir(config)
+        origin = weights_origin(config.model_copy(update={"data": normalise_source(config.data)}))
+        run_dir = _run_dir(origin.config)
+    config = origin.config
     out = console or default_console()
     if not world.is_main:
         out = Console(quiet=True)
     runtime = resolve_runtime(config, world)
     distributed.start(world, runtime.device)
     try:
-        return _train(config, run_dir, resume is not None, world, runtime, out, on_epoch)
+        return _train(origin, run_dir, resume is not None, world, runtime, out, on_epoch)
     finally:
         distributed.stop(world)
 
@@ -111,7 +113,7 @@ RESUME_MAY_CHANGE = {"threads", "workers", "device"}
 
 
 def _train(
-    config: TrainConfig,
+    origin: Origin,
     run_dir: Path,
     resuming: bool,
     world: World,
@@ -119,8 +121,9 @@ def _train(
     out: Console,
     on_epoch: EpochCallback | None,
 ) -> TrainResult:
+    config = origin.config
     bundle_dir = Path(config.output) if config.output else run_dir / "bundle"
-    if resuming and (bundle_dir / "graft.json").is_file() and not checkpoint_path(run_dir).is_file():
+    if resuming and (bundle_dir / META_FILE).is_file() and not checkpoint_path(run_dir).is_file():
         raise GraftError(f"{run_dir} has finished; its bundle is {bundle_dir}")
     if not resuming:
         _check_outputs(bundle_dir, run_dir, config.force)
@@ -134,7 +137,7 @@ def _train(
     if checkpoint is not None:
         model, arch, spec, report = _model_from_checkpoint(checkpoint, run_dir)
     else:
-        model, arch, spec, report = starting_model(config, splits.classes, train_set)
+        model, arch, spec, report = starting_model(origin, splits.classes, train_set)
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -169,10 +172,10 @@ def _train(
     distributed.barrier(world)
     if not world.is_main:
         return TrainResult(None, run_dir, session.history)  # type: ignore[arg-type]
-    return _finish(session, final_model, bundle_dir, resuming)
+    return _finish(session, final_model, bundle_dir, resuming, origin)
 
 
-def _finish(session: Session, final_model: nn.Module, bundle_dir: Path, resuming: bool) -> TrainResult:
+def _finish(session: Session, final_model: nn.Module, bundle_dir: Path, resuming: bool, origin: Origin) -> TrainResult:
     """Test the kept weights in float32 (as the bundle will predict offline and when served), write the bundle,
     drop the checkpoint, and write the run's evaluation files and report."""
     config, run_dir, out, splits = session.config, session.run_dir, session.out, session.splits
@@ -190,7 +193,7 @@ def _finish(session: Session, final_model: nn.Module, bundle_dir: Path, resuming
     out.print(f"test: loss {test.loss:.4f}  accuracy {test.accuracy:.2%} on {len(splits.test)} images")
     final = _final_metrics(session.history, test, session.elapsed(), session.best, session.keep)
     provenance = _provenance(
-        config, splits, session.train_set, session.report, run_dir, session.ctx.runtime, session.world
+        config, splits, session.train_set, session.report, run_dir, session.ctx.runtime, session.world, origin
     )
     bundle = Bundle(final_model, session.arch, session.spec, list(splits.classes), final, provenance)
     bundle.save(bundle_dir, overwrite=config.force or resuming)
@@ -288,29 +291,32 @@ def _provenance(
     run_dir: Path,
     runtime: Runtime,
     world: World,
-) -> dict:
+    origin: Origin,
+) -> Provenance:
     """Where a bundle came from: enough to rebuild its splits (`graft eval`) and to repeat its training."""
-    return {
-        "graft_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "data": {
-            "source": config.data,
-            "data_root": config.data_root,
-            "classes": len(splits.classes),
-            "train": len(train_set),
-            "valid": len(splits.valid),
-            "test": len(splits.test),
-            "valid_fraction": config.valid_fraction,
-            "split_seed": config.seed,
-        },
-        "training": config.model_dump(exclude={"output", "run_dir", "force", "threads", "workers", "device"}),
-        "epochs": config.epochs,
-        "seed": config.seed,
-        "transfer": report.to_dict() if report is not None else None,
-        "run_dir": str(run_dir),
-        "runtime": {"how": runtime.describe(), "processes": world.size, "torch": torch.__version__},
-        "continued_from": parent_record(config),
-    }
+    return Provenance(
+        graft_version=__version__,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        data=DataRecord(
+            source=config.data,
+            data_root=config.data_root,
+            classes=len(splits.classes),
+            train=len(train_set),
+            valid=len(splits.valid),
+            test=len(splits.test),
+            valid_fraction=config.valid_fraction,
+            split_seed=config.seed,
+        ),
+        training=json.loads(
+            json.dumps(config.model_dump(exclude={"output", "run_dir", "force", "threads", "workers", "device"}))
+        ),
+        epochs=config.epochs,
+        seed=config.seed,
+        transfer=TransferRecord(**report.to_dict()) if report is not None else None,
+        run_dir=str(run_dir),
+        runtime={"how": runtime.describe(), "processes": world.size, "torch": torch.__version__},
+        continued_from=origin.parent(),
+    )
 
 
 def _short(value: object) -> object:

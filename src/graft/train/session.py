@@ -26,8 +26,8 @@ from graft.data.base import ImageSet, Splits
 from graft.data.loader import count_batches
 from graft.errors import Interrupted
 from graft.evaluate import EvalResult, evaluate_model
-from graft.models.factory import Architecture
 from graft.models.weights import TransferReport
+from graft.record import Architecture
 from graft.spec import InputSpec
 from graft.train import distributed
 from graft.train.augment import make_augment

@@ -1,6 +1,7 @@
 """Fine-tuning an imported Keras layer graph: the same graph with its final Dense resized to the new classes.
 
-`graft.models.factory.create_model` hands bundles whose architecture is a layer graph to `create_graph_model`.
+`graft.train.start` hands bundles whose architecture is a layer graph to `create_graph_model`, with the record and
+weights it has read.
 Everything but the final Dense loads by name; the final Dense keeps its weights when the class count is unchanged
 and starts fresh otherwise. The graph keeps its own input channels and normalisation (input mode `replicate`).
 """
@@ -9,9 +10,12 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
 from graft.errors import GraftError
-from graft.models.factory import Architecture, GraftModel, build_model
-from graft.models.weights import TransferReport, read_state_dict, transfer_weights
+from graft.models.factory import GraftModel, build_model
+from graft.models.weights import TransferReport, transfer_weights
+from graft.record import Architecture
 from graft.spec import InputSpec
 
 
@@ -31,17 +35,21 @@ def retarget(graph: dict, num_classes: int) -> dict:
 
 
 def create_graph_model(
-    weights: str, recorded: Architecture, num_classes: int, *, input_mode: str, size: int | tuple[int, int]
+    recorded: Architecture,
+    saved: InputSpec,
+    state: dict[str, torch.Tensor],
+    num_classes: int,
+    *,
+    input_mode: str,
+    size: int | tuple[int, int],
+    source_name: str,
 ) -> tuple[GraftModel, Architecture, InputSpec, TransferReport]:
-    import json
-    from pathlib import Path
-
+    """The imported graph (`recorded`, with its input spec `saved` and weights `state`) retargeted to new classes."""
     if input_mode != "replicate":
         raise GraftError(
-            f"{weights} is an imported Keras layer graph: it keeps its own input channels, so train it with "
+            f"{source_name} is an imported Keras layer graph: it keeps its own input channels, so train it with "
             "--input-mode replicate"
         )
-    saved = InputSpec.from_dict(json.loads((Path(weights) / "graft.json").read_text())["input"])
     size2 = (size, size) if isinstance(size, int) else tuple(size)
     spec = InputSpec(
         size=size2,
@@ -54,9 +62,7 @@ def create_graph_model(
         backbone_mean=saved.backbone_mean,
         backbone_std=saved.backbone_std,
     )
-    arch = Architecture(
-        recorded.timm_name, num_classes, "replicate", "pool", {}, graph=retarget(recorded.graph, num_classes)
-    )
+    arch = Architecture(recorded.timm_name, num_classes, "pool", {}, graph=retarget(recorded.graph, num_classes))
     try:
         model = build_model(arch, spec)
     except GraftError as error:
@@ -66,5 +72,5 @@ def create_graph_model(
             else f" (it was imported at {saved.size[0]}×{saved.size[1]}: try --size {saved.size[0]})"
         )
         raise GraftError(f"{error}{hint}") from None
-    report = transfer_weights(model, read_state_dict(weights), source_name=str(weights))
+    report = transfer_weights(model, state, source_name=source_name)
     return model, arch, spec, report

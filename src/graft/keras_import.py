@@ -18,12 +18,13 @@ import torch
 from graft._version import __version__
 from graft.bundle import Bundle
 from graft.errors import GraftError, first_line
-from graft.models.factory import Architecture, GraftModel, build_model
+from graft.models.factory import GraftModel, build_model
 from graft.models.keras.applications import PREPROCESS, detect, map_application
 from graft.models.keras.files import read_keras_file
 from graft.models.keras.graph import describe, parse_nodes
 from graft.models.keras.graph_module import KerasGraphModule
 from graft.models.keras.timm_models import CAFFE_MEAN, CAFFE_STD, TF_MEAN, TF_STD
+from graft.record import Architecture, KerasRecord, Provenance
 from graft.spec import InputSpec
 
 GRAPH_MODEL_NAME = "keras-graph"
@@ -71,7 +72,7 @@ def import_keras(
     if family is not None:
         try:
             mapped = map_application(source, family)
-            candidate_arch = Architecture(mapped.timm_name, mapped.num_classes, "replicate", "pool", mapped.timm_kwargs)
+            candidate_arch = Architecture(mapped.timm_name, mapped.num_classes, "pool", mapped.timm_kwargs)
             candidate = build_model(candidate_arch, spec)
             candidate.backbone.load_state_dict(mapped.state, strict=True)
             parity = _max_difference(candidate, reference, spec)
@@ -87,24 +88,24 @@ def import_keras(
                 "kept the layer graph"
             )
     if arch is None:
-        arch = Architecture(GRAPH_MODEL_NAME, num_classes, "replicate", "pool", {}, graph=graph)
+        arch = Architecture(GRAPH_MODEL_NAME, num_classes, "pool", {}, graph=graph)
     names = _class_names(classes, num_classes, imagenet=mapped_name is not None and num_classes == 1000)
-    provenance = {
-        "graft_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "keras": {
-            "source": str(Path(path)),
-            "architecture_file": str(architecture) if architecture else None,
-            "file_kind": source.kind,
-            "keras_version": source.keras_version,
-            "model_name": source.config["config"].get("name"),
-            "application": mapped_name,
-            "imported_as": arch.timm_name,
-            "preprocess": mode,
-            "parity_max_abs_diff_vs_graph": parity,
-            "notes": notes,
-        },
-    }
+    provenance = Provenance(
+        graft_version=__version__,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        keras=KerasRecord(
+            source=str(Path(path)),
+            architecture_file=str(architecture) if architecture else None,
+            file_kind=source.kind,
+            keras_version=source.keras_version,
+            model_name=source.config["config"].get("name"),
+            application=mapped_name,
+            imported_as=arch.timm_name,
+            preprocess=mode,
+            parity_max_abs_diff_vs_graph=parity,
+            notes=notes,
+        ),
+    )
     bundle = Bundle(model.eval(), arch, spec, names, {}, provenance)
     if output is not None:
         bundle.save(output, overwrite=overwrite)

@@ -1,0 +1,419 @@
+"""The bundle record: `graft.json`, read, validated and written in this one module.
+
+A bundle is a directory with `model.safetensors` (weights) and `graft.json` (this record: architecture, input spec,
+class names, metrics, provenance, exports). Every reader in graft goes through `read`, so a damaged or hand-edited
+record is refused in one place, with one line naming the field, instead of failing somewhere later (or, worse,
+being used wrongly: `"classes": "0123"` is not four classes). `write` and `update` replace the file atomically.
+
+No torch here: other tools (and `graft schema`) can read bundles cheaply. Version history:
+- 1: `architecture.input_mode` duplicated `input.mode`.
+- 2: the input spec is the one owner of the input mode; version-1 records migrate when read (both must agree).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
+
+from graft.errors import GraftError, first_line
+from graft.io import atomic_write_json
+from graft.spec import InputSpec
+
+FORMAT = "graft.bundle"
+VERSION = 2
+META_FILE = "graft.json"
+WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
+DEFAULT_VALID_FRACTION = 0.2
+HEADS: tuple[str, ...] = ("pool", "flatten")
+# timm keyword arguments that would load files, fetch weights or change what graft itself sets: a record that
+# names them is refused rather than letting a hand-edited bundle read an arbitrary checkpoint at load time.
+FORBIDDEN_TIMM_KWARGS = frozenset(
+    {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir", "num_classes",
+     "in_chans", "features_only", "scriptable", "exportable"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What rebuilds a model: the backbone (a timm name and kwargs, or an imported Keras layer graph), the head
+    kind, the class count and the structural surgery edits replayed on it (models/edits.py)."""
+
+    timm_name: str
+    num_classes: int
+    head: Literal["pool", "flatten"] = "pool"
+    timm_kwargs: dict[str, JsonValue] = field(default_factory=dict)
+    edits: list[dict[str, JsonValue]] = field(default_factory=list)
+    graph: dict[str, JsonValue] | None = None  # an imported Keras layer graph (graft.models.keras)
+
+    @property
+    def kind(self) -> str:
+        """Which backbone builder rebuilds it (graft.models.factory's registry)."""
+        return "timm" if self.graph is None else "keras-graph"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Architecture:
+        """Lenient reader for checkpoints of older versions: unknown keys (a version-1 `input_mode`) are dropped."""
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class _Architecture(_Record):
+    """The validated form of `Architecture` (the dataclass stays a plain value the model builders take)."""
+
+    timm_name: Annotated[str, Field(min_length=1)]
+    num_classes: Annotated[int, Field(ge=1)]
+    head: Literal["pool", "flatten"] = "pool"
+    timm_kwargs: dict[str, JsonValue] = {}
+    edits: list[Edit] = []
+    graph: dict[str, JsonValue] | None = None
+
+    @field_validator("timm_kwargs")
+    @classmethod
+    def _safe_kwargs(cls, kwargs: dict) -> dict:
+        forbidden = sorted(FORBIDDEN_TIMM_KWARGS & set(kwargs))
+        if forbidden:
+            raise ValueError(f"timm_kwargs may not set {', '.join(forbidden)}")
+        return kwargs
+
+
+class InsertEdit(_Record):
+    """A block inserted after a layer (surgery --insert-after), identity-initialised."""
+
+    op: Literal["insert"]
+    after: str
+    block: str
+    channels: Annotated[int, Field(ge=1)]
+    name: str
+
+
+class WidenEdit(_Record):
+    """A conv widened to more output channels (surgery --widen)."""
+
+    op: Literal["widen"]
+    layer: str
+    width: Annotated[int, Field(ge=1)]
+
+
+Edit = Annotated[InsertEdit | WidenEdit, Field(discriminator="op")]
+
+
+class _Input(_Record):
+    size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]
+    channels: Annotated[int, Field(ge=1)]
+    mode: Literal["replicate", "stem", "fold"] = "replicate"
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    antialias: bool = True
+    resize: Literal["stretch", "crop"] = "stretch"
+    backbone_mean: tuple[float, ...]
+    backbone_std: tuple[float, ...]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _Input:
+        self.spec().validate()
+        return self
+
+    def spec(self) -> InputSpec:
+        return InputSpec(**self.model_dump())
+
+
+class _Open(BaseModel):
+    """Provenance parts: typed where graft reads them, open to keys other graft versions or tools add."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
+
+
+class DataRecord(_Open):
+    """The data a bundle was trained on: enough to rebuild its splits (`graft eval` with no --data)."""
+
+    source: str
+    data_root: str | None = None
+    classes: int | None = None
+    train: int | None = None
+    valid: int | None = None
+    test: int | None = None
+    valid_fraction: Annotated[float, Field(ge=0, lt=1)] = DEFAULT_VALID_FRACTION
+    split_seed: int = 0
+
+
+class TransferRecord(_Open):
+    """What a weight transfer did, tensor by tensor (graft.models.weights.TransferReport)."""
+
+    source: str = ""
+    loaded: list[str] = []
+    adapted: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = []
+    initialised: list[str] = []
+
+
+class SurgeryEntry(_Open):
+    """One `graft surgery` call: its steps' certificates, the whole chain's, and the verdict."""
+
+    at: str
+    parent: str | None = None
+    verdict: Literal["exact", "approximate", "breaking"]
+    steps: list[dict[str, JsonValue]]
+    overall: dict[str, JsonValue] | None = None
+
+
+class ParentRecord(_Open):
+    """The bundle a training run continued: its metrics and surgery chain travel with the new bundle."""
+
+    bundle: str
+    metrics: dict[str, JsonValue] = {}
+    surgery: list[SurgeryEntry] = []
+    continued_from: ParentRecord | None = None
+
+
+class KerasRecord(_Open):
+    """Where an imported Keras model came from and how close the import is to it."""
+
+    source: str
+    file_kind: str | None = None
+    keras_version: str | None = None
+    application: str | None = None
+    imported_as: str | None = None
+    preprocess: str | None = None
+    parity_max_abs_diff_vs_graph: float | None = None
+    notes: list[str] = []
+
+
+class Provenance(_Open):
+    """Where a bundle came from. Every field is optional: an imported model has no training, a trained one no
+    Keras source."""
+
+    graft_version: str | None = None
+    created: str | None = None
+    data: DataRecord | None = None
+    training: dict[str, JsonValue] | None = None
+    epochs: int | None = None
+    seed: int | None = None
+    transfer: TransferRecord | None = None
+    run_dir: str | None = None
+    runtime: dict[str, JsonValue] | None = None
+    continued_from: ParentRecord | None = None
+    surgery: list[SurgeryEntry] = []
+    metrics_before_surgery: dict[str, JsonValue] | None = None
+    keras: KerasRecord | None = None
+
+    def updated(self, **changes: Any) -> Provenance:
+        """A copy with `changes`, validated again (model_copy alone would not check them)."""
+        return Provenance.model_validate({**self.model_dump(exclude_unset=True), **changes})
+
+
+class ExportRecord(_Record):
+    """`exports.onnx`: how far ONNX Runtime's logits are from PyTorch's, and which weights the file was made from."""
+
+    file: str
+    sha256: str
+    weights_sha256: str
+    opset: int
+    exporter: str
+    torch_version: str
+    onnxruntime_version: str
+    max_abs_logit_delta: float
+    max_abs_probability_delta: float
+    tolerance: float
+    passed: bool
+    probe: str
+    created: str
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+class BundleRecord(_Record):
+    """The whole `graft.json`. `architecture` and `input` are exposed as the plain values the builders take."""
+
+    format: Literal["graft.bundle"] = FORMAT
+    version: Literal[2] = VERSION
+    architecture: _Architecture
+    input: _Input
+    classes: list[str]
+    parameters: Annotated[int, Field(ge=0)] | None = None
+    metrics: dict[str, JsonValue] = {}
+    provenance: Provenance = Provenance()
+    # Kept as recorded and typed on use (`export`): a damaged export record disables that export, not the bundle.
+    exports: dict[str, JsonValue] = {}
+
+    @field_validator("metrics", "provenance", "exports", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value  # older bundles wrote null for "none recorded"
+
+    @model_validator(mode="after")
+    def _classes_fit(self) -> BundleRecord:
+        if len(self.classes) != self.architecture.num_classes:
+            raise ValueError(f"{len(self.classes)} class names for a {self.architecture.num_classes}-class model")
+        if len(set(self.classes)) != len(self.classes):
+            repeated = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            raise ValueError(f"class names repeat ({', '.join(map(repr, repeated[:3]))}): classes are matched by name")
+        return self
+
+    @property
+    def arch(self) -> Architecture:
+        return Architecture(**self.architecture.model_dump())
+
+    @property
+    def spec(self) -> InputSpec:
+        return self.input.spec()
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json", exclude_none=False)
+
+    def export(self, name: str) -> tuple[ExportRecord | None, str | None]:
+        """The typed record of export `name`, or None and why not (none recorded, or damaged)."""
+        return export_record(self.exports, name)
+
+
+def export_record(exports: dict, name: str) -> tuple[ExportRecord | None, str | None]:
+    """`exports[name]` validated: (record, None), or (None, a one-line reason)."""
+    if name not in exports:
+        return None, f"no {name} export recorded"
+    try:
+        return ExportRecord.model_validate_json(json.dumps(exports[name]), strict=True), None
+    except ValidationError as error:
+        return None, f"the {name} export record is damaged ({describe(error)})"
+
+
+def make_record(
+    architecture: Architecture,
+    spec: InputSpec,
+    classes: list[str],
+    *,
+    parameters: int | None = None,
+    metrics: dict | None = None,
+    provenance: Provenance | dict | None = None,
+    exports: dict | None = None,
+) -> BundleRecord:
+    """The record of a bundle in memory, validated exactly as a file is (so nothing invalid is ever written)."""
+    data = {
+        "architecture": architecture.to_dict() if isinstance(architecture, Architecture) else architecture,
+        "input": spec.to_dict(),
+        "classes": list(classes),
+        "parameters": parameters,
+        "metrics": metrics or {},
+        "provenance": _plain(provenance),
+        "exports": {k: _plain(v) for k, v in (exports or {}).items()},
+    }
+    return _validate(json.loads(json.dumps(data)), "the bundle record")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_unset=True)
+    return value if value is not None else {}
+
+
+def _validate(data: Any, where: str) -> BundleRecord:
+    """One line for the first problem (and how many more), whatever is wrong in the record."""
+    try:
+        return _strict_json(data)
+    except ValidationError as error:
+        raise GraftError(f"{where} is damaged: {describe(error)}") from None
+
+
+def _strict_json(data: Any) -> BundleRecord:
+    # Strict JSON-mode validation: "3" is not an int and "abc" is not a list, but JSON arrays are tuples.
+    return BundleRecord.model_validate_json(json.dumps(data), strict=True)
+
+
+def describe(error: ValidationError) -> str:
+    """A pydantic error as one line: `architecture.head: Input should be 'pool' or 'flatten' (+2 more)`."""
+    problems = error.errors()
+    first = problems[0]
+    where = ".".join(str(part) for part in first["loc"]) or "the record"
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    return first_line(f"{where}: {first['msg']}{more}", 300)
+
+
+def migrate(data: dict, where: str) -> dict:
+    """Bring an older record up to `VERSION`; refuse newer ones and those of another format."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise GraftError(f"{where} is not a graft bundle description (format is not {FORMAT!r})")
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise GraftError(f"{where} is damaged: version {version!r} is not a bundle version")
+    if version > VERSION:
+        raise GraftError(f"{where}: bundle version {version} is newer than this graft reads (up to {VERSION})")
+    if version == 1:
+        data = _from_version_1(data, where)
+    return data
+
+
+def _from_version_1(data: dict, where: str) -> dict:
+    architecture, spec = data.get("architecture"), data.get("input")
+    if isinstance(architecture, dict) and isinstance(spec, dict):
+        architecture = dict(architecture)
+        recorded = architecture.pop("input_mode", None)
+        if recorded is not None and recorded != spec.get("mode", "replicate"):
+            raise GraftError(
+                f"{where} is damaged: architecture.input_mode {recorded!r} and input.mode {spec.get('mode')!r} differ"
+            )
+        data = {**data, "architecture": architecture}
+    return {**data, "version": 2}
+
+
+def read(bundle_dir: str | Path) -> BundleRecord:
+    """The record of the bundle in `bundle_dir`: the one place graft parses `graft.json`."""
+    path = Path(bundle_dir) / META_FILE
+    if not path.is_file():
+        raise GraftError(f"{bundle_dir} is not a graft bundle: {META_FILE} is missing")
+    return _validate(migrate(_parse(path), str(path)), str(path))
+
+
+def _parse(path: Path) -> Any:
+    """The one function that parses `graft.json` (tests count its calls: a command parses the record once)."""
+    try:
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise GraftError(f"{path} is damaged: not JSON ({first_line(error)})") from None
+    except OSError as error:
+        raise GraftError(f"cannot read {path}: {first_line(error)}") from None
+
+
+def is_bundle(path: str | Path) -> bool:
+    """Whether `path` holds something graft wrote as a bundle (its format tag; the rest may still be damaged), so
+    `--force` may replace it."""
+    try:
+        data = _parse(Path(path) / META_FILE)
+    except GraftError:
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def write(bundle_dir: str | Path, record: BundleRecord) -> Path:
+    """Write `graft.json` atomically (temp file, then rename)."""
+    return atomic_write_json(Path(bundle_dir) / META_FILE, record.to_json())
+
+
+def update(bundle_dir: str | Path, change: Callable[[BundleRecord], BundleRecord]) -> BundleRecord:
+    """Read, change and write back the record; the result is validated before anything is replaced."""
+    new = change(read(bundle_dir))
+    new = _validate(new.to_json(), f"{Path(bundle_dir) / META_FILE} (after the change)")
+    write(bundle_dir, new)
+    return new
+
+
+def json_schema() -> dict:
+    """The JSON Schema of `graft.json` (published as `graft schema` and docs/bundle.schema.json)."""
+    schema = BundleRecord.model_json_schema(mode="serialization")
+    schema["title"] = f"graft bundle record (graft.json), version {VERSION}"
+    return schema
+
+
+_Architecture.model_rebuild()
+ParentRecord.model_rebuild()
