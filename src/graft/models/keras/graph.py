@@ -4,8 +4,8 @@ The description is what `Architecture.graph` stores in `graft.json`: one entry p
 the few settings that decide what it computes (plus channel counts, so the module can be rebuilt before its
 weights are loaded). No code, nothing pickled: `graph_module.KerasGraphModule` rebuilds the module from it.
 
-Weights are converted to PyTorch layouts here: Conv2D (kh, kw, in, out) → (out, in, kh, kw); DepthwiseConv2D
-(kh, kw, in, m) → (in·m, 1, kh, kw), output channel c·m + j as in Keras; Dense (in, out) → (out, in).
+What each kind of layer records, and its weights in PyTorch layout, comes from its kind in `layers` (the registry
+that also builds the modules); this module parses the model, checks it, and assembles the description.
 """
 
 from __future__ import annotations
@@ -18,57 +18,13 @@ import torch
 
 from graft.errors import GraftError
 from graft.models.keras.files import KerasFile, WeightList, short_name
+from graft.models.keras.layers import ACTIVATIONS, KERAS_CLASSES, LAYER_KINDS
 
 GRAPH_FORMAT = "graft.keras-graph"
 GRAPH_VERSION = 1
 
-ACTIVATIONS = (
-    "linear",
-    "relu",
-    "relu6",
-    "sigmoid",
-    "tanh",
-    "softmax",
-    "log_softmax",
-    "elu",
-    "selu",
-    "softplus",
-    "softsign",
-    "swish",
-    "silu",
-    "gelu",
-    "exponential",
-    "hard_sigmoid",
-    "hard_silu",
-    "hard_swish",
-    "leaky_relu",
-    "mish",
-)
-MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
-SUPPORTED = (
-    "InputLayer",
-    "Conv2D",
-    "DepthwiseConv2D",
-    "SeparableConv2D",
-    "Dense",
-    "BatchNormalization",
-    "MaxPooling2D",
-    "AveragePooling2D",
-    "GlobalAveragePooling2D",
-    "GlobalMaxPooling2D",
-    "Flatten",
-    "Dropout",
-    "SpatialDropout2D",
-    "Activation",
-    "ReLU",
-    "LeakyReLU",
-    "Softmax",
-    "ZeroPadding2D",
-    "Rescaling",
-    "Reshape",
-    *MERGES,
-)
-_ALIASES = {"Convolution2D": "Conv2D", "MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D"}
+SUPPORTED = ("InputLayer", *(kind.type for kind in LAYER_KINDS.values() if kind.keras_names))  # InputLayer: the input
+_ALIASES = {name: kind.type for name, kind in KERAS_CLASSES.items() if name != kind.type}  # old spellings → type
 _NESTED = ("Functional", "Sequential", "Model")
 
 
@@ -219,8 +175,8 @@ def check_supported(nodes: list[Node]) -> None:
         act = n.config.get("activation")
         if act is not None and (not isinstance(act, str) or act not in ACTIVATIONS):
             bad.append(f"activation {act if isinstance(act, str) else act.get('class_name')!r} ({n.name})")
-        if n.kind in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D") and n.config.get("padding") == "causal":
-            bad.append(f"{n.kind} with causal padding ({n.name})")
+        kind = KERAS_CLASSES.get(n.kind)
+        bad += [f"{n.kind} with {problem} ({n.name})" for problem in (kind.problems(n.config) if kind else [])]
     if bad:
         shown = ", ".join(bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
         raise GraftError(f"unsupported Keras layers: {shown}; supported: {', '.join(SUPPORTED[1:])}")
@@ -230,25 +186,11 @@ def _fmt(node: Node) -> str:
     return node.config.get("data_format") or "channels_last"
 
 
-def _pair(value: object) -> list[int]:
-    if value is None:
-        return []
-    return [int(v) for v in value] if isinstance(value, list | tuple) else [int(value), int(value)]
-
-
 def _named(kind: str, config: dict, arrays: WeightList, layer: str) -> dict[str, np.ndarray]:
     """Each array under its Keras name: from the file when it has names, else by Keras's creation order."""
     if arrays and all(name for name, _ in arrays):
         return {short_name(str(name)): value for name, value in arrays}
-    if kind in ("Conv2D", "DepthwiseConv2D", "Dense"):
-        order = ["kernel", "bias"]
-    elif kind == "SeparableConv2D":
-        order = ["depthwise_kernel", "pointwise_kernel", "bias"]
-    elif kind == "BatchNormalization":
-        order = [*(["gamma"] if config.get("scale", True) else []), *(["beta"] if config.get("center", True) else [])]
-        order += ["moving_mean", "moving_variance"]
-    else:
-        order = []
+    order = LAYER_KINDS[kind].weight_names(config) if kind in LAYER_KINDS else []
     if len(arrays) > len(order):
         raise GraftError(f"layer {layer!r} ({kind}) has {len(arrays)} weight arrays, expected at most {len(order)}")
     return {name: value for name, (_, value) in zip(order, arrays, strict=False)}
@@ -265,112 +207,15 @@ def _key(name: str, used: set[str]) -> str:
     return candidate
 
 
-def _t(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-
-
-def _conv_kernel(kernel: np.ndarray) -> torch.Tensor:
-    return _t(kernel.transpose(3, 2, 0, 1))
-
-
-def _depthwise_kernel(kernel: np.ndarray) -> torch.Tensor:
-    kh, kw, cin, mult = kernel.shape
-    return _t(kernel.reshape(kh, kw, cin * mult).transpose(2, 0, 1)[:, None])
-
-
 def _layer(node: Node, weights: dict[str, np.ndarray], major: int) -> tuple[dict, dict[str, torch.Tensor]]:
     """(the layer's settings for the description, its parameters in PyTorch layout under module-local names)."""
-    c, kind = node.config, node.kind
-    act = c.get("activation") or "linear"
-    params: dict[str, torch.Tensor] = {}
-    settings: dict = {}
-    need = {
-        "Conv2D": ["kernel"],
-        "DepthwiseConv2D": ["kernel"] if "kernel" in weights else ["depthwise_kernel"],
-        "SeparableConv2D": ["depthwise_kernel", "pointwise_kernel"],
-        "Dense": ["kernel"],
-        "BatchNormalization": ["moving_mean", "moving_variance"],
-    }.get(kind, [])
-    missing = [w for w in need if w not in weights]
+    kind = LAYER_KINDS.get(node.kind)
+    if kind is None:  # a stray InputLayer: described without settings, refused when the module is built
+        return {}, {}
+    missing = [w for w in kind.needs(weights) if w not in weights]
     if missing:
-        raise GraftError(f"layer {node.name!r} ({kind}): the file has no {', '.join(missing)} for it")
-    conv = {
-        "kernel_size": _pair(c.get("kernel_size")),
-        "strides": _pair(c.get("strides") or 1),
-        "padding": c.get("padding", "valid"),
-        "dilation": _pair(c.get("dilation_rate") or 1),
-        "activation": act,
-    }
-    if kind == "Conv2D":
-        kernel = weights["kernel"]
-        groups = int(c.get("groups") or 1)
-        settings = {**conv, "in_channels": kernel.shape[2] * groups, "filters": kernel.shape[3], "groups": groups}
-        params["weight"] = _conv_kernel(kernel)
-    elif kind == "DepthwiseConv2D":
-        kernel = weights.get("kernel", weights.get("depthwise_kernel"))
-        settings = {**conv, "in_channels": kernel.shape[2], "filters": kernel.shape[2] * kernel.shape[3]}
-        settings["groups"] = kernel.shape[2]
-        params["weight"] = _depthwise_kernel(kernel)
-    elif kind == "SeparableConv2D":
-        dw, pw = weights["depthwise_kernel"], weights["pointwise_kernel"]
-        settings = {**conv, "in_channels": dw.shape[2], "depth_multiplier": dw.shape[3], "filters": pw.shape[3]}
-        params["depthwise.weight"] = _depthwise_kernel(dw)
-        params["pointwise.weight"] = _conv_kernel(pw)
-    elif kind == "Dense":
-        kernel = weights["kernel"]
-        settings = {"in_features": kernel.shape[0], "units": kernel.shape[1], "activation": act}
-        params["weight"] = _t(kernel.T)
-    elif kind == "BatchNormalization":
-        axis = c.get("axis", -1)
-        axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
-        if not isinstance(axis, int):
-            raise GraftError(f"layer {node.name!r}: BatchNormalization over several axes {axis} is not supported")
-        mean = weights["moving_mean"]
-        settings = {"axis": axis, "epsilon": float(c.get("epsilon", 1e-3)), "num_features": mean.shape[0]}
-        settings["momentum"] = float(c.get("momentum", 0.99))
-        params["weight"] = _t(weights.get("gamma", np.ones_like(mean)))
-        params["bias"] = _t(weights.get("beta", np.zeros_like(mean)))
-        params["running_mean"] = _t(mean)
-        params["running_var"] = _t(weights["moving_variance"])
-    elif kind in ("MaxPooling2D", "AveragePooling2D"):
-        pool = _pair(c.get("pool_size") or 2)
-        settings = {"pool_size": pool, "strides": _pair(c.get("strides")) or pool, "padding": c.get("padding", "valid")}
-    elif kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
-        settings = {"keepdims": bool(c.get("keepdims", False))}
-    elif kind in ("Dropout", "SpatialDropout2D"):
-        settings = {"rate": float(c.get("rate", 0.0))}
-    elif kind == "Activation":
-        settings = {"activation": act}
-    elif kind == "ReLU":
-        settings = {
-            "max_value": None if c.get("max_value") is None else float(c["max_value"]),
-            "negative_slope": float(c.get("negative_slope") or 0.0),
-            "threshold": float(c.get("threshold") or 0.0),
-        }
-    elif kind == "LeakyReLU":
-        slope = c.get("negative_slope", c.get("alpha"))
-        settings = {"negative_slope": float(0.3 if slope is None else slope)}
-    elif kind == "Softmax":
-        axis = c.get("axis", -1)
-        settings = {"axis": axis[0] if isinstance(axis, list) else axis}
-    elif kind == "ZeroPadding2D":
-        pad = c.get("padding", 1)
-        if isinstance(pad, int):
-            pad = [[pad, pad], [pad, pad]]
-        pad = [[p, p] if isinstance(p, int) else list(p) for p in pad]
-        settings = {"padding": pad}
-    elif kind == "Rescaling":
-        settings = {"scale": c.get("scale", 1.0), "offset": c.get("offset", 0.0)}
-        for key in ("scale", "offset"):
-            if isinstance(settings[key], dict):
-                raise GraftError(f"layer {node.name!r}: Rescaling with a tensor {key} is not supported")
-    elif kind == "Reshape":
-        settings = {"target_shape": [int(v) for v in c["target_shape"]]}
-    elif kind == "Concatenate":
-        settings = {"axis": int(c.get("axis", -1))}
-    if "activation" in settings:
-        settings["keras_major"] = major  # gelu and hard_sigmoid changed between Keras 2 and 3
-    return settings, params
+        raise GraftError(f"layer {node.name!r} ({node.kind}): the file has no {', '.join(missing)} for it")
+    return kind.convert(node.config, weights, major, node.name)
 
 
 def describe(source: KerasFile, *, input_order: str = "rgb") -> tuple[dict, dict[str, torch.Tensor], list[str]]:
@@ -392,12 +237,6 @@ def describe(source: KerasFile, *, input_order: str = "rgb") -> tuple[dict, dict
         key = _key(node.name, used)
         described.append({"name": node.name, "key": key, "type": node.kind, "inputs": node.inputs, "config": settings})
         state.update({f"layers.{key}.{k}": v for k, v in params.items()})
-        if "bias" in weights and node.kind in ("Dense", "Conv2D", "DepthwiseConv2D", "SeparableConv2D"):
-            where = "pointwise.bias" if node.kind == "SeparableConv2D" else "bias"
-            state[f"layers.{key}.{where}"] = _t(weights["bias"])
-            settings["use_bias"] = True
-        elif node.kind in ("Dense", "Conv2D", "DepthwiseConv2D", "SeparableConv2D"):
-            settings["use_bias"] = False
     unused = [name for name, arrays in source.weights.items() if arrays and name not in consumed]
     if unused:
         raise GraftError(f"the file holds weights for layers the architecture does not have: {', '.join(unused[:8])}")

@@ -1,0 +1,171 @@
+"""The layer-kind registry and what several kinds share (activations, TensorFlow "same" padding, axis mapping).
+
+A kind is one class that knows, for the Keras layers it covers, everything graft does with them: the Keras class
+names it reads, how a Keras config (and weights) becomes graft's JSON description, and how that description becomes
+a torch module. `register` files it under each JSON type it writes and each Keras class name it reads, so the
+converter and the builder cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graft.errors import GraftError
+
+ACTIVATIONS = (
+    "linear",
+    "relu",
+    "relu6",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "log_softmax",
+    "elu",
+    "selu",
+    "softplus",
+    "softsign",
+    "swish",
+    "silu",
+    "gelu",
+    "exponential",
+    "hard_sigmoid",
+    "hard_silu",
+    "hard_swish",
+    "leaky_relu",
+    "mish",
+)
+
+Weights = dict[str, np.ndarray]  # one layer's arrays under their Keras names
+Converted = tuple[dict, dict[str, torch.Tensor]]  # (settings for the description, parameters in PyTorch layout)
+
+
+class LayerKind:
+    """One kind of layer, instantiated once per JSON type it covers (`self.type`); the defaults suit a kind
+    without weights or settings."""
+
+    weight_order: tuple[str, ...] = ()  # Keras's creation order of the layer's arrays, for files without names
+
+    def __init__(self, type_: str, keras_names: tuple[str, ...]) -> None:
+        self.type = type_  # graft's JSON "type" (the Keras class name, where there is one)
+        self.keras_names = keras_names  # the Keras class names read as this type: its own first, then old spellings
+
+    def weight_names(self, config: dict) -> list[str]:
+        """Names for a file's unnamed arrays, in order (BatchNormalization's depend on its config)."""
+        return list(self.weight_order)
+
+    def needs(self, weights: Weights) -> list[str]:
+        """The arrays the conversion cannot do without (a missing one is refused by name, not a KeyError)."""
+        return []
+
+    def problems(self, config: dict) -> list[str]:
+        """Settings of an otherwise supported layer that graft cannot reproduce (listed with the unsupported)."""
+        return []
+
+    def convert(self, config: dict, weights: Weights, major: int, layer: str) -> Converted:
+        """(settings for the description, parameters under module-local names); `layer` names it in errors."""
+        return {}, {}
+
+    def build(self, cfg: dict) -> nn.Module:
+        """The torch module for a described layer: every kind must say (the unit tests check that it does)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot build {self.type}")
+
+
+LAYER_KINDS: dict[str, LayerKind] = {}  # graft's JSON type → its kind, in registration order
+KERAS_CLASSES: dict[str, LayerKind] = {}  # Keras class name (old spellings included) → its kind
+
+
+def register(
+    *types: str, aliases: dict[str, str] | None = None, keras: bool = True
+) -> Callable[[type[LayerKind]], type[LayerKind]]:
+    """Class decorator: one instance of the kind per JSON type; each type is also a Keras class name it reads,
+    unless `keras=False` (types graft makes itself); `aliases` maps older Keras spellings onto a type."""
+    aliases = aliases or {}
+
+    def decorate(cls: type[LayerKind]) -> type[LayerKind]:
+        for type_ in types:
+            own = (type_, *(old for old, new in aliases.items() if new == type_)) if keras else ()
+            clash = [name for name in (type_, *own) if name in LAYER_KINDS or name in KERAS_CLASSES]
+            if clash:
+                raise ValueError(f"layer kind {cls.__name__}: {', '.join(clash)} already registered")
+            kind = cls(type_, own)
+            LAYER_KINDS[type_] = kind
+            KERAS_CLASSES.update(dict.fromkeys(own, kind))
+        return cls
+
+    return decorate
+
+
+def pair(value: object) -> list[int]:
+    """Keras's int-or-pair settings (kernel_size, strides, …) as a list of two ints; [] for None."""
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, list | tuple) else [int(value), int(value)]
+
+
+def tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def same_pad(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def pad_same(x: torch.Tensor, kernel, stride, dilation, value: float = 0.0) -> torch.Tensor:
+    """TensorFlow's "same" padding: the extra pixel of an odd total goes after (what makes strided convs match)."""
+    top, bottom = same_pad(x.shape[-2], kernel[0], stride[0], dilation[0])
+    left, right = same_pad(x.shape[-1], kernel[1], stride[1], dilation[1])
+    if top or bottom or left or right:
+        x = F.pad(x, (left, right, top, bottom), value=value)
+    return x
+
+
+def channel_axis(axis: int, rank: int) -> int:
+    """A Keras axis (channels-last layout) → the axis of graft's tensor (NCHW for rank 4)."""
+    axis = axis % rank
+    return {0: 0, 1: 2, 2: 3, 3: 1}[axis] if rank == 4 else axis
+
+
+def activation(name: str, x: torch.Tensor, major: int = 3) -> torch.Tensor:
+    if name == "linear":
+        return x
+    if name == "relu":
+        return F.relu(x)
+    if name == "relu6":
+        return F.relu6(x)
+    if name == "sigmoid":
+        return torch.sigmoid(x)
+    if name == "tanh":
+        return torch.tanh(x)
+    if name in ("softmax", "log_softmax"):
+        fn = torch.softmax if name == "softmax" else torch.log_softmax
+        return fn(x, dim=channel_axis(-1, x.ndim))
+    if name == "elu":
+        return F.elu(x)
+    if name == "selu":
+        return F.selu(x)
+    if name == "softplus":
+        return F.softplus(x)
+    if name == "softsign":
+        return F.softsign(x)
+    if name in ("swish", "silu"):
+        return F.silu(x)
+    if name == "gelu":  # Keras 3 defaults to the tanh approximation, Keras 2 to the exact form
+        return F.gelu(x, approximate="tanh" if major >= 3 else "none")
+    if name == "exponential":
+        return torch.exp(x)
+    if name == "hard_sigmoid":  # Keras 3: relu6(x + 3) / 6; Keras 2: clip(0.2x + 0.5, 0, 1)
+        return F.relu6(x + 3.0) / 6.0 if major >= 3 else torch.clamp(0.2 * x + 0.5, 0.0, 1.0)
+    if name in ("hard_silu", "hard_swish"):
+        return x * F.relu6(x + 3.0) / 6.0
+    if name == "leaky_relu":
+        return F.leaky_relu(x, 0.2)
+    if name == "mish":
+        return F.mish(x)
+    raise GraftError(f"unknown activation {name!r}")
