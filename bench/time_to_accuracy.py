@@ -36,9 +36,9 @@ def main() -> None:
 
     import graft
     from graft.data.sources import load_splits
-    from graft.evaluate import evaluate_model
+    from graft.evaluation import evaluate_model
     from graft.spec import InputSpec
-    from graft.train.config import make_config
+    from graft.training.config import make_config
 
     test = load_splits("mnist", args.data_root, download=False).test
     rows: list[dict] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from graft.errors import GraftError
-from graft.train.config import make_config, read_recipe
+from graft.training.config import make_config, read_recipe
 
 
 def test_recipe_then_flags(tmp_path):
@@ -58,7 +58,7 @@ def test_missing_recipe(tmp_path):
 
 
 def test_schedules_start_low_peak_and_end_near_zero():
-    from graft.train.optim import lr_factor
+    from graft.training.optim import lr_factor
 
     total, warmup = 100, 10
     for schedule in ("onecycle", "cosine"):

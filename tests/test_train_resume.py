@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from graft.cli import main
-from graft.train.checkpoint import load_checkpoint
+from graft.training.checkpoint import load_checkpoint
 
 FLAGS = [
     "--data", "digits", "--model", "resnet10t", "--input-mode", "fold", "--size", "16", "--batch-size", "32",
@@ -124,7 +124,7 @@ def test_resume_rules(tiny_run, tmp_path, capsys):
 
 def test_checkpoints_load_without_pickle(tmp_path):
     """Only tensors and plain values: `weights_only=True` must read every field."""
-    from graft.train.checkpoint import save_checkpoint
+    from graft.training.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path, {"model": {"w": torch.ones(2)}, "history": [{"epoch": 1}], "rng": torch.get_rng_state()})
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)

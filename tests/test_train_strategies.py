@@ -9,9 +9,9 @@ import torch
 import graft
 from graft.errors import GraftError
 from graft.models.factory import create_model
-from graft.train.config import make_config
-from graft.train.optim import group_factors, make_optimizer
-from graft.train.strategy import parameter_roles
+from graft.training.config import make_config
+from graft.training.optim import group_factors, make_optimizer
+from graft.training.strategy import parameter_roles
 
 TINY = dict(data="digits", model="resnet10t", input_mode="fold", size=16, batch_size=32, workers=0, lr=3e-3)
 
@@ -109,7 +109,7 @@ def test_a_non_finite_loss_stops_with_a_clear_error(tmp_path):
 
 
 def test_strategy_settings_are_checked():
-    from graft.train.strategy import check_strategy
+    from graft.training.strategy import check_strategy
 
     with pytest.raises(GraftError, match="no epoch to unfreeze"):
         check_strategy(make_config(strategy="freeze-unfreeze", epochs=1))
@@ -118,7 +118,7 @@ def test_strategy_settings_are_checked():
 
 
 def test_augmentation_is_per_image_and_keeps_uint8():
-    from graft.train.augment import make_augment
+    from graft.training.augment import make_augment
 
     augment = make_augment(make_config(augment="reference", rotate=15))
     images = torch.zeros(8, 1, 16, 16, dtype=torch.uint8)
@@ -131,8 +131,8 @@ def test_augmentation_is_per_image_and_keeps_uint8():
 
 def test_non_finite_bf16_gradients_fall_back_to_float32(tmp_path, monkeypatch):
     """A bfloat16 kernel returning non-finite gradients must not end (or poison) the run: it goes on in float32."""
-    from graft.train import runtime as runtime_module
-    from graft.train import steps
+    from graft.training import runtime as runtime_module
+    from graft.training import steps
 
     monkeypatch.setattr(runtime_module, "cpu_supports_bf16", lambda: True)
     calls = {"n": 0}

@@ -112,8 +112,8 @@ def test_fold_bundle_seeds_a_fold_model_and_nothing_else(tmp_path):
 
 
 def test_pretrained_and_weights_together_are_refused(tmp_path):
-    from graft.train.config import TrainConfig
-    from graft.train.start import weights_origin
+    from graft.training.config import TrainConfig
+    from graft.training.start import weights_origin
 
     with pytest.raises(GraftError, match="not both"):
         weights_origin(TrainConfig(pretrained="imagenet", weights=str(tmp_path / "w.safetensors")))

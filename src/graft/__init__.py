@@ -28,17 +28,31 @@ _EXPORTS = {
     "Bundle": "graft.bundle",
     "Prediction": "graft.bundle",
     "SurgeryResult": "graft.surgery",
-    "TrainConfig": "graft.train",
+    "TrainConfig": "graft.training",
     "evaluate": "graft.api",
     "export": "graft.exports",
     "import_keras": "graft.keras_import",
     "info": "graft.api",
     "load": "graft.api",
     "surgery": "graft.surgery",
-    "train": "graft.train",
+    "train": "graft.training",
 }
 
-__all__ = ["GraftError", "__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "Bundle",
+    "GraftError",
+    "Prediction",
+    "SurgeryResult",
+    "TrainConfig",
+    "__version__",
+    "evaluate",
+    "export",
+    "import_keras",
+    "info",
+    "load",
+    "surgery",
+    "train",
+]
 
 if TYPE_CHECKING:
     from graft.api import evaluate, info, load
@@ -46,7 +60,7 @@ if TYPE_CHECKING:
     from graft.exports import export
     from graft.keras_import import import_keras
     from graft.surgery import SurgeryResult, surgery
-    from graft.train import TrainConfig, train
+    from graft.training import TrainConfig, train
 
 
 def __getattr__(name: str):

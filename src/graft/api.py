@@ -14,7 +14,7 @@ from graft import bundle as _bundle_module
 from graft.bundle import Bundle
 from graft.data.sources import load_everything, load_splits
 from graft.errors import GraftError
-from graft.evaluate import EvalResult, class_map, evaluate_model, write_eval_outputs
+from graft.evaluation import EvalResult, class_map, evaluate_model, write_eval_outputs
 from graft.record import DEFAULT_VALID_FRACTION
 from graft.rounds.project import resolve_bundle
 

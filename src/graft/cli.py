@@ -151,7 +151,7 @@ def train(
       graft train --data mnist --model resnet18 --input-mode fold --size 32 --epochs 1
       graft train recipes/mnist-fold-32.toml --epochs 2
     """
-    from graft.train import train as run_training
+    from graft.training import train as run_training
 
     settings = {k: v for k, v in locals().items() if k not in ("recipe", "offline", "run_training", "resume")}
     if offline:
@@ -703,7 +703,7 @@ def rounds_init_command(
       graft rounds train proj && graft rounds status proj
     """
     from graft.rounds import init
-    from graft.train.config import recipe_settings
+    from graft.training.config import recipe_settings
 
     settings = recipe_settings(
         recipe,
@@ -743,7 +743,7 @@ def rounds_add_command(
 ) -> None:
     """Add a round; by default it trains on the union of all rounds so far, with the project's settings."""
     from graft.rounds import add
-    from graft.train.config import recipe_settings
+    from graft.training.config import recipe_settings
 
     own = recipe_settings(recipe, epochs=epochs, lr=lr, schedule=schedule, strategy=strategy, augment=augment)
     state = add(directory, name, data, replay=replay, naive=naive, settings=own)
@@ -775,7 +775,7 @@ def rounds_redo_command(
       graft rounds redo proj level-4 --replay 0.3 --epochs 3 && graft rounds train proj
     """
     from graft.rounds.project import redo
-    from graft.train.config import recipe_settings
+    from graft.training.config import recipe_settings
 
     if union + naive + (replay is not None) > 1:
         raise GraftError("--union, --replay and --naive exclude each other")

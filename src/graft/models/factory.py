@@ -3,7 +3,7 @@
 `build_model(architecture, spec)` rebuilds a recorded structure with fresh weights, ready for a saved state dict;
 backbone kinds (timm, and the imported Keras layer graphs that `graft.models.keras` registers) are looked up in a
 small registry. `create_model` makes a model for training from a state dict the caller has read (hub, file,
-bundle): where weights come from is decided above this layer (`graft.train.start.starting_point`).
+bundle): where weights come from is decided above this layer (`graft.training.start.starting_point`).
 """
 
 from __future__ import annotations

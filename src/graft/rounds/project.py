@@ -28,7 +28,7 @@ from graft.data.sources import check_source
 from graft.errors import GraftError
 from graft.io import atomic_write_json
 from graft.rounds.selection import Mode
-from graft.train.config import validate
+from graft.training.config import validate
 
 MANIFEST = "rounds.json"
 CURRENT = "current.json"

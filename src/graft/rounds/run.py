@@ -17,15 +17,15 @@ from graft.bundle import Bundle, load
 from graft.data.base import ImageSet
 from graft.data.sources import load_source
 from graft.errors import GraftError, Interrupted
-from graft.evaluate import evaluate_model
+from graft.evaluation import evaluate_model
 from graft.io import atomic_write_json
 from graft.progress import console as default_console
 from graft.rounds import gate, metrics, project, report, selection
-from graft.train.checkpoint import checkpoint_path
-from graft.train.distributed import World
-from graft.train.loop import RESUME_MAY_CHANGE
-from graft.train.loop import train as train_model
-from graft.train.runtime import resolve_device
+from graft.training.checkpoint import checkpoint_path
+from graft.training.distributed import World
+from graft.training.loop import RESUME_MAY_CHANGE
+from graft.training.loop import train as train_model
+from graft.training.runtime import resolve_device
 
 
 def _paths(directory: Path, entry: dict) -> tuple[Path, Path, Path]:

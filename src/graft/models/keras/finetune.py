@@ -1,6 +1,6 @@
 """Fine-tuning an imported Keras layer graph: the same graph with its final Dense resized to the new classes.
 
-`graft.train.start` hands bundles whose architecture is a layer graph to `create_graph_model`, with the record and
+`graft.training.start` hands bundles whose architecture is a layer graph to `create_graph_model`, with the record and
 weights it has read.
 Everything but the final Dense loads by name; the final Dense keeps its weights when the class count is unchanged
 and starts fresh otherwise. The graph keeps its own input channels and normalisation (input mode `replicate`).

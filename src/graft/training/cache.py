@@ -17,9 +17,9 @@ from graft.data.preprocess import to_model_input
 from graft.models.factory import GraftModel
 from graft.progress import batch_progress
 from graft.spec import InputSpec
-from graft.train.config import TrainConfig
-from graft.train.distributed import World
-from graft.train.runtime import Runtime
+from graft.training.config import TrainConfig
+from graft.training.distributed import World
+from graft.training.runtime import Runtime
 
 
 def can_cache(config: TrainConfig, model: GraftModel, world: World) -> bool:

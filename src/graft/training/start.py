@@ -27,7 +27,7 @@ from graft.record import META_FILE, Architecture, BundleRecord, ParentRecord
 from graft.record import read as read_record
 from graft.spec import InputSpec
 from graft.surgery.classes import change_classes
-from graft.train.config import ARCHITECTURE_DEFAULTS, TrainConfig
+from graft.training.config import ARCHITECTURE_DEFAULTS, TrainConfig
 
 OriginKind = Literal["fresh", "hub", "file", "continue", "transfer", "keras-graph"]
 

@@ -18,21 +18,21 @@ from graft.bundle import Bundle, check_replaceable
 from graft.data.base import ImageSet, Splits
 from graft.data.sources import load_splits, normalise_source, source_label
 from graft.errors import GraftError
-from graft.evaluate import EvalResult, evaluate_model, write_eval_outputs
+from graft.evaluation import EvalResult, evaluate_model, write_eval_outputs
 from graft.io import atomic_write_json
 from graft.models.factory import build_model, count_parameters
 from graft.models.weights import TransferReport
 from graft.progress import console as default_console
 from graft.record import META_FILE, Architecture, DataRecord, Provenance, TransferRecord
 from graft.spec import InputSpec
-from graft.train import distributed
-from graft.train.checkpoint import checkpoint_path, load_checkpoint, remove_checkpoint
-from graft.train.config import TrainConfig, make_config, validate
-from graft.train.distributed import World, world_from_env
-from graft.train.runtime import Runtime, resolve_runtime
-from graft.train.session import EpochCallback, Session, start_session
-from graft.train.start import Origin, starting_model, weights_origin
-from graft.train.strategy import check_strategy
+from graft.training import distributed
+from graft.training.checkpoint import checkpoint_path, load_checkpoint, remove_checkpoint
+from graft.training.config import TrainConfig, make_config, validate
+from graft.training.distributed import World, world_from_env
+from graft.training.runtime import Runtime, resolve_runtime
+from graft.training.session import EpochCallback, Session, start_session
+from graft.training.start import Origin, starting_model, weights_origin
+from graft.training.strategy import check_strategy
 
 
 @dataclass

@@ -9,8 +9,8 @@ import torch
 from timm.optim import create_optimizer_v2
 
 from graft.models.factory import GraftModel
-from graft.train.config import TrainConfig
-from graft.train.strategy import backbone_lr_ratio, parameter_roles, trainable_names
+from graft.training.config import TrainConfig
+from graft.training.strategy import backbone_lr_ratio, parameter_roles, trainable_names
 
 
 def _no_decay(name: str, param: torch.Tensor, exempt: set[str]) -> bool:

@@ -1,7 +1,7 @@
 """One training run's moving parts and what happens to them each epoch.
 
 A `Session` holds the model, optimizer, schedule, EMA, history and best epoch of a run, and does the steps that
-change them: restore from a checkpoint, train and validate one epoch, write a checkpoint. `graft.train.loop`
+change them: restore from a checkpoint, train and validate one epoch, write a checkpoint. `graft.training.loop`
 sets a session up, runs its epochs and turns it into a bundle; every piece of state a checkpoint must carry
 lives here, in one place, so `save` and `restore` stay each other's mirror.
 """
@@ -25,20 +25,20 @@ from torch import nn
 from graft.data.base import ImageSet, Splits
 from graft.data.loader import count_batches
 from graft.errors import Interrupted
-from graft.evaluate import EvalResult, evaluate_model
+from graft.evaluation import EvalResult, evaluate_model
 from graft.models.weights import TransferReport
 from graft.record import Architecture
 from graft.spec import InputSpec
-from graft.train import distributed
-from graft.train.augment import make_augment
-from graft.train.cache import cache_features, can_cache, head_on_features
-from graft.train.checkpoint import save_checkpoint
-from graft.train.config import TrainConfig
-from graft.train.distributed import World
-from graft.train.optim import make_optimizer, make_schedule
-from graft.train.runtime import Runtime, wrap_for_training
-from graft.train.signals import StopSignals
-from graft.train.steps import (
+from graft.training import distributed
+from graft.training.augment import make_augment
+from graft.training.cache import cache_features, can_cache, head_on_features
+from graft.training.checkpoint import save_checkpoint
+from graft.training.config import TrainConfig
+from graft.training.distributed import World
+from graft.training.optim import make_optimizer, make_schedule
+from graft.training.runtime import Runtime, wrap_for_training
+from graft.training.signals import StopSignals
+from graft.training.steps import (
     EpochProgress,
     StepContext,
     drop_last,
@@ -48,7 +48,7 @@ from graft.train.steps import (
     image_batches,
     run_epoch,
 )
-from graft.train.strategy import backbone_frozen, backbone_lr_ratio, set_phase
+from graft.training.strategy import backbone_frozen, backbone_lr_ratio, set_phase
 
 EpochCallback = Callable[[dict, nn.Module, InputSpec], None]
 

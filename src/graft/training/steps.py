@@ -20,10 +20,10 @@ from graft.data.preprocess import to_model_input
 from graft.errors import GraftError
 from graft.progress import batch_progress
 from graft.spec import InputSpec
-from graft.train.augment import Augment
-from graft.train.config import TrainConfig
-from graft.train.distributed import World, reduce_sums
-from graft.train.runtime import Runtime
+from graft.training.augment import Augment
+from graft.training.config import TrainConfig
+from graft.training.distributed import World, reduce_sums
+from graft.training.runtime import Runtime
 
 LOG_EVERY_S = 30.0  # progress line interval when stderr is not a terminal (CI, nohup, pipes)
 

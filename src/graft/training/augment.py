@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torchvision.transforms import v2
 
-from graft.train.config import TrainConfig
+from graft.training.config import TrainConfig
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
 

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from graft.errors import GraftError
-from graft.train.config import TrainConfig
-from graft.train.distributed import World
+from graft.training.config import TrainConfig
+from graft.training.distributed import World
 
 
 @dataclass(frozen=True)

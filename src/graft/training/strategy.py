@@ -12,7 +12,7 @@ from torch import nn
 
 from graft.errors import GraftError
 from graft.models.factory import GraftModel
-from graft.train.config import TrainConfig
+from graft.training.config import TrainConfig
 
 
 def head_modules(model: GraftModel) -> list[nn.Module]:
