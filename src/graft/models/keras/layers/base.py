@@ -18,28 +18,7 @@ from torch import nn
 
 from graft.errors import GraftError
 
-ACTIVATIONS = (
-    "linear",
-    "relu",
-    "relu6",
-    "sigmoid",
-    "tanh",
-    "softmax",
-    "log_softmax",
-    "elu",
-    "selu",
-    "softplus",
-    "softsign",
-    "swish",
-    "silu",
-    "gelu",
-    "exponential",
-    "hard_sigmoid",
-    "hard_silu",
-    "hard_swish",
-    "leaky_relu",
-    "mish",
-)
+# ACTIVATIONS (the names graft accepts) is the key set of `_ACTIVATION_FUNCTIONS`, defined after `channel_axis`.
 
 Weights = dict[str, np.ndarray]  # one layer's arrays under their Keras names
 Converted = tuple[dict, dict[str, torch.Tensor]]  # (settings for the description, parameters in PyTorch layout)
@@ -132,40 +111,40 @@ def channel_axis(axis: int, rank: int) -> int:
     return {0: 0, 1: 2, 2: 3, 3: 1}[axis] if rank == 4 else axis
 
 
+def _softmax(fn):
+    return lambda x, major: fn(x, dim=channel_axis(-1, x.ndim))
+
+
+# Keras activation name → f(x, keras major version): one table, so the accepted names and their maths cannot drift.
+_ACTIVATION_FUNCTIONS = {
+    "linear": lambda x, major: x,
+    "relu": lambda x, major: F.relu(x),
+    "relu6": lambda x, major: F.relu6(x),
+    "sigmoid": lambda x, major: torch.sigmoid(x),
+    "tanh": lambda x, major: torch.tanh(x),
+    "softmax": _softmax(torch.softmax),
+    "log_softmax": _softmax(torch.log_softmax),
+    "elu": lambda x, major: F.elu(x),
+    "selu": lambda x, major: F.selu(x),
+    "softplus": lambda x, major: F.softplus(x),
+    "softsign": lambda x, major: F.softsign(x),
+    "swish": lambda x, major: F.silu(x),
+    "silu": lambda x, major: F.silu(x),
+    # Keras 3 defaults to the tanh approximation, Keras 2 to the exact form
+    "gelu": lambda x, major: F.gelu(x, approximate="tanh" if major >= 3 else "none"),
+    "exponential": lambda x, major: torch.exp(x),
+    # Keras 3: relu6(x + 3) / 6; Keras 2: clip(0.2x + 0.5, 0, 1)
+    "hard_sigmoid": lambda x, major: F.relu6(x + 3.0) / 6.0 if major >= 3 else torch.clamp(0.2 * x + 0.5, 0.0, 1.0),
+    "hard_silu": lambda x, major: x * F.relu6(x + 3.0) / 6.0,
+    "hard_swish": lambda x, major: x * F.relu6(x + 3.0) / 6.0,
+    "leaky_relu": lambda x, major: F.leaky_relu(x, 0.2),
+    "mish": lambda x, major: F.mish(x),
+}
+ACTIVATIONS: tuple[str, ...] = tuple(_ACTIVATION_FUNCTIONS)
+
+
 def activation(name: str, x: torch.Tensor, major: int = 3) -> torch.Tensor:
-    if name == "linear":
-        return x
-    if name == "relu":
-        return F.relu(x)
-    if name == "relu6":
-        return F.relu6(x)
-    if name == "sigmoid":
-        return torch.sigmoid(x)
-    if name == "tanh":
-        return torch.tanh(x)
-    if name in ("softmax", "log_softmax"):
-        fn = torch.softmax if name == "softmax" else torch.log_softmax
-        return fn(x, dim=channel_axis(-1, x.ndim))
-    if name == "elu":
-        return F.elu(x)
-    if name == "selu":
-        return F.selu(x)
-    if name == "softplus":
-        return F.softplus(x)
-    if name == "softsign":
-        return F.softsign(x)
-    if name in ("swish", "silu"):
-        return F.silu(x)
-    if name == "gelu":  # Keras 3 defaults to the tanh approximation, Keras 2 to the exact form
-        return F.gelu(x, approximate="tanh" if major >= 3 else "none")
-    if name == "exponential":
-        return torch.exp(x)
-    if name == "hard_sigmoid":  # Keras 3: relu6(x + 3) / 6; Keras 2: clip(0.2x + 0.5, 0, 1)
-        return F.relu6(x + 3.0) / 6.0 if major >= 3 else torch.clamp(0.2 * x + 0.5, 0.0, 1.0)
-    if name in ("hard_silu", "hard_swish"):
-        return x * F.relu6(x + 3.0) / 6.0
-    if name == "leaky_relu":
-        return F.leaky_relu(x, 0.2)
-    if name == "mish":
-        return F.mish(x)
-    raise GraftError(f"unknown activation {name!r}")
+    function = _ACTIVATION_FUNCTIONS.get(name)
+    if function is None:
+        raise GraftError(f"unknown activation {name!r}")
+    return function(x, major)
