@@ -1,4 +1,4 @@
-"""Limits and refusals: upload size, admission (bounded queue), bearer token, and the JSON error they all give.
+"""Limits and refusals: upload size, admission (bounded queue), the loopback rule, and the JSON error they all give.
 
 Every refusal is a `Problem`: an HTTP status, a short machine-readable code and one human line, sent as
 `{"detail": ..., "code": ...}`. Client mistakes are 4xx, overload 503 with Retry-After, never a 500.
@@ -7,7 +7,6 @@ Every refusal is a `Problem`: an HTTP status, a short machine-readable code and 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import ipaddress
 from collections.abc import Iterator
 
@@ -102,20 +101,6 @@ class Admission:
             yield
         finally:
             self.active -= 1
-
-
-def check_token(authorization: str | None, token: str | None) -> None:
-    """Nothing when no token is set or `Authorization: Bearer <token>` matches (in constant time); else 401."""
-    if token is None:
-        return
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise Problem(401, "unauthorized", "this server needs a token: Authorization: Bearer TOKEN", _CHALLENGE)
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise Problem(401, "unauthorized", "wrong token", _CHALLENGE)
-
-
-_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 def is_loopback(host: str | None) -> bool:
