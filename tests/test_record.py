@@ -157,3 +157,10 @@ def test_imagenet_constants_match_timms():
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     assert IMAGENET_MEAN == IMAGENET_DEFAULT_MEAN and IMAGENET_STD == IMAGENET_DEFAULT_STD
+
+
+def test_graft_schema_prints_the_schema(capsys):
+    from cli_helpers import run_cli
+
+    code, out, _ = run_cli(["schema"], capsys)
+    assert code == 0 and json.loads(out) == record.json_schema()

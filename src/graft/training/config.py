@@ -6,6 +6,7 @@ Precedence: built-in defaults < recipe file < flags. Unknown keys and wrong type
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,77 +17,89 @@ from graft.spec import InputMode
 
 
 class TrainConfig(BaseModel):
-    """Everything `graft train` needs; every field can come from a recipe or a flag of the same name."""
+    """Everything `graft train` needs; every field can come from a recipe or a flag of the same name.
+
+    Each description is the flag's help text (graft.cli.options builds `graft train`'s options from these fields,
+    with `FLAGS` below); the default the help shows is the field's own, so neither is typed twice.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
-    data: str = Field("digits", description="data source: mnist, fashion-mnist, kmnist, digits or folder:PATH")
-    data_root: str | None = Field(None, description="where data sets are looked for (default $GRAFT_DATA or cache)")
-    download: bool = Field(True, description="download missing MNIST-style files")
-    model: str | None = Field(None, description="any timm model name (default resnet18, or the --weights bundle's)")
+    data: str = Field("digits", description="Data source: mnist, fashion-mnist, kmnist, digits or folder:PATH.")
+    data_root: str | None = Field(None, description="Where data sets are looked for.")
+    download: bool = Field(True, description="Download missing MNIST-style files (the --offline flag turns it off).")
+    model: str | None = Field(None, description="Any timm model name.")
     model_kwargs: dict[str, Any] | None = Field(
-        None, description="timm kwargs for the model (default: the --weights bundle's when it is that model)"
+        None, description="timm kwargs for the model (default: the --weights bundle's when it is that model)."
     )
-    pretrained: Literal["imagenet"] | None = Field(None, description="'imagenet' fetches timm hub weights")
+    pretrained: Literal["imagenet"] | None = Field(
+        None, description="'imagenet': fetch timm hub weights (needs internet)."
+    )
     weights: str | None = Field(
-        None, description="local weights: safetensors, a state dict, or a bundle to continue training from"
+        None, description="Local weights: .safetensors, a PyTorch state dict, or a bundle to continue training from."
     )
     # None = the default below, or what the --weights bundle was built with.
-    input_mode: InputMode | None = Field(None, description="replicate, stem or fold (default replicate)")
-    head: Literal["pool", "flatten"] | None = Field(None, description="pool or flatten (default pool)")
-    size: int | None = Field(None, ge=8, le=1024, description="square input size in pixels (default 32)")
-    resize: Literal["stretch", "crop"] | None = Field(None, description="stretch or crop (default stretch)")
+    input_mode: InputMode | None = Field(
+        None, description="How gray data meets an RGB network: replicate, stem or fold."
+    )
+    head: Literal["pool", "flatten"] | None = Field(
+        None, description="pool (global pooling) or flatten (as the Keras reference)."
+    )
+    size: int | None = Field(None, ge=8, le=1024, description="Square input size in pixels.")
+    resize: Literal["stretch", "crop"] | None = Field(None, description="stretch to the square, or crop the centre.")
     strategy: Literal["finetune", "transfer", "freeze-unfreeze"] = Field(
         "finetune",
-        description="finetune: all layers train; transfer: frozen backbone (BatchNorm in inference mode), only the "
-        "head (and a stem) trains; freeze-unfreeze: head first for --head-epochs, then all layers",
+        description="finetune (all layers train), transfer (frozen backbone with BatchNorm in inference mode: only the "
+        "head and a stem train) or freeze-unfreeze (the head for --head-epochs, then all layers).",
     )
-    head_epochs: int = Field(1, ge=1, description="freeze-unfreeze: epochs with the backbone frozen")
-    backbone_lr_ratio: float | None = Field(
-        None, gt=0, le=1, description="backbone LR = lr × this (default 0.1 under freeze-unfreeze, else 1)"
+    head_epochs: int = Field(1, ge=1, description="freeze-unfreeze: epochs with the backbone frozen.")
+    backbone_lr_ratio: float | None = Field(None, gt=0, le=1, description="Backbone LR = lr × this.")
+    epochs: int = Field(5, ge=1, description="Passes over the training data.")
+    batch_size: int = Field(
+        64, ge=2, description="Images per step; at least 2, as BatchNorm needs two images to normalise."
     )
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(64, ge=2, description="at least 2: BatchNorm needs two images to normalise")
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = Field(4e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov when > 0)")
-    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    warmup_epochs: float = Field(0.3, ge=0, le=1000)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="adamw, adam or sgd (with --momentum).")
+    lr: float = Field(4e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.05, ge=0, description="Weight decay (biases and norm layers get none).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum, Nesterov when > 0.")
+    schedule: Literal["onecycle", "cosine", "constant"] = Field(
+        "onecycle", description="onecycle, cosine or constant (after warmup)."
+    )
+    warmup_epochs: float = Field(0.3, ge=0, le=1000, description="Epochs of learning-rate warmup (a fraction is fine).")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
     augment: Literal["none", "reference"] = Field(
-        "none", description="reference: random rotation, zoom and shift per image (as the Keras reference)"
+        "none", description="none, or reference: random rotation, zoom and shift per image, as in the Keras reference."
     )
-    rotate: float = Field(12.0, ge=0, le=180, description="augmentation: largest rotation in degrees")
-    zoom: float = Field(0.1, ge=0, lt=1, description="augmentation: scale drawn from [1 - zoom, 1 + zoom]")
-    shift: float = Field(0.1, ge=0, lt=1, description="augmentation: largest shift, as a fraction of the size")
+    rotate: float = Field(12.0, ge=0, le=180, description="Augmentation: largest rotation in degrees.")
+    zoom: float = Field(0.1, ge=0, lt=1, description="Augmentation: scale drawn from [1-zoom, 1+zoom].")
+    shift: float = Field(0.1, ge=0, lt=1, description="Augmentation: largest shift, as a fraction of the size.")
     ema: float | None = Field(
-        None, gt=0, lt=1, description="keep an exponential moving average of the weights with this decay"
+        None, gt=0, lt=1, description="Keep an EMA (moving average) of the weights with this decay (e.g. 0.999)."
     )
     patience: int | None = Field(
-        None, ge=1, description="early stopping: stop after this many epochs without a better valid accuracy"
+        None, ge=1, description="Early stopping: stop after this many epochs without a better valid accuracy."
     )
     keep: Literal["last", "best"] | None = Field(
-        None, description="weights the bundle gets: last epoch, or best valid accuracy (default best with patience)"
+        None, description="Bundle weights: last (the final epoch's) or best (valid accuracy)."
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bfloat16 autocast where the processor supports it, else float32"
+        "auto", description="auto (bf16 autocast where the processor supports it, else fp32), fp32 or bf16."
     )
     # Off by default: measured by bench/train_speed.py, it helps some models and not others (docs/training.md).
-    channels_last: bool = Field(False, description="channels-last memory layout")
-    compile: bool = Field(False, description="torch.compile the model (measure first: it does not always win)")
+    channels_last: bool = Field(False, description="Channels-last memory layout.")
+    compile: bool = Field(False, description="torch.compile the model (measure first: it does not always win).")
     feature_cache: bool = Field(
-        True, description="transfer without augmentation: compute backbone features once, train the head on them"
+        True, description="transfer without augmentation: compute backbone features once, train the head on them."
     )
-    device: str | None = Field(None, description="cpu, cuda or cuda:N (default: cuda when available)")
-    valid_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = Field(0, ge=0, lt=2**32)
-    threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
-    workers: int = Field(2, ge=0, description="decoding processes for folder data")
-    max_train: int | None = Field(None, ge=1, description="use only this many training images (quick trials)")
-    output: str | None = Field(None, description="bundle directory (default: RUN_DIR/bundle)")
-    run_dir: str | None = Field(None, description="run directory (default: runs/<data>-<model>-<mode>-<time>)")
-    force: bool = Field(False, description="replace an existing output bundle")
+    device: str | None = Field(None, description="cpu, cuda or cuda:N.")
+    valid_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the training data held out for validation.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seeds the split, initialisation and batch order.")
+    threads: int | None = Field(None, ge=1, description="CPU threads.")
+    workers: int = Field(2, ge=0, description="Decoding processes for folder data.")
+    max_train: int | None = Field(None, ge=1, description="Use only this many training images (quick trials).")
+    output: str | None = Field(None, description="Bundle directory.")
+    run_dir: str | None = Field(None, description="Run directory for metrics, curves and report.")
+    force: bool = Field(False, description="Replace an existing output bundle and run directory.")
 
     @field_validator("model")
     @classmethod
@@ -103,6 +116,38 @@ ARCHITECTURE_DEFAULTS = {
     "size": 32,
     "resize": "stretch",
 }
+
+
+@dataclass(frozen=True)
+class Flag:
+    """What a field's command-line flag needs beyond its name (`input_mode` → --input-mode), type and description."""
+
+    short: str | None = None  # e.g. "-m"
+    # The default the help shows where the field's None means "decided later"; "{default}" is replaced by the
+    # field's default, or by ARCHITECTURE_DEFAULTS' for the architecture fields.
+    default: str | None = None
+    negatable: bool = False  # a switch that also has --no-NAME (to turn off what a recipe turned on)
+
+
+# How the fields appear as flags (graft.cli.options builds them): a field not named here is --NAME with its default.
+FLAGS: dict[str, Flag] = {
+    "data": Flag(short="-d"),
+    "data_root": Flag(default="$GRAFT_DATA or the user cache"),
+    "model": Flag(short="-m", default="{default}, or the --weights bundle's model"),
+    "size": Flag(short="-s"),
+    "backbone_lr_ratio": Flag(default="0.1 under freeze-unfreeze, else 1"),
+    "epochs": Flag(short="-e"),
+    "batch_size": Flag(short="-b"),
+    "keep": Flag(default="best with --patience, else last"),
+    "channels_last": Flag(negatable=True),
+    "feature_cache": Flag(negatable=True),
+    "device": Flag(default="cuda when available"),
+    "threads": Flag(default="all cores"),
+    "output": Flag(short="-o", default="RUN_DIR/bundle"),
+    "run_dir": Flag(default="runs/<data>-<model>-<mode>-<time>"),
+}
+# Fields that are not flags: --offline sets `download`; `model_kwargs` comes from a recipe or the --weights bundle.
+NOT_FLAGS = frozenset({"download", "model_kwargs"})
 
 
 def _first_error(error: ValidationError, origin: str) -> GraftError:

@@ -1,0 +1,196 @@
+"""`graft eval`, `graft predict`, `graft info` and `graft schema`: the commands that read a bundle (and never change
+it), and the schema of what they read.
+
+Each takes a bundle directory or a rounds project, whose promoted bundle is meant (`_bundle_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from graft.cli.common import _bundle_dir, _pct
+from graft.errors import GraftError
+from graft.progress import console
+
+if TYPE_CHECKING:
+    from graft.bundle import Bundle
+
+
+def eval_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory, or a rounds project (its promoted bundle).")],
+    data: Annotated[
+        str | None,
+        typer.Option("--data", "-d", help="Data source. [default: the one the bundle was trained on]"),
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="test, valid, train, or all (every labelled image: for new data such as a folder).")
+    ] = "test",
+    data_root: Annotated[str | None, typer.Option(help="Where data sets are looked for.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Directory for eval.json, confusion.png, misclassified.png.\n[default: runs/eval-BUNDLE-DATA-SPLIT]",
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 256,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download data.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+) -> None:
+    """Loss, accuracy, per-class precision/recall, confusion matrix and misclassified examples."""
+    from graft.api import evaluate
+    from graft.bundle import load
+    from graft.data.sources import source_label
+
+    if split not in ("test", "valid", "train", "all"):
+        raise GraftError(f"unknown split {split!r}; choose test, valid, train or all")
+    bundle = _bundle_dir(bundle)
+    loaded = load(bundle)
+    recorded = loaded.provenance.data
+    source = data or (recorded.source if recorded is not None else None) or "data"
+    name = source_label(source)
+    # Bundles written by `graft train` are RUN_DIR/bundle: name the output after the run, not "bundle".
+    resolved = bundle.resolve()
+    label = resolved.parent.name if resolved.name == "bundle" else resolved.name
+    out_dir = output or Path("runs") / f"eval-{label}-{name}-{split}"
+    result = evaluate(
+        loaded,
+        data,
+        split=split,  # type: ignore[arg-type]
+        data_root=data_root,
+        output=out_dir,
+        batch_size=batch_size,
+        download=not offline,
+        console=console(),
+    )
+    if as_json:
+        print(json.dumps({**result.to_dict(), "output": str(out_dir)}, indent=2))
+        return
+    table = Table(title=f"{bundle} on {source} ({split}): accuracy {result.accuracy:.2%}, loss {result.loss:.4f}")
+    for column in ("class", "precision", "recall", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in result.per_class():
+        table.add_row(row["class"], _pct(row["precision"]), _pct(row["recall"]), str(row["support"]))
+    console().print(table)
+    console().print(f"wrote {out_dir}/eval.json, confusion.png, misclassified.png")
+
+
+def predict_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory, or a rounds project (its promoted bundle).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, WebP, BMP).")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Top-k classes with probabilities, preprocessed exactly as in training (from the bundle's spec)."""
+    from graft.bundle import load
+
+    predictions = load(_bundle_dir(bundle)).predict(images, top_k=top_k)  # every file is checked before any output
+    if as_json:
+        print(
+            json.dumps(
+                [{"image": str(p), **pred.to_dict()} for p, pred in zip(images, predictions, strict=True)],
+                indent=2,
+            )
+        )
+        return
+    for path, pred in zip(images, predictions, strict=True):
+        ranked = ", ".join(f"{c} ({p:.1%})" for c, p in zip(pred.classes, pred.probabilities, strict=True))
+        print(f"{path}: {ranked}")
+
+
+def info_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory, or a rounds project (its promoted bundle).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+    layers: Annotated[
+        bool, typer.Option("--layers", help="List the model's layers with their output shapes (for surgery).")
+    ] = False,
+) -> None:
+    """Architecture, parameters, input spec, classes, metrics and surgery history of a bundle."""
+    from graft.api import info as bundle_info
+
+    bundle = _bundle_dir(bundle)
+    if layers:
+        from graft.api import layer_table
+
+        for name, kind, shape in layer_table(bundle):
+            print(f"{name:<40} {kind:<24} {shape}")
+        return
+    from graft.bundle import load
+
+    loaded = load(bundle)
+    meta = bundle_info(loaded)
+    if as_json:
+        print(json.dumps(meta, indent=2, default=str))
+        return
+    print("\n".join(_describe(loaded, meta.get("export_status", ""))))
+
+
+def _describe(bundle: Bundle, export_status: str) -> list[str]:
+    """`graft info` as aligned lines: what the model is, what it eats, what it knows, how it was made."""
+    from graft.models.factory import count_parameters
+    from graft.record import export_record
+
+    arch, spec, provenance = bundle.architecture, bundle.spec, bundle.provenance
+    classes = bundle.classes
+    shown = ", ".join(classes[:20]) + (" …" if len(classes) > 20 else "")
+    lines = [
+        f"bundle      {bundle.path}",
+        f"model       {arch.timm_name} {arch.timm_kwargs or ''} head={arch.head}  "
+        f"{count_parameters(bundle.model) / 1e6:.2f} M parameters",
+        f"input       {spec.size[0]}×{spec.size[1]}×{spec.channels}  mode={spec.mode}  resize={spec.resize} "
+        f"({spec.interpolation})  mean={list(spec.mean)} std={list(spec.std)}",
+        f"classes     {len(classes)}: {shown}",
+    ]
+    if bundle.metrics:
+        lines.append("metrics     " + "  ".join(f"{k}={_fmt(v)}" for k, v in bundle.metrics.items()))
+    if (d := provenance.data) is not None:
+        lines.append(
+            f"trained on  {d.source}: {d.train} train / {d.valid} valid, "
+            f"seed {provenance.seed}, {provenance.epochs} epochs"
+        )
+    if (k := provenance.keras) is not None:
+        lines.append(
+            f"imported    {k.source} ({k.file_kind}, Keras {k.keras_version or '?'}): "
+            f"{k.application or 'layer graph'}, preprocessing {k.preprocess}"
+        )
+    if (t := provenance.transfer) is not None:
+        counts = [len(t.loaded), len(t.adapted), len(t.skipped), len(t.initialised)]
+        lines.append("weights     {}: {} loaded, {} adapted, {} skipped, {} new".format(t.source, *counts))
+    surgery = list(provenance.surgery)
+    if (parent := provenance.continued_from) is not None:
+        lines.append(f"continued   from {parent.bundle}")
+        surgery = [*parent.surgery, *surgery]
+    if "onnx" in bundle.exports:
+        export, problem = export_record(bundle.exports, "onnx")
+        if export is None:
+            lines.append(f"export      {problem}")
+        else:
+            lines.append(
+                f"export      {export.file} opset {export.opset} (onnxruntime {export.onnxruntime_version}, "
+                f"{export.created}): max |Δ logit| {export.max_abs_logit_delta:.2e} vs PyTorch; {export_status}"
+            )
+    for entry in surgery:
+        lines.append(f"surgery     {entry.at} from {entry.parent}: {entry.verdict}")
+        for step in [*entry.steps, *([entry.overall] if entry.overall else [])]:
+            lines.append(
+                f"              {step['verdict']:<11} {step['operation']}  max |Δlogit| "
+                f"{step['max_abs_logit_delta']:.2e}, top-1 agreement {step['top1_agreement']:.2%}"
+            )
+    return lines
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def schema_command() -> None:
+    """The JSON Schema of graft.json (the bundle record), for tools that read bundles (docs/bundle.schema.json)."""
+    from graft.record import json_schema
+
+    print(json.dumps(json_schema(), indent=2))

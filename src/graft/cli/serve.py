@@ -1,0 +1,115 @@
+"""`graft export` and `graft serve`: a bundle to ONNX (checked against PyTorch), and a bundle over HTTP."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from graft.cli.common import _bundle_dir
+from graft.errors import GraftError
+from graft.progress import console
+
+
+def export_command(
+    bundle: Annotated[
+        Path, typer.Argument(help="Bundle directory (or a rounds project: its promoted bundle); model.onnx goes in it.")
+    ],
+    format: Annotated[str, typer.Option("--format", "-f", help="Export format: onnx.")] = "onnx",
+    opset: Annotated[int | None, typer.Option(min=7, help="ONNX opset. [default: the exporter's]")] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="Largest |Δ logit| against PyTorch for the export to be used by graft serve.")
+    ] = 1e-4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the export record as JSON on stdout.")] = False,
+) -> None:
+    """Export the model to ONNX inside the bundle, checked against PyTorch; graft serve then uses ONNX Runtime.
+
+    \b
+    Examples:
+      graft export runs/x/bundle --format onnx
+    """
+    from graft.exports import export
+
+    bundle = _bundle_dir(bundle)
+    console().print(f"exporting {bundle} to {format} and checking it against PyTorch…", markup=False)
+    record = export(bundle, format, opset=opset, tolerance=tolerance)
+    if as_json:
+        print(json.dumps(record.to_dict(), indent=2))
+    verdict = "passed" if record.passed else "FAILED"
+    print(
+        f"wrote {bundle / record.file} (opset {record.opset}, onnxruntime {record.onnxruntime_version}): "
+        f"max |Δ logit| vs PyTorch {record.max_abs_logit_delta:.2e}, parity {verdict} (≤ {record.tolerance:g})",
+        file=sys.stderr if as_json else sys.stdout,
+    )
+    if not record.passed:
+        raise GraftError(
+            f"the ONNX export differs from PyTorch by {record.max_abs_logit_delta:.2e} > {record.tolerance:g}; "
+            "graft serve will keep using PyTorch for this bundle"
+        )
+
+
+def serve_command(
+    bundle: Annotated[
+        Path, typer.Argument(help="Bundle directory to serve, or a rounds project (its promoted bundle, followed).")
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 exposes it to your network (then use --token).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    engine: Annotated[
+        str, typer.Option(help="auto (ONNX Runtime when a checked export exists, else PyTorch), onnx or torch.")
+    ] = "auto",
+    max_batch: Annotated[int, typer.Option(min=1, help="Images per forward pass; 1 turns batching off.")] = 16,
+    max_delay_ms: Annotated[
+        float, typer.Option(min=0, help="How long the first request of a batch waits for others (ms).")
+    ] = 5.0,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="GRAFT_TOKEN", help="Require 'Authorization: Bearer TOKEN' for predict, model, reload."),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted (413 above).")] = 20.0,
+    max_pixels: Annotated[
+        int, typer.Option(help="Largest image in pixels, checked before decoding (413 above).")
+    ] = 50_000_000,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="Predict requests held at once; more get 503 with Retry-After.")
+    ] = 64,
+    timeout: Annotated[float, typer.Option(help="Seconds a predict request may take (504 after).")] = 30.0,
+    threads: Annotated[int | None, typer.Option(min=1, help="Threads for the model. [default: all cores]")] = None,
+    decode_threads: Annotated[int, typer.Option(min=1, help="Threads decoding uploads.")] = 2,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    watch: Annotated[
+        float,
+        typer.Option(min=0, help="For a rounds project: seconds between checks for a newly promoted round (0: off)."),
+    ] = 2.0,
+) -> None:
+    """Serve a bundle over HTTP: a phone page at /, the API at /v1/predict, docs at /docs.
+
+    \b
+    Examples:
+      graft serve runs/x/bundle
+      graft serve runs/x/bundle --host 0.0.0.0 --token SECRET   # reachable from a phone on your Wi-Fi
+      graft serve proj          # a rounds project: serves its current round, switches when a new one is promoted
+    \b
+    POST /v1/reload or SIGHUP loads the bundle again (e.g. after a new round) without dropping requests.
+    """
+    from graft.serve.run import serve
+    from graft.serve.settings import ServeSettings
+
+    settings = ServeSettings(
+        engine=engine,  # type: ignore[arg-type]
+        max_batch=max_batch,
+        max_delay_ms=max_delay_ms,
+        max_queue=max_queue,
+        max_upload_mb=max_upload_mb,
+        max_pixels=max_pixels,
+        timeout_s=timeout,
+        token=token,
+        threads=threads,
+        decode_threads=decode_threads,
+        watch_s=watch,
+    )
+    serve(bundle, host=host, port=port, settings=settings, access_log=access_log)

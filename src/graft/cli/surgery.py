@@ -1,0 +1,104 @@
+"""`graft surgery`: change a trained model's shape or classes, certified; the flags map onto `graft.surgery`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from graft.errors import GraftError
+from graft.progress import console
+
+
+def _names(value: str | None) -> list[str] | None:
+    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _widths(values: list[str] | None) -> dict[str, int] | None:
+    widths = {}
+    for value in values or []:
+        layer, _, width = value.rpartition("=")
+        if not layer or not width.isdigit():
+            raise GraftError(f"--widen takes LAYER=WIDTH, e.g. layer1.0.conv1=96 (got {value!r})")
+        widths[layer] = int(width)
+    return widths or None
+
+
+def surgery_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle to change (it is never modified).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the new bundle goes.")],
+    channels: Annotated[
+        int | None, typer.Option(help="New input channel count: 3 takes colour (exactly the old model on gray).")
+    ] = None,
+    size: Annotated[int | None, typer.Option("--size", "-s", help="New square input size in pixels.")] = None,
+    insert_after: Annotated[
+        list[str] | None,
+        typer.Option(help="Insert an identity-initialised block after this stage (repeatable), e.g. layer2."),
+    ] = None,
+    block: Annotated[
+        str, typer.Option(help="relu (Conv+BN+ReLU, exact after a ReLU) or residual (x+BN(Conv x), exact anywhere).")
+    ] = "relu",
+    widen: Annotated[
+        list[str] | None, typer.Option(help="LAYER=WIDTH: more output channels for a conv (repeatable).")
+    ] = None,
+    classes: Annotated[str | None, typer.Option(help="The full new class list, comma-separated.")] = None,
+    add_classes: Annotated[str | None, typer.Option(help="Classes to add, comma-separated.")] = None,
+    drop_classes: Annotated[str | None, typer.Option(help="Classes to remove, comma-separated.")] = None,
+    imprint: Annotated[
+        str | None, typer.Option(help="Data source with examples of the new classes, to imprint their weights.")
+    ] = None,
+    architecture: Annotated[
+        str | None, typer.Option(help="Move the weights into another timm architecture, by name and shape.")
+    ] = None,
+    recalibrate: Annotated[
+        str | None, typer.Option(help="Data source whose images re-estimate BatchNorm statistics (labels unused).")
+    ] = None,
+    probe: Annotated[
+        str | None, typer.Option(help="Data source for the certificate's probe images. [default: synthetic]")
+    ] = None,
+    probe_count: Annotated[int, typer.Option(min=1, help="How many probe images.")] = 64,
+    require: Annotated[
+        str | None, typer.Option(help="exact or approximate: write nothing unless every step reaches it.")
+    ] = None,
+    data_root: Annotated[str | None, typer.Option(help="Where data sets are looked for.")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download data.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output bundle.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the certificates as JSON on stdout.")] = False,
+) -> None:
+    """Change a trained model's channels, size, depth, width or classes, and certify what changed.
+
+    \b
+    Examples:
+      graft surgery runs/x/bundle -o rgb128 --channels 3 --size 128 --insert-after layer2
+      graft surgery runs/x/bundle -o more --add-classes 8,9 --imprint digits --probe digits
+    """
+    from graft.surgery import surgery as run_surgery
+
+    result = run_surgery(
+        bundle,
+        output,
+        architecture=architecture,
+        channels=channels,
+        size=size,
+        insert_after=insert_after,
+        block=block,
+        widen=_widths(widen),
+        classes=_names(classes),
+        add_classes=_names(add_classes),
+        drop_classes=_names(drop_classes),
+        imprint=imprint,
+        recalibrate=recalibrate,
+        probe=probe,
+        probe_count=probe_count,
+        require=require,
+        data_root=data_root,
+        download=not offline,
+        overwrite=force,
+        console=None if as_json else console(),
+    )
+    if as_json:
+        steps = [c.to_dict() for c in result.certificates]
+        overall = result.overall.to_dict() if result.overall else None
+        print(json.dumps({"verdict": result.verdict, "steps": steps, "overall": overall}, indent=2))
