@@ -159,3 +159,25 @@ def plot_image_grid(
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_round_matrix(names: list[str], matrix: np.ndarray, path: Path, *, title: str = "") -> Path:
+    """Heatmap of R[i, j]: row i the model after round i, column j round j's test split; blank where unmeasured."""
+    n = len(names)
+    side = min(16.0, max(4.0, 0.8 * n + 2.5))
+    fig = Figure(figsize=(side + 1.0, side), dpi=_DPI, layout="constrained")
+    ax = fig.subplots()
+    shown = np.ma.masked_invalid(matrix.astype(float))
+    image = ax.imshow(shown, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="test accuracy")
+    ax.set_xticks(range(n), names, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("test split of round")
+    ax.set_ylabel("model after round")
+    for i in range(n):
+        for j in range(n):
+            if not np.isnan(matrix[i, j]):
+                colour = "black" if matrix[i, j] > 0.6 else "white"
+                ax.text(j, i, f"{matrix[i, j]:.1%}", ha="center", va="center", color=colour, fontsize=8)
+    ax.set_title(title or "accuracy matrix")
+    return _save(fig, path)
