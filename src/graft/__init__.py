@@ -4,6 +4,8 @@ The Python API mirrors the CLI:
 
     import graft
     result = graft.train(data="digits", model="resnet18", epochs=3)
+    trainer = graft.Trainer(data=(x, y), epochs=3, callbacks=[...])   # arrays, callbacks, model/history
+    result = trainer.fit()
     bundle = graft.load(result.bundle.path)
     bundle.predict("photo.png", top_k=3)
     graft.evaluate(bundle, data="digits")
@@ -20,14 +22,16 @@ from graft.errors import GraftError
 from graft.exports import export
 from graft.models.keras.importer import import_keras
 from graft.surgery import SurgeryResult, surgery
-from graft.train import TrainConfig, train
+from graft.train import Callback, TrainConfig, Trainer, train
 
 __all__ = [
     "Bundle",
+    "Callback",
     "GraftError",
     "Prediction",
     "SurgeryResult",
     "TrainConfig",
+    "Trainer",
     "__version__",
     "evaluate",
     "export",

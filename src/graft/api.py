@@ -39,6 +39,10 @@ def evaluate(
     bundle = _bundle(bundle)
     recorded = bundle.provenance.get("data", {})
     data = data or recorded.get("source")
+    if not data and recorded.get("in_memory"):
+        from graft.data.memory import describe
+
+        raise GraftError(f"this bundle trained on in-memory {describe(recorded['in_memory'])}; pass --data")
     if not data:
         raise GraftError("this bundle does not record its data source; pass --data")
     root = data_root or recorded.get("data_root")

@@ -818,6 +818,8 @@ def rounds_status_command(
 
 def _describe(meta: dict) -> list[str]:
     """`graft info` as aligned lines: what the model is, what it eats, what it knows, how it was made."""
+    from graft.data.memory import describe
+
     arch, spec, metrics = meta["architecture"], meta["input"], meta.get("metrics", {})
     classes = meta["classes"]
     shown = ", ".join(classes[:20]) + (" …" if len(classes) > 20 else "")
@@ -835,8 +837,9 @@ def _describe(meta: dict) -> list[str]:
     provenance = meta.get("provenance", {})
     if provenance.get("data"):
         d = provenance["data"]
+        source = d.get("source") or (f"in-memory {describe(d['in_memory'])}" if d.get("in_memory") else "?")
         lines.append(
-            f"trained on  {d.get('source')}: {d.get('train')} train / {d.get('valid')} valid, "
+            f"trained on  {source}: {d.get('train')} train / {d.get('valid')} valid, "
             f"seed {provenance.get('seed')}, {provenance.get('epochs')} epochs"
         )
     if provenance.get("keras"):

@@ -2,5 +2,6 @@
 
 from graft.train.config import TrainConfig, make_config, read_recipe
 from graft.train.loop import TrainResult, train
+from graft.train.trainer import Callback, Trainer
 
-__all__ = ["TrainConfig", "TrainResult", "make_config", "read_recipe", "train"]
+__all__ = ["Callback", "TrainConfig", "TrainResult", "Trainer", "make_config", "read_recipe", "train"]
