@@ -3,8 +3,10 @@
 The Python API mirrors the CLI, in tiers (simple call first, power on demand):
 
     import graft
-    result = graft.train(data="digits", model="resnet18", epochs=3)       # one-liners
-    bundle = graft.load(result.bundle.path)                                  # a bundle or a rounds project
+    result = graft.train(data="digits", model="resnet18", epochs=3)
+    trainer = graft.Trainer(data=(x, y), epochs=3, callbacks=[...])   # arrays, callbacks, model/history
+    result = trainer.fit()
+    bundle = graft.load(result.bundle.path)
     bundle.predict("photo.png", top_k=3)
     graft.evaluate(bundle, data="digits")
     graft.surgery(bundle, "bundle-rgb", channels=3, size=64)   # certified model changes
@@ -26,9 +28,11 @@ from graft.errors import GraftError
 # public name → the module that defines it
 _EXPORTS = {
     "Bundle": "graft.bundle",
+    "Callback": "graft.training",
     "Prediction": "graft.bundle",
     "SurgeryResult": "graft.surgery",
     "TrainConfig": "graft.training",
+    "Trainer": "graft.training",
     "evaluate": "graft.api",
     "export": "graft.exports",
     "import_keras": "graft.keras_import",
@@ -40,10 +44,12 @@ _EXPORTS = {
 
 __all__ = [
     "Bundle",
+    "Callback",
     "GraftError",
     "Prediction",
     "SurgeryResult",
     "TrainConfig",
+    "Trainer",
     "__version__",
     "evaluate",
     "export",
@@ -60,7 +66,7 @@ if TYPE_CHECKING:
     from graft.exports import export
     from graft.keras_import import import_keras
     from graft.surgery import SurgeryResult, surgery
-    from graft.training import TrainConfig, train
+    from graft.training import Callback, TrainConfig, Trainer, train
 
 
 def __getattr__(name: str):

@@ -50,6 +50,10 @@ def evaluate(
     bundle = _bundle(bundle)
     recorded = bundle.provenance.data
     data = data or (recorded.source if recorded is not None else None)
+    if not data and recorded is not None and recorded.in_memory:
+        from graft.data.memory import describe
+
+        raise GraftError(f"this bundle trained on in-memory {describe(recorded.in_memory)}; pass --data")
     if not data:
         raise GraftError("this bundle does not record its data source; pass --data")
     root = data_root or (recorded.data_root if recorded is not None else None)

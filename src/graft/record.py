@@ -137,9 +137,11 @@ class _Open(BaseModel):
 
 
 class DataRecord(_Open):
-    """The data a bundle was trained on: enough to rebuild its splits (`graft eval` with no --data)."""
+    """The data a bundle was trained on: enough to rebuild its splits (`graft eval` with no --data). In-memory data
+    (`graft.Trainer` on arrays) has no source; `in_memory` describes it instead (graft.data.memory)."""
 
-    source: str
+    source: str | None = None
+    in_memory: dict[str, JsonValue] | None = None
     data_root: str | None = None
     classes: int | None = None
     train: int | None = None

@@ -150,8 +150,11 @@ def _describe(bundle: Bundle, export_status: str) -> list[str]:
     if bundle.metrics:
         lines.append("metrics     " + "  ".join(f"{k}={_fmt(v)}" for k, v in bundle.metrics.items()))
     if (d := provenance.data) is not None:
+        from graft.data.memory import describe
+
+        source = d.source or (f"in-memory {describe(d.in_memory)}" if d.in_memory else "?")
         lines.append(
-            f"trained on  {d.source}: {d.train} train / {d.valid} valid, "
+            f"trained on  {source}: {d.train} train / {d.valid} valid, "
             f"seed {provenance.seed}, {provenance.epochs} epochs"
         )
     if (k := provenance.keras) is not None:

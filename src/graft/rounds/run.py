@@ -21,11 +21,8 @@ from graft.evaluation import evaluate_model
 from graft.io import atomic_write_json
 from graft.progress import console as default_console
 from graft.rounds import gate, metrics, project, report, selection
-from graft.training.checkpoint import checkpoint_path
-from graft.training.distributed import World
-from graft.training.loop import RESUME_MAY_CHANGE
-from graft.training.loop import train as train_model
-from graft.training.runtime import resolve_device
+from graft.training import RESUME_MAY_CHANGE, is_unfinished, training_device
+from graft.training import train as train_model
 
 
 def _paths(directory: Path, entry: dict) -> tuple[Path, Path, Path]:
@@ -42,7 +39,7 @@ def test_accuracy(bundle: Bundle, images: ImageSet, *, batch_size: int = 256, de
     if len(keep) == 0:
         return 0.0
     mapping = np.array([bundle.classes.index(c) if c in bundle.classes else 0 for c in images.classes])
-    where = resolve_device(device, World())  # where training ran: cuda when there is one, unless told
+    where = training_device(device)  # where training ran: cuda when there is one, unless told
     result = evaluate_model(
         bundle.model.to(where),
         bundle.spec,
@@ -78,11 +75,11 @@ def _finished_before(bundle_dir: Path, entry: dict) -> bool:
 def _train_round(directory: Path, state: dict, k: int, out: Console, overrides: dict) -> None:
     entry = state["rounds"][k]
     base, run_dir, bundle_dir = _paths(directory, entry)
-    if not checkpoint_path(run_dir).is_file() and _finished_before(bundle_dir, entry):
+    if not is_unfinished(run_dir) and _finished_before(bundle_dir, entry):
         out.print(f"round {k + 1} ({entry['name']}): already trained, measuring it")
         return
     try:
-        if checkpoint_path(run_dir).is_file():
+        if is_unfinished(run_dir):
             out.print(f"round {k + 1} ({entry['name']}): resuming {run_dir}")
             train_model(resume=run_dir, console=out, **overrides)
             return
@@ -206,7 +203,7 @@ def _summary(directory: Path, state: dict) -> dict:
     for k, entry in enumerate(state["rounds"]):
         _, run_dir, _ = _paths(directory, entry)
         status_now = entry["status"]
-        if status_now == "pending" and checkpoint_path(run_dir).is_file():
+        if status_now == "pending" and is_unfinished(run_dir):
             status_now = "interrupted"
         rounds.append(
             {

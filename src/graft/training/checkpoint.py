@@ -24,6 +24,11 @@ def checkpoint_path(run_dir: Path) -> Path:
     return run_dir / CHECKPOINT_NAME
 
 
+def is_unfinished(run_dir: str | Path) -> bool:
+    """Whether a run directory holds a checkpoint, so `train(resume=run_dir)` continues it."""
+    return checkpoint_path(Path(run_dir)).is_file()
+
+
 def save_checkpoint(run_dir: Path, state: dict) -> Path:
     """Atomically replace RUN_DIR/checkpoint.pt with `state` (serialised in memory, then written and renamed)."""
     buffer = io.BytesIO()

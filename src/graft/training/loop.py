@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,20 +17,20 @@ from torch import nn
 from graft._version import __version__
 from graft.bundle import Bundle, check_replaceable
 from graft.data.base import ImageSet, Splits
+from graft.data.memory import InMemory
 from graft.data.sources import load_splits, normalise_source, source_label
 from graft.errors import GraftError
 from graft.evaluation import EvalResult, evaluate_model, write_eval_outputs
 from graft.io import atomic_write_json
 from graft.models.factory import build_model, count_parameters
 from graft.models.weights import TransferReport
-from graft.progress import console as default_console
 from graft.record import META_FILE, Architecture, DataRecord, Provenance, TransferRecord
 from graft.spec import InputSpec
 from graft.training import distributed
 from graft.training.checkpoint import checkpoint_path, load_checkpoint, remove_checkpoint
 from graft.training.config import TrainConfig, make_config, validate
-from graft.training.distributed import World, world_from_env
-from graft.training.runtime import Runtime, resolve_runtime
+from graft.training.distributed import World
+from graft.training.runtime import Runtime
 from graft.training.session import EpochCallback, Session, start_session
 from graft.training.start import Origin, starting_model, weights_origin
 from graft.training.strategy import check_strategy
@@ -54,44 +55,18 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def train(
-    config: TrainConfig | None = None,
-    *,
-    recipe: str | Path | None = None,
-    resume: str | Path | None = None,
-    console: Console | None = None,
-    on_epoch: EpochCallback | None = None,
-    **overrides,
-) -> TrainResult:
-    """Fine-tune a timm model on a data source and write a bundle.
-
-    `graft.train(data="mnist", model="resnet18", input_mode="fold", size=32, epochs=1)` is the simple call;
-    every field of `TrainConfig` can be given here, in a TOML recipe, or both (keywords win).
-    `graft.train(resume="runs/…")` continues an interrupted run from its last checkpoint with its own settings.
-    Under `torchrun`, each process trains on its slice of every batch and only rank 0 writes files.
-    `on_epoch(record, model, spec)` is called after each epoch with its metrics and the model being evaluated
-    (benchmarks use it to follow test accuracy over time).
-    """
-    world = world_from_env()
+def run_settings(
+    config: TrainConfig | None, recipe: str | Path | None, resume: str | Path | None, overrides: dict
+) -> tuple[Origin, Path | None]:
+    """A run's settings and where its weights start (`Origin`, which holds the settings with every open one filled
+    in), and its directory when it is resumed (a fresh run's is named by `_run_dir`)."""
     if resume is not None:
         if config is not None or recipe is not None:
             raise GraftError("resume continues a run with its own settings; give no recipe or config")
         run_dir = Path(resume)
-        origin = weights_origin(resumed_config(run_dir, overrides))
-    else:
-        config = config or make_config(recipe, **overrides)
-        origin = weights_origin(config.model_copy(update={"data": normalise_source(config.data)}))
-        run_dir = _run_dir(origin.config)
-    config = origin.config
-    out = console or default_console()
-    if not world.is_main:
-        out = Console(quiet=True)
-    runtime = resolve_runtime(config, world)
-    distributed.start(world, runtime.device)
-    try:
-        return _train(origin, run_dir, resume is not None, world, runtime, out, on_epoch)
-    finally:
-        distributed.stop(world)
+        return weights_origin(resumed_config(run_dir, overrides)), run_dir
+    config = config or make_config(recipe, **overrides)
+    return weights_origin(config.model_copy(update={"data": normalise_source(config.data)})), None
 
 
 def resumed_config(run_dir: Path, overrides: dict) -> TrainConfig:
@@ -120,7 +95,13 @@ def _train(
     runtime: Runtime,
     out: Console,
     on_epoch: EpochCallback | None,
+    memory: InMemory | None = None,
+    on_session: Callable[[Session], None] | None = None,
 ) -> TrainResult:
+    """One run, fresh or resumed: data (a source's, or `memory`'s splits), model, epochs, bundle.
+
+    `on_epoch` may end the run after an epoch by returning True; `on_session` sees the session before epoch one.
+    """
     config = origin.config
     bundle_dir = Path(config.output) if config.output else run_dir / "bundle"
     if resuming and (bundle_dir / META_FILE).is_file() and not checkpoint_path(run_dir).is_file():
@@ -132,7 +113,7 @@ def _train(
     torch.set_num_threads(runtime.threads)
     _seed_everything(config.seed)
 
-    splits, train_set = _load_data(config, out)
+    splits, train_set = _load_data(config, out, memory.splits if memory is not None else None)
     checkpoint = load_checkpoint(run_dir) if resuming else None
     if checkpoint is not None:
         model, arch, spec, report = _model_from_checkpoint(checkpoint, run_dir)
@@ -162,6 +143,8 @@ def _train(
         session.restore(checkpoint)
     if world.is_main:
         session.metrics_path.write_text("".join(json.dumps(record) + "\n" for record in session.history))
+    if on_session is not None:
+        on_session(session)
     session.started = time.perf_counter()
     with session.stop.installed():
         for epoch in range(session.first_epoch, 1 if session.done else config.epochs + 1):
@@ -172,33 +155,50 @@ def _train(
     distributed.barrier(world)
     if not world.is_main:
         return TrainResult(None, run_dir, session.history)  # type: ignore[arg-type]
-    return _finish(session, final_model, bundle_dir, resuming, origin)
+    return _finish(session, final_model, bundle_dir, resuming, origin, memory)
 
 
-def _finish(session: Session, final_model: nn.Module, bundle_dir: Path, resuming: bool, origin: Origin) -> TrainResult:
+def _finish(
+    session: Session,
+    final_model: nn.Module,
+    bundle_dir: Path,
+    resuming: bool,
+    origin: Origin,
+    memory: InMemory | None = None,
+) -> TrainResult:
     """Test the kept weights in float32 (as the bundle will predict offline and when served), write the bundle,
-    drop the checkpoint, and write the run's evaluation files and report."""
+    drop the checkpoint, and write the run's evaluation files and report. In-memory data without a test set
+    gets no test numbers (None), never a stand-in."""
     config, run_dir, out, splits = session.config, session.run_dir, session.out, session.splits
-    test = evaluate_model(
-        final_model,
-        session.spec,
-        splits.test,
-        classes=splits.classes,
-        batch_size=config.batch_size,
-        workers=config.workers,
-        console=out,
-        device=session.ctx.runtime.device,
-    )
+    test = None
+    if len(splits.test):
+        test = evaluate_model(
+            final_model,
+            session.spec,
+            splits.test,
+            classes=splits.classes,
+            batch_size=config.batch_size,
+            workers=config.workers,
+            console=out,
+            device=session.ctx.runtime.device,
+        )
     final_model.to("cpu")
-    out.print(f"test: loss {test.loss:.4f}  accuracy {test.accuracy:.2%} on {len(splits.test)} images")
+    if test is not None:
+        out.print(f"test: loss {test.loss:.4f}  accuracy {test.accuracy:.2%} on {len(splits.test)} images")
+    else:
+        out.print("test: no test set was given (test=(x, y)), so the bundle records no test accuracy")
     final = _final_metrics(session.history, test, session.elapsed(), session.best, session.keep)
     provenance = _provenance(
         config, splits, session.train_set, session.report, run_dir, session.ctx.runtime, session.world, origin
     )
+    if memory is not None:  # no source to reload: say what the data was instead
+        recorded = json.loads(json.dumps(memory.record))
+        data = {**provenance.data.model_dump(mode="json"), "source": None, "data_root": None, "in_memory": recorded}
+        provenance = provenance.updated(data=DataRecord.model_validate(data))
     bundle = Bundle(final_model, session.arch, session.spec, list(splits.classes), final, provenance)
     bundle.save(bundle_dir, overwrite=config.force or resuming)
     remove_checkpoint(run_dir)
-    eval_files = write_eval_outputs(test, splits.test, run_dir, title=f"{config.data} test")
+    eval_files = write_eval_outputs(test, splits.test, run_dir, title=f"{config.data} test") if test else {}
     _write_report(run_dir, config, final, session.history, session.report, eval_files, bundle_dir)
     out.print(f"bundle: {bundle_dir}   run: {run_dir} (report.html, curves.png, metrics.jsonl)")
     return TrainResult(bundle, run_dir, session.history)
@@ -245,9 +245,10 @@ def _check_outputs(bundle_dir: Path, run_dir: Path, force: bool) -> None:
         check_replaceable(bundle_dir)
 
 
-def _load_data(config: TrainConfig, out: Console) -> tuple[Splits, ImageSet]:
-    """The splits, and the training set actually used (`max_train` takes a seeded sample)."""
-    splits = load_splits(
+def _load_data(config: TrainConfig, out: Console, given: Splits | None = None) -> tuple[Splits, ImageSet]:
+    """The splits (the source's, or those `given`), and the training set actually used (`max_train` takes a seeded
+    sample). Only given splits may lack a test set."""
+    splits = given or load_splits(
         config.data,
         config.data_root,
         valid_fraction=config.valid_fraction,
@@ -262,13 +263,14 @@ def _load_data(config: TrainConfig, out: Console) -> tuple[Splits, ImageSet]:
     if len(train_set) < 2:
         raise GraftError(f"{config.data}: {len(train_set)} training image(s) after the split; need at least 2")
     for name, part in (("valid", splits.valid), ("test", splits.test)):
-        if len(part) == 0:
+        if len(part) == 0 and (name == "valid" or given is None):
             raise GraftError(f"{config.data}: the {name} split is empty; use more images or another --valid-fraction")
     return splits, train_set
 
 
-def _final_metrics(history: list[dict], test: EvalResult, seconds: float, best: dict | None, keep: str) -> dict:
-    """Metrics of the epoch whose weights the bundle holds, the test result, and how long training took."""
+def _final_metrics(history: list[dict], test: EvalResult | None, seconds: float, best: dict | None, keep: str) -> dict:
+    """Metrics of the epoch whose weights the bundle holds, the test result (None without a test set), and how
+    long training took."""
     chosen = next(h for h in history if h["epoch"] == best["epoch"]) if keep == "best" and best else history[-1]
     return {
         "epoch": chosen["epoch"],
@@ -276,8 +278,8 @@ def _final_metrics(history: list[dict], test: EvalResult, seconds: float, best: 
         "train_acc": chosen["train_acc"],
         "valid_loss": chosen["valid_loss"],
         "valid_acc": chosen["valid_acc"],
-        "test_loss": test.loss,
-        "test_acc": test.accuracy,
+        "test_loss": test.loss if test is not None else None,
+        "test_acc": test.accuracy if test is not None else None,
         "train_images_per_s": float(np.mean([h["images_per_s"] for h in history])),
         "train_seconds": seconds,
     }
@@ -342,7 +344,7 @@ def _write_report(
         "size": config.size,
         "epochs": config.epochs,
         "bundle": str(bundle_dir),
-        "test accuracy": f"{final['test_acc']:.2%}",
+        "test accuracy": f"{final['test_acc']:.2%}" if final["test_acc"] is not None else "no test set",
         "valid accuracy": f"{final['valid_acc']:.2%}",
         "train images/s": f"{final['train_images_per_s']:.0f}",
         "time": f"{final['train_seconds']:.0f} s",
@@ -351,11 +353,12 @@ def _write_report(
     sections: list[tuple[str, object]] = [("Epochs", epochs), ("Settings", config.model_dump())]
     if report is not None:
         sections.append(("Weight transfer", "\n".join(report.lines(limit=50))))
-    images = [
-        ("Learning curves", run_dir / "curves.png"),
-        ("Confusion matrix (test)", Path(eval_files["confusion"])),
-        ("Misclassified test images", Path(eval_files["misclassified"])),
-    ]
+    images = [("Learning curves", run_dir / "curves.png")]
+    if eval_files:
+        images += [
+            ("Confusion matrix (test)", Path(eval_files["confusion"])),
+            ("Misclassified test images", Path(eval_files["misclassified"])),
+        ]
     write_html_report(
         run_dir / "report.html",
         title=f"graft run {run_dir.name}",

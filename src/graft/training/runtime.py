@@ -52,6 +52,11 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+def training_device(name: str | None = None) -> torch.device:
+    """The device a single-process run trains on for `--device name` (cuda when there is one, unless told)."""
+    return resolve_device(name, World())
+
+
 def resolve_device(name: str | None, world: World) -> torch.device:
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"

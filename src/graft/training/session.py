@@ -50,7 +50,7 @@ from graft.training.steps import (
 )
 from graft.training.strategy import backbone_frozen, backbone_lr_ratio, set_phase
 
-EpochCallback = Callable[[dict, nn.Module, InputSpec], None]
+EpochCallback = Callable[[dict, nn.Module, InputSpec], bool | None]  # True: end the run after this epoch
 
 
 @dataclass
@@ -163,7 +163,8 @@ class Session:
         )
 
     def train_epoch(self, epoch: int, on_epoch: EpochCallback | None = None) -> bool:
-        """Train, validate, record and checkpoint one epoch; True when early stopping ends the run here.
+        """Train, validate, record and checkpoint one epoch; True when early stopping or `on_epoch` (by returning
+        True) ends the run here.
 
         A stop request (Ctrl-C, SIGTERM) checkpoints the position reached and raises Interrupted.
         """
@@ -202,17 +203,16 @@ class Session:
             f"valid loss {valid.loss:.4f}  valid acc {valid.accuracy:.2%}  "
             f"{record['images_per_s']:.0f} img/s  {record['seconds']:.0f}s"
         )
-        if on_epoch is not None:
-            on_epoch(record, self.evaluated, self.spec)
+        asked = on_epoch is not None and on_epoch(record, self.evaluated, self.spec) is True
         assert self.best is not None
         stopped_early = config.patience is not None and epoch - self.best["epoch"] >= config.patience
-        self.save(epoch + 1, EpochProgress(), finished=stopped_early or epoch == config.epochs)
+        self.save(epoch + 1, EpochProgress(), finished=stopped_early or asked or epoch == config.epochs)
         if stopped_early:
             self.out.print(
                 f"early stop: valid accuracy has not improved for {config.patience} epochs "
                 f"(best {self.best['valid_acc']:.2%} at epoch {self.best['epoch']})"
             )
-        return stopped_early
+        return stopped_early or asked
 
     def _validate(self, epoch: int) -> tuple[dict, EvalResult | ReducedResult]:
         """The epoch's record with validation metrics, appended to the history and metrics.jsonl; best updated."""
