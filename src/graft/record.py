@@ -5,7 +5,8 @@ class names, metrics, provenance, exports). Every reader in graft goes through `
 record is refused in one place, with one line naming the field, instead of failing somewhere later (or, worse,
 being used wrongly: `"classes": "0123"` is not four classes). `write` and `update` replace the file atomically.
 
-No torch here: other tools (and `graft schema`) can read bundles cheaply. Version history:
+No torch here: other tools (and `graft schema`) can read bundles cheaply. It is one module of ~420 lines on
+purpose: the whole contract, its validation and its migrations read in one place. Version history:
 - 1: `architecture.input_mode` duplicated `input.mode`.
 - 2: the input spec is the one owner of the input mode; version-1 records migrate when read (both must agree).
 """
