@@ -1,42 +1,65 @@
 """Model surgery: change a trained bundle's architecture, channels, size, depth, width and classes, certified.
 
+One call runs a fixed-order chain and saves it:
+
     import graft
     result = graft.surgery("runs/x/bundle", "bundle-rgb128", channels=3, size=128, insert_after="layer2")
     for certificate in result.certificates:
         print(certificate.line())
 
-Operations run in a fixed order (architecture, channels, size, BatchNorm recalibration, deeper, wider, classes);
-each is certified against the model before it, the whole chain against the original, and everything is saved in
-the new bundle's provenance.
+The single operations are public and chainable, in any order (graft.surgery.operations): `transplant`
+(architecture), `rechannel`, `resize_input`, `recalibrate` (BatchNorm), `deepen`, `widen`, `reclass`. Each
+returns a `Step`, certified against its input on the chain's `Probe`:
+
+    from graft.surgery import deepen, rechannel
+    step = rechannel(bundle, 3).then(deepen, "layer3")
+    step.certificates, step.overall, step.verdict
+    step.save("bundle-rgb")
+
+`surgery()` builds such a chain (architecture, channels, size, BatchNorm recalibration, deeper, wider, classes):
+each step is certified against the model before it, the whole chain against the original, and everything is
+saved in the new bundle's provenance.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import torch
 from rich.console import Console
 
 from graft.bundle import Bundle, load
-from graft.data.base import ImageSet
 from graft.data.sources import load_everything
 from graft.errors import GraftError
-from graft.record import Provenance, SurgeryEntry
-from graft.spec import InputSpec
-from graft.surgery.certificate import Certificate, Views, certify, identity, model_inputs, synthetic_probe
-from graft.surgery.channels import change_channels
-from graft.surgery.classes import change_classes, resolve_classes
-from graft.surgery.resize import change_size, recalibrate_batchnorm
-from graft.surgery.structure import insert_identity_block, widen_layer
-from graft.surgery.transfer import change_architecture
-
-VERDICTS = ("exact", "approximate", "breaking")
-Step = Callable[[Bundle], tuple[Bundle, Views, dict]]
+from graft.surgery import operations as ops
+from graft.surgery.certificate import Certificate, synthetic_probe
+from graft.surgery.classes import resolve_classes
+from graft.surgery.details import (
+    ChannelsDetails,
+    DeepenDetails,
+    Details,
+    RecalibrationDetails,
+    ReclassDetails,
+    ResizeDetails,
+    TransplantDetails,
+    WidenDetails,
+)
+from graft.surgery.operations import (
+    VERDICTS,
+    Probe,
+    Step,
+    check_required,
+    check_timm,
+    deepen,
+    load_probe,
+    recalibrate,
+    rechannel,
+    reclass,
+    resize_input,
+    transplant,
+    widen,
+)
 
 
 @dataclass
@@ -58,12 +81,6 @@ class SurgeryResult:
         if self.overall is not None:
             return self.overall.verdict
         return self.certificates[0].verdict
-
-
-def load_probe(images: ImageSet, count: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
-    """`count` images drawn at random (seeded), as uint8 (N, C, *size), the size of the largest model involved."""
-    positions = np.sort(np.random.default_rng(seed).permutation(len(images))[:count])
-    return images.batch(positions, InputSpec(size=size, channels=images.channels))
 
 
 def surgery(
@@ -96,17 +113,11 @@ def surgery(
     synthetic colour images are used. `require="exact"` (or "approximate") writes nothing unless the chain's
     verdict reaches that level.
     """
-    if require not in (None, *VERDICTS[:2]):
-        raise GraftError(f"--require takes exact or approximate, not {require!r}")
+    check_required(None, require)
     if probe_count < 1:
         raise GraftError("the probe needs at least one image")
     current = bundle if isinstance(bundle, Bundle) else load(bundle)
-    if current.architecture.graph is not None:
-        raise GraftError(
-            "surgery works on timm architectures; this bundle is an imported Keras layer graph "
-            "(Keras Applications import as timm models and do support it)"
-        )
-    parent = str(current.path) if current.path else None
+    check_timm(current)
     say = console.print if console is not None else (lambda *_a, **_k: None)
     size2 = (size, size) if isinstance(size, int) else tuple(size) if size is not None else None
     new_classes = None
@@ -129,77 +140,65 @@ def surgery(
     )
     probe_name = probe or "synthetic"
 
-    steps: list[tuple[str, Step]] = []
+    # (operation, arguments): the fixed order; the first operation starts the chain on the probe.
+    plan: list[tuple[Any, tuple, dict]] = []
     if architecture:
-        steps.append((f"architecture → {architecture}", lambda b: change_architecture(b, architecture)))
+        plan.append((ops.transplant, (architecture,), {}))
     if channels is not None:
-        steps.append((f"channels {current.spec.channels} → {channels}", lambda b: change_channels(b, channels)))
+        plan.append((ops.rechannel, (channels,), {}))
     if size2 is not None:
-        steps.append((f"size → {size2[0]}×{size2[1]}", lambda b: change_size(b, size2)))
+        plan.append((ops.resize_input, (size2,), {}))
     if recalibration_images is not None:
-        steps.append(("recalibrate BatchNorm", lambda b: recalibrate_batchnorm(b, recalibration_images, seed=seed)))
+        plan.append((ops.recalibrate, (recalibration_images,), {"seed": seed}))
     for after in afters:
-        steps.append(
-            (
-                f"deeper: {block} block after {after}",
-                lambda b, after=after: insert_identity_block(
-                    b, after, model_inputs(probe_tensor, b.spec, identity).float(), block
-                ),
-            )
-        )
+        plan.append((ops.deepen, (after,), {"block": block}))
     for layer, width in (widen or {}).items():
-        steps.append(
-            (f"wider: {layer} → {width}", lambda b, layer=layer, width=width: widen_layer(b, layer, width, seed=seed))
-        )
+        plan.append((ops.widen, (layer, width), {"seed": seed}))
     if new_classes is not None:
-        steps.append(("classes", lambda b: change_classes(b, new_classes, imprint=imprint_images)))
-    if not steps:
+        plan.append((ops.reclass, (new_classes,), {"imprint": imprint_images}))
+    if not plan:
         raise GraftError("no change requested: give --channels, --size, --classes, --insert-after, --widen, …")
 
-    original = current
-    certificates = []
-    chain_views = Views()  # at most one step changes channels; its views are the whole chain's
-    for label, operation in steps:
-        new, views, details = operation(current)
-        certificate = certify(label, current, new, probe_tensor, views=views, probe_name=probe_name, details=details)
-        say(certificate.line(), markup=False, highlight=False)
-        certificates.append(certificate)
-        if views.old is not identity or views.new is not identity:
-            chain_views = views
-        current = new
-    overall = None
-    if len(certificates) > 1:
-        overall = certify("whole chain", original, current, probe_tensor, views=chain_views, probe_name=probe_name)
-        say(overall.line(), markup=False, highlight=False)
-    result = SurgeryResult(current, certificates, overall)
-    records = [c.to_dict() for c in certificates]
-    if require is not None and VERDICTS.index(result.verdict) > VERDICTS.index(require):
-        raise GraftError(f"the surgery is {result.verdict}, not {require}; nothing written")
-    current.provenance = _provenance(current.provenance, records, overall, parent, result.verdict)
-    if (result.verdict != "exact" or new_classes is not None) and current.metrics:
-        current.provenance = current.provenance.updated(metrics_before_surgery=current.metrics)
-        current.metrics = {}
+    step: Step[Any] | None = None
+    for operation, args, kwargs in plan:
+        if step is None:
+            step = operation(current, *args, probe=Probe(probe_tensor, probe_name), **kwargs)
+        else:
+            step = step.then(operation, *args, **kwargs)
+        say(step.certificate.line(), markup=False, highlight=False)
+    assert step is not None
+    if step.overall is not None:
+        say(step.overall.line(), markup=False, highlight=False)
+    check_required(step.verdict, require)
+    final = step.finished()
+    result = SurgeryResult(final, list(step.certificates), step.overall)
     if output is not None:
-        current.save(output, overwrite=overwrite)
+        final.save(output, overwrite=overwrite)
         say(f"wrote {output} ({result.verdict})", markup=False, highlight=False)
     return result
 
 
-def _provenance(
-    previous: Provenance, records: list[dict], overall: Certificate | None, parent: str | None, verdict: str
-) -> Provenance:
-    entry = SurgeryEntry.model_validate_json(
-        json.dumps(
-            {
-                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "parent": parent,
-                "verdict": verdict,
-                "steps": records,
-                "overall": overall.to_dict() if overall is not None else None,
-            }
-        )
-    )
-    return previous.updated(surgery=[*previous.surgery, entry])
-
-
-__all__ = ["Certificate", "SurgeryResult", "load_probe", "surgery"]
+__all__ = [
+    "VERDICTS",
+    "Certificate",
+    "ChannelsDetails",
+    "DeepenDetails",
+    "Details",
+    "Probe",
+    "RecalibrationDetails",
+    "ReclassDetails",
+    "ResizeDetails",
+    "Step",
+    "SurgeryResult",
+    "TransplantDetails",
+    "WidenDetails",
+    "deepen",
+    "load_probe",
+    "recalibrate",
+    "rechannel",
+    "reclass",
+    "resize_input",
+    "surgery",
+    "transplant",
+    "widen",
+]

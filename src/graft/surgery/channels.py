@@ -27,6 +27,7 @@ from graft.errors import GraftError
 from graft.models.factory import build_model
 from graft.models.input_modes import find_first_conv, fold_weights
 from graft.surgery.certificate import Views, colourise, luminance
+from graft.surgery.details import ChannelsDetails
 
 
 def _cyclic(channels: int):
@@ -56,7 +57,7 @@ def input_conv_key(bundle: Bundle) -> str:
     return f"backbone.{name}"
 
 
-def change_channels(bundle: Bundle, channels: int) -> tuple[Bundle, Views, dict]:
+def change_channels(bundle: Bundle, channels: int) -> tuple[Bundle, Views, ChannelsDetails]:
     """A new bundle whose model takes `channels` input channels; see the module docstring for the rules."""
     spec, mode = bundle.spec, bundle.spec.mode
     have = spec.channels
@@ -98,7 +99,12 @@ def change_channels(bundle: Bundle, channels: int) -> tuple[Bundle, Views, dict]
     model.load_state_dict(state, strict=True)
     model.eval()
     new = dataclasses.replace(bundle, model=model, spec=new_spec, path=None)
-    details = {"from": spec.channels, "to": channels, "rule": rule, "claim": "exact" if exact else "approximate"}
+    details: ChannelsDetails = {
+        "from": spec.channels,
+        "to": channels,
+        "rule": rule,
+        "claim": "exact" if exact else "approximate",
+    }
     if new_mode != mode:
         details["input_mode"] = f"{mode} → {new_mode}"
     return new, views, details

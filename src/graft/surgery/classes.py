@@ -18,6 +18,7 @@ from graft.data.preprocess import to_model_input
 from graft.errors import GraftError
 from graft.models.factory import GraftModel, build_model
 from graft.surgery.certificate import Views
+from graft.surgery.details import ReclassDetails
 
 
 def resolve_classes(
@@ -53,7 +54,7 @@ def _classifier_keys(model: GraftModel) -> tuple[str, str | None]:
 
 def change_classes(
     bundle: Bundle, classes: list[str], *, imprint: ImageSet | None = None, per_class: int = 256
-) -> tuple[Bundle, Views, dict]:
+) -> tuple[Bundle, Views, ReclassDetails]:
     old_classes = bundle.classes
     if classes == old_classes:
         raise GraftError("the class list is unchanged")
@@ -80,7 +81,7 @@ def change_classes(
     model.load_state_dict(state, strict=True)
     model.eval()
     new = dataclasses.replace(bundle, model=model, architecture=new_arch, classes=list(classes), path=None)
-    details = {
+    details: ReclassDetails = {
         "kept": [old_classes[o] for o, _ in keep],
         "removed": [c for c in old_classes if c not in classes],
         "added": [classes[i] for i in added],

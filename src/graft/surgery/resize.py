@@ -26,6 +26,7 @@ from graft.errors import GraftError
 from graft.models.factory import GraftModel, build_model
 from graft.spec import InputSpec
 from graft.surgery.certificate import Views
+from graft.surgery.details import RecalibrationDetails, ResizeDetails
 
 
 def _feature_shape(model: GraftModel, spec: InputSpec) -> tuple[int, ...]:
@@ -46,7 +47,7 @@ def resample_flatten_head(weight: torch.Tensor, old: tuple[int, ...], new: tuple
     return (resized * scale).reshape(weight.shape[0], -1).to(weight.dtype)
 
 
-def change_size(bundle: Bundle, size: tuple[int, int]) -> tuple[Bundle, Views, dict]:
+def change_size(bundle: Bundle, size: tuple[int, int]) -> tuple[Bundle, Views, ResizeDetails]:
     spec, arch = bundle.spec, bundle.architecture
     if tuple(size) == tuple(spec.size):
         raise GraftError(f"this model already takes {size[0]}×{size[1]} images")
@@ -75,7 +76,7 @@ def change_size(bundle: Bundle, size: tuple[int, int]) -> tuple[Bundle, Views, d
     model.load_state_dict(state, strict=True)
     model.eval()
     new = dataclasses.replace(bundle, model=model, architecture=new_arch, spec=new_spec, path=None)
-    details = {
+    details: ResizeDetails = {
         "from": list(spec.size),
         "to": list(size),
         "resampled": adapted,
@@ -96,7 +97,7 @@ def _resample_pos_embed(old: nn.Module, new: nn.Module, value: torch.Tensor) -> 
 
 def recalibrate_batchnorm(
     bundle: Bundle, images: ImageSet, *, count: int = 2048, batch_size: int = 64, seed: int = 0
-) -> tuple[Bundle, Views, dict]:
+) -> tuple[Bundle, Views, RecalibrationDetails]:
     """Re-estimate every BatchNorm's running mean/variance on unlabelled images seen through the bundle's spec.
 
     After a change of input size or channels the statistics of intermediate features shift; averaging them anew
@@ -123,5 +124,5 @@ def recalibrate_batchnorm(
         m.momentum = momentum
     model.eval()
     new = dataclasses.replace(bundle, model=model, path=None)
-    details = {"images": len(positions), "source": images.name, "batchnorm_layers": len(norms)}
+    details: RecalibrationDetails = {"images": len(positions), "source": images.name, "batchnorm_layers": len(norms)}
     return new, Views(note="both models see the same images"), details

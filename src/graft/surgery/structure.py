@@ -26,6 +26,7 @@ from graft.errors import GraftError
 from graft.models.edits import ConvBnRelu, insert_block, make_block, resolve_name, widen_plan, widen_structure
 from graft.models.factory import GraftModel, build_model
 from graft.surgery.certificate import Views
+from graft.surgery.details import DeepenDetails, WidenDetails
 
 
 def _rebuilt(bundle: Bundle, edited: GraftModel, edit: dict) -> Bundle:
@@ -51,7 +52,7 @@ def _stage_output(model: GraftModel, name: str, probe: torch.Tensor) -> torch.Te
 
 def insert_identity_block(
     bundle: Bundle, after: str, probe_inputs: torch.Tensor, kind: str = "relu"
-) -> tuple[Bundle, Views, dict]:
+) -> tuple[Bundle, Views, DeepenDetails]:
     """A new bundle with an identity-initialised block after stage `after` (probe inputs: normalised tensors)."""
     model = copy.deepcopy(bundle.model).eval()
     name = resolve_name(model, after)
@@ -66,7 +67,7 @@ def insert_identity_block(
     block_name = insert_block(model, name, block)
     edit = {"op": "insert", "after": name, "block": kind, "channels": channels, "name": block_name}
     smallest = float(output.min())
-    details = {
+    details: DeepenDetails = {
         "after": name.removeprefix("backbone."),
         "block": kind,
         "channels": channels,
@@ -98,7 +99,7 @@ def _init_identity(block: nn.Module, stage_output: torch.Tensor) -> None:
             block.bn.bias.zero_()
 
 
-def widen_layer(bundle: Bundle, layer: str, width: int, *, seed: int = 0) -> tuple[Bundle, Views, dict]:
+def widen_layer(bundle: Bundle, layer: str, width: int, *, seed: int = 0) -> tuple[Bundle, Views, WidenDetails]:
     """A new bundle where conv `layer` has `width` output channels and computes the same function."""
     model = copy.deepcopy(bundle.model).eval()
     plan = widen_plan(model, layer)
@@ -122,7 +123,7 @@ def widen_layer(bundle: Bundle, layer: str, width: int, *, seed: int = 0) -> tup
         state[key] = (before[key][:, mapping].double() / copies.view(shape)).to(before[key].dtype)
     model.load_state_dict(state, strict=True)
     edit = {"op": "widen", "layer": plan.conv, "width": width}
-    details = {
+    details: WidenDetails = {
         "layer": plan.conv.removeprefix("backbone."),
         "from": channels,
         "to": width,

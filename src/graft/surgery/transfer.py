@@ -17,9 +17,12 @@ from graft.models.factory import build_model, check_model_name
 from graft.models.input_modes import find_first_conv
 from graft.models.weights import transfer_weights
 from graft.surgery.certificate import Views
+from graft.surgery.details import TransplantDetails
 
 
-def change_architecture(bundle: Bundle, name: str, timm_kwargs: dict | None = None) -> tuple[Bundle, Views, dict]:
+def change_architecture(
+    bundle: Bundle, name: str, timm_kwargs: dict | None = None
+) -> tuple[Bundle, Views, TransplantDetails]:
     check_model_name(name)
     arch = bundle.architecture
     kwargs = dict(timm_kwargs or {})
@@ -39,7 +42,12 @@ def change_architecture(bundle: Bundle, name: str, timm_kwargs: dict | None = No
     )
     model.eval()
     new = dataclasses.replace(bundle, model=model, architecture=new_arch, path=None)
-    details = {"from": arch.timm_name, "to": name, "transfer": report.to_dict(), "summary": report.summary()}
+    details: TransplantDetails = {
+        "from": arch.timm_name,
+        "to": name,
+        "transfer": report.to_dict(),
+        "summary": report.summary(),
+    }
     if not report.loaded:
         raise GraftError(f"no tensor of the {arch.timm_name} model fits {name} by name and shape; nothing to transfer")
     return new, Views(), details

@@ -1,0 +1,344 @@
+"""Surgery's single operations, public and chainable, each certified against its input.
+
+    from graft.surgery import deepen, rechannel
+    step = rechannel(bundle, 3).then(deepen, "layer3")
+    step.certificate        # the last step vs its input
+    step.certificates       # every step so far
+    step.overall            # the final model vs the original (a chain of two or more steps)
+    step.save("bundle-rgb") # with the same provenance record `graft.surgery` writes
+
+Operations take a Bundle (or a bundle's path) to start a chain, or a previous `Step` to continue one. A chain
+keeps its first probe throughout, so every certificate, and the whole-chain one, measures the same images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+
+import numpy as np
+import torch
+
+from graft.bundle import Bundle, load
+from graft.data.base import ImageSet
+from graft.data.sources import load_everything
+from graft.errors import GraftError
+from graft.record import Provenance, SurgeryEntry
+from graft.spec import InputSpec
+from graft.surgery.certificate import Certificate, Views, certify, identity, model_inputs, synthetic_probe
+from graft.surgery.channels import change_channels
+from graft.surgery.classes import change_classes, resolve_classes
+from graft.surgery.details import (
+    ChannelsDetails,
+    DeepenDetails,
+    RecalibrationDetails,
+    ReclassDetails,
+    ResizeDetails,
+    TransplantDetails,
+    WidenDetails,
+)
+from graft.surgery.resize import change_size, recalibrate_batchnorm
+from graft.surgery.structure import insert_identity_block, widen_layer
+from graft.surgery.transfer import change_architecture
+
+VERDICTS = ("exact", "approximate", "breaking")
+PROBE_COUNT = 64
+
+D = TypeVar("D")
+E = TypeVar("E")
+P = ParamSpec("P")
+
+
+def load_probe(images: ImageSet, count: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """`count` images drawn at random (seeded), as uint8 (N, C, *size), the size of the largest model involved."""
+    positions = np.sort(np.random.default_rng(seed).permutation(len(images))[:count])
+    return images.batch(positions, InputSpec(size=size, channels=images.channels))
+
+
+@dataclass(frozen=True, eq=False)
+class Probe:
+    """The images every certificate of a chain is measured on (uint8, N×C×H×W), and the name certificates show.
+
+    Make it at the largest input size the chain reaches: each model sees it resized to its own size, and
+    downsampling loses less than upsampling.
+    """
+
+    images: torch.Tensor
+    name: str = "given"
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.images.shape)
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or not shape[0]:
+            raise GraftError(f"a probe is uint8 images (N, C, H, W) with N ≥ 1, not {self.images.dtype} {shape}")
+
+    @classmethod
+    def synthetic(cls, size: tuple[int, int], count: int = PROBE_COUNT, seed: int = 0) -> Probe:
+        """Seeded smooth colour images, for when no real data is at hand."""
+        return cls(synthetic_probe(count, size, seed), "synthetic")
+
+    @classmethod
+    def load(
+        cls,
+        source: str,
+        size: tuple[int, int],
+        count: int = PROBE_COUNT,
+        seed: int = 0,
+        *,
+        data_root: str | None = None,
+        download: bool = True,
+    ) -> Probe:
+        """`count` images of a data source (mnist, digits, folder:PATH…), drawn at random (seeded)."""
+        return cls(load_probe(load_everything(source, data_root, download=download), count, size, seed), source)
+
+
+ProbeLike = Probe | torch.Tensor | str | None  # None: synthetic; str: a data source; a tensor: uint8 images
+
+
+@dataclass(frozen=True, eq=False)
+class Step(Generic[D]):
+    """A bundle after one or more operations, with their certificates; `then` applies the next operation.
+
+    `bundle` is unsaved and its provenance not yet extended: `save` (or `finished`) adds the surgery record.
+    """
+
+    bundle: Bundle
+    certificate: Certificate  # this step vs its input
+    details: D  # this step's report, also in `certificate.details` (the same dict)
+    certificates: tuple[Certificate, ...]  # every step so far, in order
+    original: Bundle  # the chain's first input, which `overall` compares against
+    probe: Probe
+    views: Views  # what the whole-chain comparison shows each model: the channel step's views, if any
+    reclassed: bool = False  # the class list changed somewhere in the chain: metrics no longer hold
+
+    def then(
+        self, operation: Callable[Concatenate[Step[Any], P], Step[E]], *args: P.args, **kwargs: P.kwargs
+    ) -> Step[E]:
+        """`operation(self, *args, **kwargs)`: the next operation, on the same probe, certificates accumulated."""
+        return operation(self, *args, **kwargs)
+
+    @cached_property
+    def overall(self) -> Certificate | None:
+        """The final model vs the original on the chain's probe (None for a single step); computed on first use.
+
+        A later step can repair an earlier one (BatchNorm recalibration after a size change), so a chain is
+        judged end to end, not by its weakest step.
+        """
+        if len(self.certificates) < 2:
+            return None
+        return certify(
+            "whole chain", self.original, self.bundle, self.probe.images, views=self.views, probe_name=self.probe.name
+        )
+
+    @property
+    def verdict(self) -> str:
+        """exact | approximate | breaking: the whole chain's verdict, or the single step's."""
+        overall = self.overall
+        return overall.verdict if overall is not None else self.certificate.verdict
+
+    def finished(self) -> Bundle:
+        """The bundle with this chain's surgery record appended to its provenance (the original is untouched).
+
+        Metrics move to `metrics_before_surgery` unless the chain is exact and kept the class list, since they
+        describe another model.
+        """
+        overall = self.overall
+        provenance = surgery_record(
+            self.bundle.provenance,
+            [c.to_dict() for c in self.certificates],
+            overall,
+            str(self.original.path) if self.original.path else None,
+            self.verdict,
+        )
+        metrics = self.bundle.metrics
+        if (self.verdict != "exact" or self.reclassed) and metrics:
+            provenance = provenance.updated(metrics_before_surgery=metrics)
+            metrics = {}
+        return dataclasses.replace(self.bundle, provenance=provenance, metrics=metrics)
+
+    def save(self, path: str | Path, *, overwrite: bool = False, require: str | None = None) -> Bundle:
+        """Write the finished bundle to `path` and return it; `require="exact"` writes nothing unless it is."""
+        check_required(self.verdict, require)
+        bundle = self.finished()
+        bundle.save(path, overwrite=overwrite)
+        return bundle
+
+    def __repr__(self) -> str:
+        """The operations and their verdicts (a dataclass repr would print whole models; no chain certification)."""
+        return f"Step({'; '.join(f'{c.operation}: {c.verdict}' for c in self.certificates)})"
+
+
+def check_required(verdict: str | None, require: str | None) -> None:
+    """A GraftError when `require` is not a verdict level, or when `verdict` falls short of it."""
+    if require not in (None, *VERDICTS[:2]):
+        raise GraftError(f"--require takes exact or approximate, not {require!r}")
+    if require is not None and verdict is not None and VERDICTS.index(verdict) > VERDICTS.index(require):
+        raise GraftError(f"the surgery is {verdict}, not {require}; nothing written")
+
+
+def surgery_record(
+    previous: Provenance, records: list[dict], overall: Certificate | None, parent: str | None, verdict: str
+) -> Provenance:
+    """`previous` with one more entry in its `surgery` list (validated through JSON, as graft.json will hold it)."""
+    entry = SurgeryEntry.model_validate_json(
+        json.dumps(
+            {
+                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "parent": parent,
+                "verdict": verdict,
+                "steps": records,
+                "overall": overall.to_dict() if overall is not None else None,
+            }
+        )
+    )
+    return previous.updated(surgery=[*previous.surgery, entry])
+
+
+Source = Bundle | Step[Any] | str | Path
+
+
+def _input(source: Source) -> tuple[Bundle, Step[Any] | None]:
+    """The bundle to operate on, and the step it comes from when continuing a chain."""
+    if isinstance(source, Step):
+        return source.bundle, source
+    bundle = source if isinstance(source, Bundle) else load(source)
+    check_timm(bundle)
+    return bundle, None
+
+
+def check_timm(bundle: Bundle) -> None:
+    """Surgery edits timm models by module name; an imported Keras layer graph has none of those names."""
+    if bundle.architecture.graph is not None:
+        raise GraftError(
+            "surgery works on timm architectures; this bundle is an imported Keras layer graph "
+            "(Keras Applications import as timm models and do support it)"
+        )
+
+
+def _probe(bundle: Bundle, previous: Step[Any] | None, probe: ProbeLike, size: tuple[int, int] | None = None) -> Probe:
+    """The chain's probe: the previous step's, or a new one at the larger of the model's and the target size."""
+    if previous is not None:
+        if probe is not None and probe is not previous.probe:
+            raise GraftError("a chain keeps the probe of its first operation; give probe= to that one only")
+        return previous.probe
+    largest = max(tuple(bundle.spec.size), size or (0, 0))
+    if probe is None:
+        return Probe.synthetic(largest)
+    if isinstance(probe, str):
+        return Probe.load(probe, largest)
+    return probe if isinstance(probe, Probe) else Probe(probe)
+
+
+def _step(
+    label: str,
+    bundle: Bundle,
+    previous: Step[Any] | None,
+    probe: Probe,
+    done: tuple[Bundle, Views, D],
+    *,
+    reclassed: bool = False,
+) -> Step[D]:
+    """Certify one operation's output against its input and add it to the chain."""
+    new, views, details = done
+    certificate = certify(label, bundle, new, probe.images, views=views, probe_name=probe.name, details=details)
+    # At most one step changes channels; its views are the whole chain's (other steps show both models the same).
+    if views.old is not identity or views.new is not identity:
+        chain_views = views
+    else:
+        chain_views = previous.views if previous is not None else Views()
+    if previous is None:
+        return Step(new, certificate, details, (certificate,), bundle, probe, chain_views, reclassed)
+    certificates = (*previous.certificates, certificate)
+    reclassed = reclassed or previous.reclassed
+    return Step(new, certificate, details, certificates, previous.original, probe, chain_views, reclassed)
+
+
+def _images(images: ImageSet | str) -> ImageSet:
+    return load_everything(images) if isinstance(images, str) else images
+
+
+def transplant(
+    source: Source, architecture: str, *, timm_kwargs: dict | None = None, probe: ProbeLike = None
+) -> Step[TransplantDetails]:
+    """Move the weights into another timm architecture by name and shape: a start for fine-tuning, not the same
+    function, and certified as such."""
+    bundle, previous = _input(source)
+    probe_ = _probe(bundle, previous, probe)
+    done = change_architecture(bundle, architecture, timm_kwargs)
+    return _step(f"architecture → {architecture}", bundle, previous, probe_, done)
+
+
+def rechannel(source: Source, channels: int, *, probe: ProbeLike = None) -> Step[ChannelsDetails]:
+    """Make the model take `channels` input channels; 1→3 is exact (colour seen as its luminance), 3→1 and 1→k
+    exact on gray images, 3→k approximate (see graft.surgery.channels)."""
+    bundle, previous = _input(source)
+    probe_ = _probe(bundle, previous, probe)
+    return _step(
+        f"channels {bundle.spec.channels} → {channels}", bundle, previous, probe_, change_channels(bundle, channels)
+    )
+
+
+def resize_input(source: Source, size: int | tuple[int, int], *, probe: ProbeLike = None) -> Step[ResizeDetails]:
+    """Make the model take `size` (or height×width) images, keeping every weight that allows it: approximate,
+    since the same weights see the image at another scale (`recalibrate` after it often helps)."""
+    size2 = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    bundle, previous = _input(source)
+    probe_ = _probe(bundle, previous, probe, size2)
+    return _step(f"size → {size2[0]}×{size2[1]}", bundle, previous, probe_, change_size(bundle, size2))
+
+
+def recalibrate(
+    source: Source, images: ImageSet | str, *, count: int = 2048, seed: int = 0, probe: ProbeLike = None
+) -> Step[RecalibrationDetails]:
+    """Re-estimate BatchNorm statistics on unlabelled `images` (an ImageSet or a data source name), changing no
+    learned weight: the cheap repair after a change of size or channels."""
+    bundle, previous = _input(source)
+    probe_ = _probe(bundle, previous, probe)
+    done = recalibrate_batchnorm(bundle, _images(images), count=count, seed=seed)
+    return _step("recalibrate BatchNorm", bundle, previous, probe_, done)
+
+
+def deepen(source: Source, after: str, *, block: str = "relu", probe: ProbeLike = None) -> Step[DeepenDetails]:
+    """Insert an identity-initialised block after stage `after` (Net2DeeperNet): `relu` is exact after a stage
+    that ends in a ReLU, `residual` after any. Its BatchNorm statistics come from the chain's probe."""
+    bundle, previous = _input(source)
+    probe_ = _probe(bundle, previous, probe)
+    inputs = model_inputs(probe_.images, bundle.spec, identity).float()
+    done = insert_identity_block(bundle, after, inputs, block)
+    return _step(f"deeper: {block} block after {after}", bundle, previous, probe_, done)
+
+
+def widen(source: Source, layer: str, width: int, *, seed: int = 0, probe: ProbeLike = None) -> Step[WidenDetails]:
+    """Give conv `layer` `width` output channels, copies of existing ones whose readers share the weight
+    (Net2WiderNet): exact for any input."""
+    if width < 1:
+        raise GraftError(f"width for {layer} must be positive")
+    bundle, previous = _input(source)
+    probe_ = _probe(bundle, previous, probe)
+    return _step(f"wider: {layer} → {width}", bundle, previous, probe_, widen_layer(bundle, layer, width, seed=seed))
+
+
+def reclass(
+    source: Source,
+    classes: list[str] | None = None,
+    *,
+    add: list[str] | None = None,
+    drop: list[str] | None = None,
+    imprint: ImageSet | str | None = None,
+    probe: ProbeLike = None,
+) -> Step[ReclassDetails]:
+    """Change the class list by name (a full list, or classes to add/drop): kept classes keep their logits
+    exactly; added ones are imprinted from `imprint`'s examples of them, else start at zero."""
+    bundle, previous = _input(source)
+    new_classes = resolve_classes(bundle.classes, classes, add, drop)
+    probe_ = _probe(bundle, previous, probe)
+    done = change_classes(bundle, new_classes, imprint=_images(imprint) if imprint is not None else None)
+    return _step("classes", bundle, previous, probe_, done, reclassed=True)
+
+
+OPERATIONS = (transplant, rechannel, resize_input, recalibrate, deepen, widen, reclass)
