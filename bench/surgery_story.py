@@ -64,7 +64,7 @@ def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 def grow(graft, source: Path, output: Path, imprint: str | None, probe: str, recalibrate: str) -> list:
-    result = graft.surgery(
+    result = graft.reshape(
         source,
         output,
         channels=3,

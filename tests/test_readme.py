@@ -29,7 +29,7 @@ def test_the_readme_api_examples_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "readme"}
     for block in _blocks():
-        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 (our own README)
+        exec(compile(block, str(README), "exec"), namespace)
     out = capsys.readouterr().out
     trainer, step = namespace["trainer"], namespace["step"]
     assert 1 <= len(trainer.history) <= 3 and "valid acc" in out

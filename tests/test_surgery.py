@@ -12,7 +12,7 @@ import graft
 from graft.cli import main
 from graft.data.sources import load_everything
 from graft.errors import GraftError
-from graft.surgery import surgery
+from graft.surgery import reshape
 from graft.surgery.resize import resample_flatten_head
 
 
@@ -58,7 +58,7 @@ def test_the_user_story_chain_is_certified_and_saved(tiny_run, tmp_path, capsys)
 
 
 def test_colour_bundle_predicts_a_colour_image_as_the_old_one_its_gray_version(tiny_run, tmp_path):
-    new = surgery(tiny_run.bundle.path, tmp_path / "rgb", channels=3).bundle
+    new = reshape(tiny_run.bundle.path, tmp_path / "rgb", channels=3).bundle
     rng = np.random.default_rng(0)
     colour = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
     old_input = graft.load(tiny_run.bundle.path).model_input(colour)  # the old spec takes the luminance
@@ -69,8 +69,8 @@ def test_colour_bundle_predicts_a_colour_image_as_the_old_one_its_gray_version(t
 
 
 def test_a_chain_of_surgeries_is_kept_in_order(tiny_run, tmp_path):
-    surgery(tiny_run.bundle.path, tmp_path / "a", insert_after="layer2", probe_count=4)
-    surgery(tmp_path / "a", tmp_path / "b", insert_after="layer3", block="residual", probe_count=4)
+    reshape(tiny_run.bundle.path, tmp_path / "a", insert_after="layer2", probe_count=4)
+    reshape(tmp_path / "a", tmp_path / "b", insert_after="layer3", block="residual", probe_count=4)
     bundle = graft.load(tmp_path / "b")
     assert len(bundle.provenance.surgery) == 2
     assert [e["op"] for e in bundle.architecture.edits] == ["insert", "insert"]
@@ -78,7 +78,7 @@ def test_a_chain_of_surgeries_is_kept_in_order(tiny_run, tmp_path):
 
 
 def test_size_change_is_certified_as_inexact_and_keeps_every_weight(tiny_run, tmp_path):
-    result = surgery(tiny_run.bundle.path, tmp_path / "big", size=32, probe="digits", probe_count=32)
+    result = reshape(tiny_run.bundle.path, tmp_path / "big", size=32, probe="digits", probe_count=32)
     assert result.bundle.spec.size == (32, 32)
     assert result.certificates[0].verdict in ("approximate", "breaking")
     old = tiny_run.bundle.model.state_dict()
@@ -108,7 +108,7 @@ def test_flatten_head_bundle_changes_size(tmp_path):
         output=str(tmp_path / "flat"),
         workers=0,
     )
-    new = surgery(result.bundle.path, tmp_path / "flat64", size=64, probe="digits", probe_count=16)
+    new = reshape(result.bundle.path, tmp_path / "flat64", size=64, probe="digits", probe_count=16)
     assert graft.load(tmp_path / "flat64").model.head.fc.in_features == 4 * new.bundle.model.head.fc.in_features // 4
     assert new.certificates[0].details["resampled"] == ["head.fc.weight"]
 
@@ -119,7 +119,7 @@ def test_vit_position_embeddings_are_resampled(tmp_path):
 
     model, arch, spec, _ = create_model("test_vit", 3, input_mode="fold", size=32)
     bundle = Bundle(model.eval(), arch, spec, ["a", "b", "c"])
-    result = surgery(bundle, tmp_path / "vit64", size=64, probe_count=4)
+    result = reshape(bundle, tmp_path / "vit64", size=64, probe_count=4)
     assert result.certificates[0].details["resampled"] == ["backbone.pos_embed"]
     loaded = graft.load(tmp_path / "vit64")
     assert loaded.architecture.timm_kwargs["img_size"] == [64, 64]
@@ -155,7 +155,7 @@ def test_imprinted_classes_recognise_their_examples(tmp_path):
         output=str(tmp_path / "b8"),
         workers=0,
     )
-    new = surgery(trained.bundle.path, tmp_path / "b10", add_classes=["8", "9"], imprint=f"folder:{folder}")
+    new = reshape(trained.bundle.path, tmp_path / "b10", add_classes=["8", "9"], imprint=f"folder:{folder}")
     details = new.certificates[0].details
     assert details["imprinted"] == ["8", "9"] and new.verdict == "exact"
     result = graft.evaluate(tmp_path / "b10", data=f"folder:{folder}", split="all")
@@ -165,7 +165,7 @@ def test_imprinted_classes_recognise_their_examples(tmp_path):
 
 
 def test_recalibration_moves_batchnorm_statistics_only(tiny_run, tmp_path):
-    result = surgery(tiny_run.bundle.path, tmp_path / "recal", recalibrate="digits", probe_count=8)
+    result = reshape(tiny_run.bundle.path, tmp_path / "recal", recalibrate="digits", probe_count=8)
     old, new = tiny_run.bundle.model.state_dict(), result.bundle.model.state_dict()
     changed = {k for k in old if not torch.equal(old[k], new[k])}
     assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
@@ -173,7 +173,7 @@ def test_recalibration_moves_batchnorm_statistics_only(tiny_run, tmp_path):
 
 
 def test_architecture_transfer_reports_what_moved(tiny_run, tmp_path):
-    result = surgery(tiny_run.bundle.path, tmp_path / "r18", architecture="resnet18", probe_count=4)
+    result = reshape(tiny_run.bundle.path, tmp_path / "r18", architecture="resnet18", probe_count=4)
     transfer = result.certificates[0].details["transfer"]
     assert transfer["loaded"] and transfer["skipped"]
     assert graft.load(tmp_path / "r18").architecture.timm_name == "resnet18"
@@ -181,7 +181,7 @@ def test_architecture_transfer_reports_what_moved(tiny_run, tmp_path):
 
 def test_require_exact_writes_nothing_for_an_inexact_surgery(tiny_run, tmp_path):
     with pytest.raises(GraftError, match="nothing written"):
-        surgery(tiny_run.bundle.path, tmp_path / "no", size=32, probe_count=8, require="exact")
+        reshape(tiny_run.bundle.path, tmp_path / "no", size=32, probe_count=8, require="exact")
     assert not (tmp_path / "no").exists()
 
 
@@ -224,7 +224,7 @@ def test_info_lists_layers_with_shapes(tiny_run, capsys):
 
 
 def test_training_continues_an_edited_bundle_with_its_architecture_and_spec(tiny_run, tmp_path):
-    grown = surgery(tiny_run.bundle.path, tmp_path / "grown", channels=3, insert_after="layer3", drop_classes=["9"])
+    grown = reshape(tiny_run.bundle.path, tmp_path / "grown", channels=3, insert_after="layer3", drop_classes=["9"])
     result = graft.train(
         data="digits",
         weights=str(tmp_path / "grown"),
@@ -258,7 +258,7 @@ def test_other_settings_transfer_a_plain_bundle_but_refuse_an_edited_one(tiny_ru
     )
     assert moved.bundle.spec.size == (24, 24) and moved.bundle.provenance.continued_from is None
     assert moved.bundle.provenance.transfer.loaded
-    surgery(tiny_run.bundle.path, tmp_path / "grown", insert_after="layer2", probe_count=4)
+    reshape(tiny_run.bundle.path, tmp_path / "grown", insert_after="layer2", probe_count=4)
     with pytest.raises(GraftError, match="graft surgery"):
         graft.train(data="digits", weights=str(tmp_path / "grown"), size=32, run_dir=str(tmp_path / "r"))
 
@@ -269,13 +269,13 @@ def test_size_below_what_the_model_accepts_is_refused(tmp_path):
 
     model, arch, spec, _ = create_model("test_vit", 3, input_mode="fold", size=32)
     with pytest.raises(GraftError, match="below what test_vit accepts"):
-        surgery(Bundle(model.eval(), arch, spec, ["a", "b", "c"]), tmp_path / "small", size=8)
+        reshape(Bundle(model.eval(), arch, spec, ["a", "b", "c"]), tmp_path / "small", size=8)
     assert not (tmp_path / "small").exists()
 
 
 def test_whole_chain_certificate_judges_the_final_model(tiny_run, tmp_path):
     """Size then recalibration: each step is certified, and the chain is judged original vs final."""
-    result = surgery(tiny_run.bundle.path, tmp_path / "r", channels=3, size=24, recalibrate="digits", probe="digits")
+    result = reshape(tiny_run.bundle.path, tmp_path / "r", channels=3, size=24, recalibrate="digits", probe="digits")
     assert [c.operation.split()[0] for c in result.certificates] == ["channels", "size", "recalibrate"]
     assert result.overall is not None and result.overall.operation == "whole chain"
     assert result.verdict == result.overall.verdict

@@ -191,11 +191,11 @@ def test_transformer_stage_cannot_take_a_conv_block():
 def test_edited_bundles_reload_with_the_same_logits(family, tmp_path):
     """Edits are replayed from graft.json alone: saving and loading gives back the same function."""
     from graft.bundle import load
-    from graft.surgery import surgery
+    from graft.surgery import reshape
 
     old = random_bundle(family, "fold")
     _, _, stage, conv = FAMILIES[family]
-    result = surgery(
+    result = reshape(
         old,
         tmp_path / "new",
         channels=3,

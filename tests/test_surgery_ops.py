@@ -20,8 +20,8 @@ from graft.surgery import (
     deepen,
     rechannel,
     reclass,
+    reshape,
     resize_input,
-    surgery,
     widen,
 )
 from graft.surgery.certificate import synthetic_probe
@@ -87,7 +87,7 @@ def test_two_operations_give_two_certificates_and_an_exact_chain():
 def test_the_one_liner_is_the_same_chain(tmp_path):
     original = gray_bundle()
     printed = io.StringIO()
-    one = surgery(
+    one = reshape(
         original,
         tmp_path / "one",
         channels=3,

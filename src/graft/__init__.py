@@ -9,7 +9,8 @@ The Python API mirrors the CLI, in tiers (simple call first, power on demand):
     bundle = graft.load(result.bundle.path)
     bundle.predict("photo.png", top_k=3)
     graft.evaluate(bundle, data="digits")
-    graft.surgery(bundle, "bundle-rgb", channels=3, size=64)   # certified model changes
+    graft.reshape(bundle, "bundle-rgb", channels=3, size=64)   # certified model changes (graft surgery)
+    graft.surgery.rechannel(bundle, 3).then(graft.surgery.deepen, "layer3")   # one operation at a time
     graft.import_keras("model.h5", "bundles/model")   # a Keras model, same logits, no TensorFlow
     graft.export(bundle, format="onnx")                 # model.onnx in the bundle, checked against PyTorch
     graft.serve.create_app(bundle)                      # the HTTP API and phone page (FastAPI)
@@ -38,7 +39,7 @@ _EXPORTS = {
     "import_keras": "graft.keras_import",
     "info": "graft.api",
     "load": "graft.api",
-    "surgery": "graft.surgery",
+    "reshape": "graft.surgery",
     "train": "graft.training",
 }
 
@@ -56,7 +57,7 @@ __all__ = [
     "import_keras",
     "info",
     "load",
-    "surgery",
+    "reshape",
     "train",
 ]
 
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
     from graft.bundle import Bundle, Prediction
     from graft.exports import export
     from graft.keras_import import import_keras
-    from graft.surgery import SurgeryResult, surgery
+    from graft.surgery import SurgeryResult, reshape
     from graft.training import Callback, TrainConfig, Trainer, train
 
 
@@ -75,10 +76,10 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
-    if name == "serve":
-        return importlib.import_module("graft.serve")
+    if name in ("serve", "surgery"):  # packages: the HTTP server, and surgery's single operations
+        return importlib.import_module(f"graft.{name}")
     raise AttributeError(f"module 'graft' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS, "serve"})
+    return sorted({*globals(), *_EXPORTS, "serve", "surgery"})

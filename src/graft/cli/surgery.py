@@ -74,7 +74,7 @@ def surgery_command(
       graft surgery runs/x/bundle -o rgb128 --channels 3 --size 128 --insert-after layer2
       graft surgery runs/x/bundle -o more --add-classes 8,9 --imprint digits --probe digits
     """
-    from graft.surgery import surgery as run_surgery
+    from graft.surgery import reshape as run_surgery
 
     result = run_surgery(
         bundle,

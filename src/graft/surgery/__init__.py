@@ -3,7 +3,7 @@
 One call runs a fixed-order chain and saves it:
 
     import graft
-    result = graft.surgery("runs/x/bundle", "bundle-rgb128", channels=3, size=128, insert_after="layer2")
+    result = graft.reshape("runs/x/bundle", "bundle-rgb128", channels=3, size=128, insert_after="layer2")
     for certificate in result.certificates:
         print(certificate.line())
 
@@ -16,9 +16,9 @@ returns a `Step`, certified against its input on the chain's `Probe`:
     step.certificates, step.overall, step.verdict
     step.save("bundle-rgb")
 
-`surgery()` builds such a chain (architecture, channels, size, BatchNorm recalibration, deeper, wider, classes):
-each step is certified against the model before it, the whole chain against the original, and everything is
-saved in the new bundle's provenance.
+`reshape()` (also `graft.reshape`; what `graft surgery` runs) builds such a chain in a fixed order (architecture,
+channels, size, BatchNorm recalibration, deeper, wider, classes): each step is certified against the model before
+it, the whole chain against the original, and everything is saved in the new bundle's provenance.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class SurgeryResult:
         return self.certificates[0].verdict
 
 
-def surgery(
+def reshape(
     bundle: Bundle | str | Path,
     output: str | Path | None = None,
     *,
@@ -197,8 +197,8 @@ __all__ = [
     "recalibrate",
     "rechannel",
     "reclass",
+    "reshape",
     "resize_input",
-    "surgery",
     "transplant",
     "widen",
 ]
