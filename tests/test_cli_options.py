@@ -196,7 +196,7 @@ def test_rounds_commands_take_their_subsets_with_their_defaults():
 
 
 def test_train_flags_reach_training_as_settings(monkeypatch, capsys):
-    train_package = importlib.import_module("graft.train")  # `graft.train` is also the function graft exports
+    train_package = importlib.import_module("graft.training")  # what `graft train` calls
     seen = {}
     monkeypatch.setattr(train_package, "train", lambda **kwargs: seen.update(kwargs))
     args = ["train", "-e", "3", "--input-mode", "fold", "--no-feature-cache", "--compile", "--lr", "0.01", "--offline"]

@@ -100,8 +100,8 @@ def test_application_parity(app, tmp_path):
         head.set_weights([w / 100 for w in head.get_weights()])
     model.save(tmp_path / "app.keras")
     bundle = graft.import_keras(tmp_path / "app.keras", tmp_path / "bundle")
-    keras_info = bundle.provenance["keras"]
-    assert (bundle.architecture.timm_name, keras_info["preprocess"]) == (timm_name, mode), keras_info["notes"]
+    keras_info = bundle.provenance.keras
+    assert (bundle.architecture.timm_name, keras_info.preprocess) == (timm_name, mode), keras_info.notes
     assert bundle.architecture.graph is None
     images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
     expected = keras_out(model, module.preprocess_input(images.astype("float32")))
@@ -160,8 +160,8 @@ def test_imported_application_trains_from_its_bundle(tmp_path):
     )
     arch = result.bundle.architecture
     assert (arch.timm_name, arch.timm_kwargs["channel_multiplier"], arch.num_classes) == ("keras_mobilenetv1", 0.25, 10)
-    transfer = result.bundle.provenance["transfer"]
-    assert len(transfer["loaded"]) > 50 and all("classifier" in k["name"] for k in transfer["skipped"])
+    transfer = result.bundle.provenance.transfer
+    assert len(transfer.loaded) > 50 and all("classifier" in k["name"] for k in transfer.skipped)
     assert result.bundle.spec.backbone_mean == (0.5, 0.5, 0.5)  # the tf preprocessing the weights expect
 
 
@@ -243,7 +243,7 @@ def test_mobilenet_at_a_size_timm_pads_differently_keeps_the_layer_graph(tmp_pat
     model.save(tmp_path / "m.keras")
     bundle = graft.import_keras(tmp_path / "m.keras")
     assert bundle.architecture.graph is not None
-    assert any("kept the layer graph" in note for note in bundle.provenance["keras"]["notes"])
+    assert any("kept the layer graph" in note for note in bundle.provenance.keras.notes)
     images = np.random.default_rng(3).integers(0, 256, (2, 72, 72, 3), dtype=np.uint8)
     expected = keras_out(model, A.mobilenet.preprocess_input(images.astype("float32")))
     assert np.abs(_spec_logits(bundle, images) - expected).max() <= TOLERANCE
