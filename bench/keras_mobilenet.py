@@ -88,7 +88,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         imported = graft.import_keras(args.weights, tmp / "mobilenet")
         print(
-            f"imported {args.weights.name}: {imported.provenance['keras']['application']} → "
+            f"imported {args.weights.name}: {imported.provenance.keras.application} → "
             f"{imported.architecture.timm_name} {imported.architecture.timm_kwargs}",
             flush=True,
         )

@@ -22,7 +22,6 @@ Writes bench/results/rounds_clutter.json (or --json PATH). MNIST is read from $G
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -75,7 +74,7 @@ def settings(args: argparse.Namespace) -> dict:
 
 def run_rounds(levels: list[str], work: Path, name: str, args: argparse.Namespace) -> dict:
     import graft.rounds as rounds
-    from graft.bundle import META_FILE
+    from graft import record as bundle_record
 
     project = work / name
     started = time.perf_counter()
@@ -84,8 +83,8 @@ def run_rounds(levels: list[str], work: Path, name: str, args: argparse.Namespac
         replay = args.replay if name == "replay" and k > 1 else None
         rounds.add(project, f"level-{k}", source, naive=name == "naive", replay=replay)
     summary = rounds.train(project)
-    trained = [json.loads((project / r["bundle"] / META_FILE).read_text()) for r in summary["rounds"]]
-    seen = sum(meta["provenance"]["data"]["train"] * args.epochs for meta in trained)
+    trained = [bundle_record.read(project / r["bundle"]) for r in summary["rounds"]]
+    seen = sum(meta.provenance.data.train * args.epochs for meta in trained)
     final = summary["final"]
     return {
         "method": name,

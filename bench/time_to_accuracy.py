@@ -78,8 +78,8 @@ def main() -> None:
         reached[f"{threshold:.2%}"] = None if first is None else {k: first[k] for k in keys}
     summary = {
         "recipe": str(args.recipe),
-        "settings": result.bundle.provenance["training"],
-        "runtime": result.bundle.provenance.get("runtime"),
+        "settings": result.bundle.provenance.training,
+        "runtime": result.bundle.provenance.runtime,
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "epochs": rows,
         "final_test_acc": result.bundle.metrics["test_acc"],

@@ -77,7 +77,7 @@ def child(label: str, settings: dict, args: argparse.Namespace) -> None:
         + json.dumps(
             {
                 "label": label,
-                "images": result.bundle.provenance["data"]["train"],
+                "images": result.bundle.provenance.data.train,
                 "first_epoch_s": history[0]["seconds"],
                 "epoch_s": sum(h["seconds"] for h in steady) / len(steady),
                 "images_per_s": sum(h["images_per_s"] for h in steady) / len(steady),
