@@ -45,6 +45,7 @@ class Loaded:
     loaded_at: str
     weights_sha256: str | None  # None for a bundle that was never saved
     export: dict | None  # {"usable", "note"} of its ONNX export as loaded; None when unsaved
+    meta: dict = field(default_factory=dict)  # the bundle's record as JSON, built once per load for GET /v1/model
     active: int = 0
     retired: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -76,7 +77,9 @@ def load_model(source: Bundle | str | Path, settings: ServeSettings) -> Loaded:
     batcher = Batcher(engine, max_batch=settings.max_batch, max_delay_s=settings.max_delay_ms / 1000)
     now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     summary = None if export is None else {"usable": export[0] is not None, "note": export[1]}
-    return Loaded(bundle, engine, name, note, model_id(bundle, weights), batcher, now, weights, summary)
+    return Loaded(
+        bundle, engine, name, note, model_id(bundle, weights), batcher, now, weights, summary, bundle.metadata()
+    )
 
 
 def resolve(source: Bundle | str | Path) -> tuple[Bundle | Path, Path | None]:

@@ -21,7 +21,7 @@ _META = ("architecture", "input", "classes", "parameters", "metrics", "provenanc
 async def model_info(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
     """Model id, engine, input spec, classes, metrics, provenance and the server's batching and limits."""
     loaded = holder.current
-    meta = loaded.bundle.metadata()
+    meta = loaded.meta  # validated and counted once, when the bundle was loaded
     return {
         "model": loaded.model_id,
         "engine": loaded.engine_name,
