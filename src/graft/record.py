@@ -312,7 +312,7 @@ def make_record(
         "provenance": _plain(provenance),
         "exports": {k: _plain(v) for k, v in (exports or {}).items()},
     }
-    return _validate(json.loads(json.dumps(data)), "the bundle record")
+    return _validate(data, "the bundle record")
 
 
 def _plain(value: Any) -> Any:
@@ -324,14 +324,10 @@ def _plain(value: Any) -> Any:
 def _validate(data: Any, where: str) -> BundleRecord:
     """One line for the first problem (and how many more), whatever is wrong in the record."""
     try:
-        return _strict_json(data)
+        # Strict JSON-mode validation: "3" is not an int and "abc" is not a list, but JSON arrays are tuples.
+        return BundleRecord.model_validate_json(json.dumps(data), strict=True)
     except ValidationError as error:
         raise GraftError(f"{where} is damaged: {describe(error)}") from None
-
-
-def _strict_json(data: Any) -> BundleRecord:
-    # Strict JSON-mode validation: "3" is not an int and "abc" is not a list, but JSON arrays are tuples.
-    return BundleRecord.model_validate_json(json.dumps(data), strict=True)
 
 
 def describe(error: ValidationError) -> str:
