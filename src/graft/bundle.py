@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from graft.data.image_limits import DEFAULT_LIMITS, ImageLimits
 from graft.data.preprocess import hwc_to_tensor, to_model_input
 from graft.errors import GraftError, first_line
 from graft.io import atomic_directory
@@ -103,19 +104,20 @@ class Bundle:
         return path
 
     # ---- inference ---------------------------------------------------------------------------------------
-    def model_input(self, image: ImageInput, *, max_pixels: int | None = None, name: str | None = None) -> torch.Tensor:
+    def model_input(
+        self, image: ImageInput, *, limits: ImageLimits = DEFAULT_LIMITS, name: str | None = None
+    ) -> torch.Tensor:
         """One image (file, encoded bytes or HxWxC uint8 array) → a (1, C, H, W) float tensor per the spec.
 
         Decoded images are reduced to the model's size at once, so many large photos never sit in memory together.
-        `max_pixels` refuses larger images before decoding them (the server's decompression-bomb guard); `name`
+        `limits` refuses images whose header is too large before decoding them (graft.data.image_limits); `name`
         labels errors.
         """
         from graft.data.images import decode_image
 
         if isinstance(image, np.ndarray):
-            array = _check_array(image)
-        else:
-            array = decode_image(image, max_pixels=max_pixels, name=name)
+            return to_model_input(hwc_to_tensor(_check_array(image)), self.spec)
+        array = decode_image(image, limits=limits, name=name)
         return to_model_input(hwc_to_tensor(array), self.spec)
 
     def predict(

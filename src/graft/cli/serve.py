@@ -74,6 +74,9 @@ def serve_command(
     max_pixels: Annotated[
         int, typer.Option(help="Largest image in pixels, checked before decoding (413 above).")
     ] = 50_000_000,
+    max_side: Annotated[
+        int, typer.Option(help="Longest image side in pixels, checked before decoding (413 above).")
+    ] = 16_384,
     max_queue: Annotated[
         int, typer.Option(min=1, help="Predict requests held at once; more get 503 with Retry-After.")
     ] = 64,
@@ -106,6 +109,7 @@ def serve_command(
         max_queue=max_queue,
         max_upload_mb=max_upload_mb,
         max_pixels=max_pixels,
+        max_side=max_side,
         timeout_s=timeout,
         token=token,
         threads=threads,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from graft.data.image_limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageLimits
 from graft.errors import GraftError
 
 EngineChoice = Literal["auto", "onnx", "torch"]
@@ -19,7 +20,8 @@ class ServeSettings:
       one share a forward pass, up to `max_batch` images.
     - `max_queue` bounds the predict requests held at once (reading, decoding, waiting or running): one more gets
       503 with Retry-After instead of growing memory. With `max_upload_mb` it bounds what uploads can occupy.
-    - `max_pixels` refuses larger images from their header, before a pixel is decoded (decompression bombs).
+    - `max_pixels` and `max_side` refuse larger images from their header, before a pixel is decoded
+      (decompression bombs, and thin images that are cheap to send but costly to resize).
     - `timeout_s` bounds a whole predict request (upload, decoding, queue, inference): past it, 504.
     - `token`, when set, is required as `Authorization: Bearer TOKEN` by /v1/predict, /v1/model and /v1/reload.
     - `watch_s`: serving a rounds project, how often its `current.json` is checked so that a newly promoted
@@ -31,13 +33,18 @@ class ServeSettings:
     max_delay_ms: float = 5.0
     max_queue: int = 64
     max_upload_mb: float = 20.0
-    max_pixels: int = 50_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_side: int = DEFAULT_MAX_SIDE
     timeout_s: float = 30.0
     token: str | None = None
     threads: int | None = None
     decode_threads: int = 2
     top_k: int = 5
     watch_s: float = 2.0
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.max_pixels, self.max_side)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -52,6 +59,7 @@ class ServeSettings:
             "--max-queue": self.max_queue,
             "--max-upload-mb": self.max_upload_mb,
             "--max-pixels": self.max_pixels,
+            "--max-side": self.max_side,
             "--timeout": self.timeout_s,
             "--decode-threads": self.decode_threads,
             "--top-k": self.top_k,

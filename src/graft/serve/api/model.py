@@ -35,6 +35,7 @@ async def model_info(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]
         "limits": {
             "max_upload_mb": settings.max_upload_mb,
             "max_pixels": settings.max_pixels,
+            "max_side": settings.max_side,
             "max_queue": settings.max_queue,
             "timeout_s": settings.timeout_s,
             "token": settings.token is not None,

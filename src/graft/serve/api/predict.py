@@ -16,7 +16,7 @@ import torch
 from fastapi import APIRouter, Query, Request
 
 from graft.bundle import Bundle
-from graft.data.images import ImageTooLarge
+from graft.data.image_limits import ImageLimits, ImageTooLarge
 from graft.errors import GraftError
 from graft.serve.api.deps import AdmissionDep, DecoderDep, HolderDep, SettingsDep
 from graft.serve.api.schemas import ERRORS, ClassProbability, Latency, PredictResponse
@@ -74,7 +74,7 @@ async def _classify(
         decode_start = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            inputs = await loop.run_in_executor(decoder, _model_input, loaded.bundle, data, settings.max_pixels)
+            inputs = await loop.run_in_executor(decoder, _model_input, loaded.bundle, data, settings.image_limits)
         except ImageTooLarge as error:
             raise Problem(413, "image_too_large", str(error)) from None
         except GraftError as error:
@@ -100,8 +100,8 @@ async def _classify(
     )
 
 
-def _model_input(bundle: Bundle, data: bytes, max_pixels: int) -> torch.Tensor:
-    return bundle.model_input(data, max_pixels=max_pixels, name="upload")
+def _model_input(bundle: Bundle, data: bytes, limits: ImageLimits) -> torch.Tensor:
+    return bundle.model_input(data, limits=limits, name="upload")
 
 
 def _ms(seconds: float) -> float:
