@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +10,7 @@ import typer
 
 from graft.cli.common import _bundle_dir
 from graft.errors import GraftError
+from graft.io import json_text
 from graft.progress import console
 
 
@@ -37,7 +37,7 @@ def export_command(
     console().print(f"exporting {bundle} to {format} and checking it against PyTorch…", markup=False)
     record = export(bundle, format, opset=opset, tolerance=tolerance)
     if as_json:
-        print(json.dumps(record.to_dict(), indent=2))
+        print(json_text(record.to_dict()))
     verdict = "passed" if record.passed else "FAILED"
     print(
         f"wrote {bundle / record.file} (opset {record.opset}, onnxruntime {record.onnxruntime_version}): "
