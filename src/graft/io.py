@@ -85,6 +85,9 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
     os.chmod(tmp, 0o755)
     try:
         yield tmp
+        for item in tmp.rglob("*"):  # as atomic_write_bytes: some writers (safetensors) create files 0600
+            if item.is_file() and not item.is_symlink():
+                os.chmod(item, 0o644)
         if not path.exists():
             os.replace(tmp, path)
         elif _exchange(tmp, path):

@@ -31,11 +31,13 @@ def export_command(
     Examples:
       graft export runs/x/bundle --format onnx
     """
+    from graft.bundle import load
     from graft.exports import export
 
     bundle = _bundle_dir(bundle)
+    loaded = load(bundle)  # a damaged bundle is one line, before anything is announced
     console().print(f"exporting {bundle} to {format} and checking it against PyTorch…", markup=False)
-    record = export(bundle, format, opset=opset, tolerance=tolerance)
+    record = export(loaded, format, opset=opset, tolerance=tolerance)
     if as_json:
         print(json_text(record.to_dict()))
     verdict = "passed" if record.passed else "FAILED"
