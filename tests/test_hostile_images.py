@@ -122,6 +122,32 @@ def test_jpeg_claiming_more_than_its_data_holds_is_corrupt() -> None:
     assert "corrupt JPEG" in one_line(excinfo.value, "gray.jpg")
     with pytest.raises(GraftError):  # bytes after the image's end do not count as its data
         decode_image(data + bytes(100_000), name="gray.jpg")
+    with pytest.raises(GraftError, match="corrupt JPEG"):  # nor do large segments before its scan
+        decode_image(data[:2] + b"\xff\xe1\xff\xff" + bytes(65533) + data[2:], name="gray.jpg")
+
+
+def test_data_spanning_many_chunks_is_measured_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import graft.data.image_limits as limits
+
+    monkeypatch.setattr(limits, "_CHUNK", 7)  # markers straddle chunk edges
+    rng = np.random.default_rng(3)
+    data = encode(Image.fromarray(rng.integers(0, 256, (64, 64, 3), np.uint8)), "JPEG", progressive=True)
+    stream = io.BytesIO(data)
+    check_jpeg_data(stream, "x")
+    monkeypatch.setattr(limits, "_CHUNK", 1 << 20)
+    check_jpeg_data(io.BytesIO(jpeg_claiming(64, 64)), "x")  # 16x16 of data claiming 64x64: 16 MCUs, enough bits
+    with pytest.raises(GraftError, match="corrupt"):
+        check_jpeg_data(io.BytesIO(jpeg_claiming(4000, 4000)), "x")
+
+
+def test_a_jpeg_with_thousands_of_scans_is_refused() -> None:
+    data = encode(Image.fromarray(np.zeros((16, 16, 3), np.uint8)), "JPEG", progressive=True)
+    sos = data.index(b"\xff\xda")
+    eoi = data.rindex(b"\xff\xd9")
+    scans = data[sos:eoi]
+    many = data[:sos] + scans * (200 // max(1, scans.count(b"\xff\xda")) + 1) + data[eoi:]
+    with pytest.raises(GraftError, match="more than 100 scans"):
+        decode_image(many, name="scans.jpg")
 
 
 @pytest.mark.parametrize(
@@ -137,7 +163,7 @@ def test_jpeg_claiming_more_than_its_data_holds_is_corrupt() -> None:
 def test_valid_but_extremely_compressible_jpegs_pass_the_data_check(mode: str, options: dict) -> None:
     # A uniform image is the least data a real JPEG can hold for its size: the check must never refuse it.
     data = encode(Image.new(mode, (2048, 1536), 200 if mode == "L" else (200, 100, 50)), "JPEG", **options)
-    check_jpeg_data(data, "x")
+    check_jpeg_data(io.BytesIO(data), "x")
     assert decode_image(data).shape[:2] == (1536, 2048)
 
 

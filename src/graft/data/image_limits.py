@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -84,42 +85,62 @@ def format_refusal(label: str, prefix: bytes) -> GraftError:
 _SOF_HUFFMAN = {0xC0, 0xC1, 0xC2}  # baseline, extended, progressive; arithmetic coding (C9-CB) is not bounded
 _STANDALONE = {0x01, *range(0xD0, 0xDA)}  # TEM, RSTn, SOI, EOI: markers without a length
 _SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # the first marker that is not stuffing or a restart
+_CHUNK = 1 << 20
+MAX_JPEG_SCANS = 100  # progressive JPEGs have ~10; thousands of scans make a decode take minutes
 
 
-def check_jpeg_data(data: bytes, label: str) -> None:
-    """GraftError when a Huffman-coded JPEG's scans are too short for the size its frame header claims."""
-    frame, scan_bytes, pos = None, 0, 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return  # not a marker where one must be: leave the verdict to the decoder
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1  # fill byte
+def check_jpeg_data(stream: BinaryIO, label: str) -> None:
+    """GraftError when a Huffman-coded JPEG's scans are too short for the size its frame header claims, or when it
+    has more than `MAX_JPEG_SCANS` scans. Reads the stream from its start in 1 MB chunks (memory stays bounded)."""
+    stream.seek(2)
+    frame, scan_bytes, scans = None, 0, 0
+    while len(head := stream.read(2)) == 2 and head[0] == 0xFF:
+        marker = head[1]
+        if marker == 0xFF:  # fill byte
+            stream.seek(-1, 1)
             continue
         if marker in _STANDALONE:
             if marker == 0xD9:
                 break
-            pos += 2
             continue
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        segment = data[pos + 4 : pos + 2 + length]
-        pos += 2 + length
+        size = stream.read(2)
+        if len(size) < 2:
+            return  # truncated: the decoder says so
+        (length,) = struct.unpack(">H", size)
+        if marker == 0xDA:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise GraftError(f"{label}: cannot decode image (JPEG with more than {MAX_JPEG_SCANS} scans)")
+            stream.seek(length - 2, 1)
+            scan_bytes += _skip_entropy_data(stream)
+            continue
+        segment = stream.read(length - 2)
         if marker in _SOF_HUFFMAN or (0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)):
             frame = (marker, segment)
-        elif marker == 0xDA:  # start of scan: entropy-coded data runs to the next real marker
-            end = _SCAN_END.search(data, pos)
-            stop = end.start() if end else len(data)
-            scan_bytes += stop - pos
-            pos = stop
     if frame is None or frame[0] not in _SOF_HUFFMAN or len(frame[1]) < 6:
         return
     height, width, count = struct.unpack(">HHB", frame[1][1:6])
     sampling = frame[1][6 : 6 + 3 * count]
-    h_max = max((sampling[i + 1] >> 4 for i in range(0, len(sampling), 3)), default=1) or 1
-    v_max = max((sampling[i + 1] & 15 for i in range(0, len(sampling), 3)), default=1) or 1
+    h_max = max((sampling[i + 1] >> 4 for i in range(0, len(sampling) - 1, 3)), default=1) or 1
+    v_max = max((sampling[i + 1] & 15 for i in range(0, len(sampling) - 1, 3)), default=1) or 1
     mcus = -(-width // (8 * h_max)) * -(-height // (8 * v_max))
     if scan_bytes * 8 < mcus:
         raise GraftError(
             f"{label}: cannot decode image (corrupt JPEG: {scan_bytes} bytes of data cannot hold the "
             f"{width}x{height} image its header claims)"
         )
+
+
+def _skip_entropy_data(stream: BinaryIO) -> int:
+    """Move `stream` to the marker that ends a scan's entropy-coded data; return that data's length in bytes."""
+    origin = start = stream.tell()  # `start`: where the current block begins in the file
+    carry = b""
+    while chunk := stream.read(_CHUNK):
+        block = carry + chunk
+        end = _SCAN_END.search(block)
+        if end is not None:
+            stream.seek(start + end.start())
+            return start + end.start() - origin
+        carry = block[-1:]  # a marker may straddle two chunks
+        start += len(block) - 1
+    return stream.tell() - origin

@@ -101,8 +101,7 @@ def _decode(stream: BinaryIO, label: str, limits: ImageLimits) -> np.ndarray:
             width, height = image.size
             limits.check(width, height, label)
             if image.format in ("JPEG", "MPO"):
-                stream.seek(0)
-                check_jpeg_data(stream.read(), label)
+                check_jpeg_data(stream, label)
             image.load()
             array = _to_array(_upright(image))
         # Pillow's buffers are read-only; callers (torch.from_numpy) need an array of their own.
