@@ -209,3 +209,42 @@ def test_fuzzed_image_bytes_give_an_array_or_one_line(data: bytes) -> None:
         assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] in (1, 3)
         assert out.shape[0] * out.shape[1] <= FUZZ_LIMITS.max_pixels
     assert rss_mb() - before < 200
+
+
+def _peak_rss_mb(pid: int) -> float:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmHWM"].split()[0]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's peak memory from /proc")
+def test_the_server_refuses_a_thin_image_at_once_without_growing(serve_bundle: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from test_serve_cli import _free_port, _wait_ready
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "graft", "serve", str(serve_bundle), "--port", str(port), "--threads", "1"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_ready(url, process)
+        ok = httpx.post(f"{url}/v1/predict", content=encode(Image.new("L", (28, 28)), "PNG"), timeout=30)
+        assert ok.status_code == 200  # the model has run once: its memory is in the baseline
+        before = _peak_rss_mb(process.pid)
+        for data in (thin_png(1, 49_000_000), thin_png(49_000_000, 1)):
+            started = time.monotonic()
+            answer = httpx.post(f"{url}/v1/predict", content=data, timeout=30)
+            assert answer.status_code == 413 and answer.json()["code"] == "image_too_large"
+            assert time.monotonic() - started < 1.0
+        corrupt = httpx.post(f"{url}/v1/predict", content=jpeg_claiming(7000, 7000), timeout=30)
+        assert corrupt.status_code == 422 and "corrupt JPEG" in corrupt.json()["detail"]
+        icon = httpx.post(f"{url}/v1/predict", content=ico_holding(encode(Image.new("RGB", (64, 64)), "PNG")))
+        assert icon.status_code == 422 and "ICO images are not accepted" in icon.json()["detail"]
+        assert _peak_rss_mb(process.pid) - before < 200
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
