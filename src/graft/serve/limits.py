@@ -6,9 +6,9 @@ Every refusal is a `Problem`: an HTTP status, a short machine-readable code and 
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import concurrent.futures
 import ipaddress
-from collections.abc import Iterator
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -81,14 +81,17 @@ class BodyLimit:
 class Admission:
     """At most `limit` predict requests held at once; one more is refused with 503 and Retry-After.
 
-    Used from the event loop only, so a plain counter is enough.
+    A request holds its place until its work has stopped, not only its response: a request that timed out while
+    its upload was being decoded keeps the place until the decoding thread returns (`release_after`), so
+    repeated slow requests cannot pile up work beyond `limit`. Used from the event loop only, so a plain counter
+    is enough (a thread releases through the loop).
     """
 
     def __init__(self, limit: int) -> None:
         self.limit, self.active = limit, 0
 
-    @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
+    def enter(self) -> None:
+        """Take a place, or raise the 503."""
         if self.active >= self.limit:
             raise Problem(
                 503,
@@ -97,19 +100,30 @@ class Admission:
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
         self.active += 1
-        try:
-            yield
-        finally:
-            self.active -= 1
+
+    def release(self) -> None:
+        self.active -= 1
+
+    def release_after(self, work: concurrent.futures.Future | None) -> None:
+        """Give the place back now, or when `work` (a thread still running for this request) finishes."""
+        if work is None or work.done():
+            self.release()
+            return
+        loop = asyncio.get_running_loop()
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self.release))
 
 
 def is_loopback(host: str | None) -> bool:
-    """Whether a client address is this machine (127.0.0.0/8, ::1); unknown or unparsable counts as not."""
+    """Whether a client address is this machine (127.0.0.0/8, ::1, and IPv4 loopback as an IPv6 dual-stack
+    socket reports it, ::ffff:127.0.0.1); unknown or unparsable counts as not."""
     if not host:
         return False
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+        address = ipaddress.ip_address(host.split("%")[0])
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
