@@ -114,7 +114,7 @@ def serve_command(
         Path | None,
         typer.Option(
             help='POST /v1/reload {"bundle": PATH} loads only bundles under this directory. '
-            "[default: the rounds project, or the served bundle's parent directory]"
+            "[default: the rounds project, or the directory of the served run: runs/ for runs/x/bundle]"
         ),
     ] = None,
     docs: Annotated[

@@ -92,12 +92,16 @@ def resolve(source: Bundle | str | Path) -> tuple[Bundle | Path, Path | None]:
 
 def reload_root(loaded: Loaded, settings: ServeSettings, project: Path | None) -> Path | None:
     """Where `POST /v1/reload {"bundle": PATH}` may load from: --reload-root, else the rounds project, else the
-    served bundle's parent directory (its sibling runs); None for an unsaved bundle without --reload-root."""
+    directory holding the served bundle's run (`runs/` for `runs/x/bundle`, as `graft train` writes it; the
+    bundle's parent otherwise), so sibling runs can be loaded; None for an unsaved bundle without --reload-root."""
     if settings.reload_root is not None:
         return Path(settings.reload_root).resolve()
     if project is not None:
         return project.resolve()
-    return Path(loaded.bundle.path).resolve().parent if loaded.bundle.path is not None else None
+    if loaded.bundle.path is None:
+        return None
+    path = Path(loaded.bundle.path).resolve()
+    return path.parent.parent if path.name == "bundle" else path.parent
 
 
 class NotReloadable(GraftError):
@@ -105,7 +109,8 @@ class NotReloadable(GraftError):
 
 
 def reload_target(root: Path | None, given: str) -> Path:
-    """The bundle directory `given` names (relative paths are taken from `root`), if it lies under `root`.
+    """The bundle directory `given` names (a relative path is taken from the server's working directory, as on
+    its command line), if it lies under `root`.
 
     One neutral error for every way it can fail (outside the root, missing, not a directory, no graft.json, an
     unreadable name), so that a client cannot map the file system through reload's answers.
@@ -114,7 +119,7 @@ def reload_target(root: Path | None, given: str) -> Path:
     if root is None or not given or "\x00" in given or len(given) > 4096:
         raise refusal
     try:
-        target = (root / given).resolve()
+        target = Path(given).resolve()
         inside = target.is_relative_to(root) and (target / "graft.json").is_file()
     except (OSError, ValueError, RuntimeError):
         raise refusal from None

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from graft.bundle import Bundle
-from graft.errors import GraftError
+from graft.errors import GraftError, first_line
 from graft.serve.limits import is_loopback
 from graft.serve.settings import ServeSettings
 
@@ -114,8 +114,10 @@ def on_sighup(holder) -> asyncio.Task:
     async def reload() -> None:
         try:
             await holder.reload()
-        except GraftError as error:
-            log.error("reload failed, still serving %s: %s", holder.current.model_id, error)
+        except (GraftError, OSError) as error:
+            log.error("reload failed, still serving %s: %s", holder.current.model_id, first_line(error))
+        except Exception:  # a bug: logged here, not left as "Task exception was never retrieved"
+            log.exception("reload failed, still serving %s", holder.current.model_id)
 
     return asyncio.get_running_loop().create_task(reload())
 

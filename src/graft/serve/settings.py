@@ -75,8 +75,8 @@ class ServeSettings:
     - `token`, when set, is required as `Authorization: Bearer TOKEN` by /v1/predict, /v1/model and /v1/reload.
     - `allowed_hosts`: `Host` names accepted besides IP addresses, `localhost` and this machine's own name
       (DNS rebinding); `*` accepts any.
-    - `reload_root`: `POST /v1/reload {"bundle": PATH}` loads only bundles under it (default: the served
-      bundle's parent directory, or the rounds project).
+    - `reload_root`: `POST /v1/reload {"bundle": PATH}` loads only bundles under it (default: the
+      rounds project, or the directory holding the served run: `runs/` for `runs/x/bundle`).
     - `docs`: serve the interactive /docs and /redoc pages (they load scripts from a CDN); off by default.
     - `watch_s`: serving a rounds project, how often its `current.json` is checked so that a newly promoted
       round is served without a restart; 0 leaves that to SIGHUP and POST /v1/reload.
