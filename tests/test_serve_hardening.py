@@ -241,6 +241,22 @@ def test_idle_and_trickling_connections_are_dropped_and_capped(serve_bundle, dig
         assert httpx.get(f"{url}/healthz").status_code == 200
 
 
+def test_a_trickled_body_is_cut_off_at_the_timeout(serve_bundle):
+    # FastAPI reads a JSON body before the route's checks run: without a body deadline, anyone could hold a
+    # connection forever by trickling the body of POST /v1/reload
+    app = create_app(serve_bundle, engine="torch", timeout_s=0.5, header_timeout_s=0.5)
+    with running(app) as (_, port):
+        started = time.monotonic()
+        head = b"POST /v1/reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        sock = _raw(port, head + b"Content-Length: 100\r\n\r\n{")
+        answer = _closed_within(sock, 3)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 4"), answer
+        assert time.monotonic() - started < 3  # --timeout + 1 s
+        sock = _raw(port, b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nabc")
+        answer = _closed_within(sock, 3)  # predict's own --timeout covers its upload
+        assert answer is not None and answer.startswith(b"HTTP/1.1 504") and b'"timeout"' in answer, answer
+
+
 def test_a_slow_request_is_not_cut_by_the_header_deadline(serve_bundle, digit_png):
     from serve_helpers import slow
 

@@ -49,7 +49,8 @@ def create_app(bundle: Bundle | str | Path, settings: ServeSettings | None = Non
     )
     decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="graft-decode")
     attach_state(app, holder, settings, Admission(settings.max_queue), decoder)
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    # predict's own --timeout covers its upload (504); the body deadline, a second later, covers every other route
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes, timeout_s=settings.timeout_s + 1)
     app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
     app.add_middleware(SecurityHeaders)  # outermost: every refusal above gets the headers too
     install_error_handlers(app)

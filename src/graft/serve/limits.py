@@ -40,15 +40,18 @@ def _size(count: int) -> str:
 
 
 class BodyLimit:
-    """ASGI middleware: refuse bodies over `limit` bytes without holding more than `limit` of them.
+    """ASGI middleware: refuse bodies over `limit` bytes without holding more than `limit` of them, and bodies
+    that have not fully arrived `timeout_s` after the request began.
 
     A declared Content-Length over the limit is answered at once, before the body is read; a body without one
     (chunked) raises `Problem(413)` from `receive` as soon as it passes the limit, and the handler reading it
     answers 413. (FastAPI's own `max_body_size` answers the first case in plain text; clients here get JSON.)
+    A body still incomplete at the deadline raises `Problem(408)` the same way: without it a client trickling
+    the body of any POST (FastAPI reads it before the route's token check) would hold a connection forever.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float = 30.0) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,15 +67,24 @@ class BodyLimit:
             if too_big:
                 await too_large(self.limit).response()(scope, receive, send)
                 return
-        received = 0
+        received, complete = 0, False
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
 
         async def limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # the body is in: a later receive waits for the client to leave, for as long as it takes
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                detail = f"the request body did not arrive within {self.timeout_s:g} s"
+                raise Problem(408, "body_timeout", detail) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise too_large(self.limit)
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
         await self.app(scope, limited, send)
