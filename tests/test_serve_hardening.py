@@ -435,13 +435,22 @@ def test_the_access_log_redacts_tokens(serve_bundle, caplog):
 # Security: ONNX Runtime telemetry.
 
 
-def test_onnx_runtime_telemetry_is_turned_off(serve_bundle, monkeypatch):
+def test_onnx_runtime_telemetry_is_turned_off(serve_bundle, monkeypatch, tmp_path):
     import onnxruntime
 
     calls = []
     monkeypatch.setattr(onnxruntime, "disable_telemetry_events", lambda: calls.append(1), raising=False)
     app = create_app(serve_bundle, engine="onnx")
     assert app.state.holder.current.engine_name == "onnx" and calls
+    calls.clear()
+    import shutil
+
+    import graft
+
+    copy = tmp_path / "b"
+    shutil.copytree(serve_bundle, copy)
+    graft.export(copy, format="onnx")  # the export's own parity check runs ONNX Runtime too
+    assert calls
 
 
 # Security: the headers of JSON answers.

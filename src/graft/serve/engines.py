@@ -16,7 +16,7 @@ import torch
 
 from graft.bundle import Bundle
 from graft.errors import GraftError, first_line
-from graft.exports import NO_EXPORT, onnx_export
+from graft.exports import NO_EXPORT, onnx_export, onnx_runtime
 
 log = logging.getLogger("graft.serve")
 
@@ -34,9 +34,7 @@ def onnx_engine(path: Path, threads: int | None = None) -> Engine:
     Spinning is off: ONNX Runtime's threads otherwise busy-wait between runs and take the cores that decode
     uploads. Telemetry is off: ONNX Runtime may otherwise record events (paths, errors) for its vendor.
     """
-    import onnxruntime
-
-    disable_telemetry(onnxruntime)
+    onnxruntime = onnx_runtime()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or 0
     options.inter_op_num_threads = 1
@@ -52,13 +50,6 @@ def onnx_engine(path: Path, threads: int | None = None) -> Engine:
         return torch.from_numpy(session.run([output_name], {input_name: array})[0])
 
     return run
-
-
-def disable_telemetry(onnxruntime) -> None:
-    """Turn ONNX Runtime's telemetry events off for this process (an API of its Python package)."""
-    disable = getattr(onnxruntime, "disable_telemetry_events", None)
-    if disable is not None:
-        disable()
 
 
 def open_engine(
