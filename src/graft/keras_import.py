@@ -5,7 +5,8 @@
 3. if the layers spell a Keras Application timm also has, map the weights onto the timm model
    (applications.py) and keep it only if its logits match the layer graph's on a random input;
    otherwise (or with `generic=True`) the bundle stores the layer graph itself;
-4. the Keras preprocessing mode becomes the bundle's input spec (mean/std over pixels in [0, 1]).
+4. the Keras preprocessing mode (the application's, whichever way it is imported) becomes the bundle's input spec
+   (mean/std over pixels in [0, 1]).
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def import_keras(
     """
     source = read_keras_file(path, architecture)
     nodes, _, shape, _ = parse_nodes(source.config)
-    family = None if generic else detect(nodes)
-    mode = _preprocess_mode(preprocess, family, nodes, shape)
+    detected = detect(nodes)  # decides the preprocessing whichever way the model is imported
+    family = None if generic else detected
+    mode = _preprocess_mode(preprocess, detected, nodes, shape)
     graph, graph_state, notes = describe(source, input_order="bgr" if mode == "caffe" else "rgb")
     spec = _input_spec(shape, size, mode)
     reference = _graph_model(graph, graph_state, spec)
@@ -71,7 +73,7 @@ def import_keras(
     model, arch, mapped_name, parity = reference, None, None, None
     if family is not None:
         try:
-            mapped = map_application(source, family)
+            mapped = map_application(source, family, bgr=mode == "caffe")
             candidate_arch = Architecture(mapped.timm_name, mapped.num_classes, "pool", mapped.timm_kwargs)
             candidate = build_model(candidate_arch, spec)
             candidate.backbone.load_state_dict(mapped.state, strict=True)
@@ -130,10 +132,13 @@ def _input_spec(shape: tuple, size: int | tuple[int, int] | None, mode: str) -> 
         height, width = (size, size) if isinstance(size, int) else size
     elif height is None or width is None:
         height, width = 224, 224
+    if channels not in (1, 3):  # the channel rule (docs/input-modes.md) feeds images as 1 or 3 channels only
+        raise GraftError(
+            f"graft imports 1- or 3-channel image models; this one takes {channels} channels (images decode to "
+            "gray or RGB, and no rule turns them into another count)"
+        )
     mean, std = PREPROCESSING[mode]
     mean, std = tuple(mean[:channels]), tuple(std[:channels])
-    if len(mean) != channels:
-        raise GraftError(f"graft imports 1- or 3-channel image models; this one takes {channels} channels")
     return InputSpec(
         size=(int(height), int(width)),
         channels=int(channels),

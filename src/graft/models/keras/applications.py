@@ -214,8 +214,11 @@ _MAPPERS = {"MobileNet": _mobilenet_v1, "MobileNetV2": _mobilenet_v2, "ResNet50"
 _FIRST_CONV = {"MobileNet": "conv_stem", "MobileNetV2": "conv_stem", "ResNet50": "conv1", "DenseNet": "features.conv0"}
 
 
-def map_application(source: KerasFile, family: str) -> MappedApplication:
-    """The timm name, kwargs and state dict of a Keras Application; GraftError when the file does not fit it."""
+def map_application(source: KerasFile, family: str, *, bgr: bool) -> MappedApplication:
+    """The timm name, kwargs and state dict of a Keras Application; GraftError when the file does not fit it.
+
+    `bgr`: the model takes BGR (caffe preprocessing): the first conv's input channels are swapped so the bundle
+    takes RGB. With another preprocessing the user said the model takes RGB, and nothing is swapped."""
     assert source.config is not None
     nodes = parse_nodes(source.config)[0]
     mapper = _Mapper(source, nodes)
@@ -226,7 +229,7 @@ def map_application(source: KerasFile, family: str) -> MappedApplication:
     unused = mapper.unused()
     if unused:
         raise GraftError(f"not a standard Keras {family}: extra weighted layers {', '.join(unused[:5])}")
-    if mapped.preprocess == "caffe":  # the model expects BGR: swap the first conv's input channels to take RGB
+    if bgr:  # the model expects BGR: swap the first conv's input channels to take RGB
         key = f"{_FIRST_CONV[family]}.weight"
         mapper.state[key] = mapper.state[key].flip(1).contiguous()
     mapped.state = mapper.state
