@@ -4,12 +4,17 @@ SavedModel directory a TensorFlow user may pass."""
 
 from __future__ import annotations
 
+import io
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import graft
 from graft.errors import GraftError
 from graft.models.keras.finetune import retarget
+from graft.models.keras.graph import layer_kind
 from keras_helpers import (
     assert_parity,
     graft_out,
@@ -129,3 +134,44 @@ def test_a_graph_without_a_logits_layer_is_refused_with_the_reason():
     }
     with pytest.raises(GraftError, match="no layer that makes its class logits"):
         retarget(graph, 4)
+
+
+def _rewrite_weights(archive: Path, target: Path, extra: str) -> None:
+    """A copy of a .keras archive whose weights file also holds the group `extra` (one array)."""
+    import h5py
+
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(target, "w") as out:
+        for item in source.namelist():
+            data = source.read(item)
+            if item == "model.weights.h5":
+                buffer = io.BytesIO(data)
+                with h5py.File(buffer, "a") as handle:
+                    handle.create_dataset(f"{extra}/vars/0", data=np.zeros(3, np.float32))
+                data = buffer.getvalue()
+            out.writestr(item, data)
+
+
+def test_training_state_is_skipped_and_nothing_else(tmp_path):
+    """Keras 2.15 `.keras` files after `fit` hold `metrics/<name>/vars`; those are counters, not weights. An array
+    under any other name that belongs to no layer is still refused."""
+    model = keras.Sequential([keras.Input((6, 6, 3)), L.Conv2D(2, 3), L.Flatten(), L.Dense(3)])
+    randomise(model)
+    model.save(tmp_path / "m.keras")
+    _rewrite_weights(tmp_path / "m.keras", tmp_path / "metrics.keras", "metrics/mean")
+    x1, x2 = random_images(2, 6, 6, seed=1), random_images(2, 6, 6, seed=2)
+    bundle = graft.import_keras(tmp_path / "metrics.keras")
+    assert_parity(graft_out(bundle, x1), keras_out(model, x1), keras_out(model, x2))
+    _rewrite_weights(tmp_path / "m.keras", tmp_path / "stray.keras", "layers/ghost")
+    with pytest.raises(GraftError, match="ghost"):
+        graft.import_keras(tmp_path / "stray.keras")
+
+
+def test_a_keras_2_nested_model_config_is_not_taken_for_an_operation():
+    """Keras 2 writes a nested Sequential's config as {name, layers}: no trainable/dtype, like a Keras 3 operation
+    in legacy .h5, but it lists layers."""
+    nested = {"class_name": "Sequential", "config": {"name": "base", "layers": []}}
+    assert layer_kind(nested) == "Sequential"
+    assert layer_kind({"class_name": "Add", "config": {"name": "add"}}) == "ops.Add"
+    assert layer_kind({"class_name": "Add", "config": {"name": "add", "trainable": True}}) == "Add"
+    custom = {"class_name": "Add", "module": "mine.layers", "config": {"name": "a", "trainable": True, "dtype": "f"}}
+    assert layer_kind(custom) == "mine.layers.Add"

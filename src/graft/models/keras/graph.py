@@ -50,8 +50,13 @@ def layer_kind(layer: dict) -> str:
     cls, module, config = layer["class_name"], layer.get("module"), layer.get("config")
     if isinstance(module, str) and module.startswith("keras.src.ops."):
         return f"ops.{cls}"
-    if module is None and isinstance(config, dict) and not {"trainable", "dtype"} & set(config) and cls != "InputLayer":
-        return f"ops.{cls}"
+    if (
+        module is None
+        and isinstance(config, dict)
+        and not {"trainable", "dtype", "layers"} & set(config)
+        and cls != "InputLayer"
+    ):
+        return f"ops.{cls}"  # (a Keras 2 nested model's config has neither either, but it lists its layers)
     if cls in _APPLICATION_LAYERS and isinstance(config, dict):
         if _APPLICATION_LAYERS[cls] <= set(config) and (module is None or module.startswith("keras.src.applications")):
             return cls
