@@ -76,7 +76,9 @@ def run(name: str, work: Path) -> dict:
         except graft.GraftError as error:
             row["formats"][fmt] = {"status": "refused", "reason": str(error)[:300]}
             continue
-        got = graft_out(bundle, x)
+        keras_info = bundle.provenance.keras
+        # the reference takes the preprocessed input; a caffe bundle takes it in RGB (graft swaps to BGR inside)
+        got = graft_out(bundle, np.ascontiguousarray(x[..., ::-1]) if keras_info.preprocess == "caffe" else x)
         exp, oth = expected, reference_other
         if softmax:
             got = torch.log_softmax(torch.from_numpy(got), 1).numpy()
@@ -84,7 +86,6 @@ def run(name: str, work: Path) -> dict:
         scale = max(1.0, float(np.abs(exp).max()))
         error = float(np.abs(got - exp).max()) / scale
         spread = float(np.abs(exp - oth).max()) / scale
-        keras_info = bundle.provenance.keras
         row["formats"][fmt] = {
             "status": "ok" if error <= TOLERANCE and spread > 100 * TOLERANCE else "MISMATCH",
             "imported_as": bundle.architecture.timm_name,
@@ -99,8 +100,9 @@ def run(name: str, work: Path) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| application | size | .keras | legacy .h5 | imported as | rel. error (.keras / .h5) | input sensitivity |",
-        "|---|---|---|---|---|---|---|",
+        "| application | size | .keras | legacy .h5 | imported as | default preprocessing | rel. error (.keras / .h5) "
+        "| input sensitivity |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         k, h = row["formats"].get("keras", {}), row["formats"].get("h5", {})
@@ -110,6 +112,7 @@ def table(rows: list[dict]) -> str:
         reasons = [f.get("reason") for f in (k, h) if f.get("reason")]
         lines.append(
             f"| {row['application']} | {row['size']} | {k.get('status', '—')} | {h.get('status', '—')} | {what} | "
+            f"{k.get('preprocess', '—')} | "
             f"{errors} | {k.get('input_sensitivity', float('nan')):.1e} |" + (f" {reasons[0]}" if reasons else "")
         )
     return "\n".join(lines)
@@ -125,6 +128,10 @@ def main() -> None:
             rows.append(run(name, Path(work)))
             print(f"{name}: {json.dumps(rows[-1]['formats'])} ({time.perf_counter() - started:.0f} s)", flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    if RESULTS.is_file() and sys.argv[1:]:  # a partial run replaces its rows, keeping the others in order
+        kept = {row["application"]: row for row in json.loads(RESULTS.read_text())["rows"]}
+        kept.update({row["application"]: row for row in rows})
+        rows = [kept[name] for name in APPS if name in kept]
     RESULTS.write_text(json.dumps({"tolerance": TOLERANCE, "rows": rows}, indent=1))
     print(table(rows))
 

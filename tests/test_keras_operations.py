@@ -148,3 +148,16 @@ def test_a_custom_layer_named_like_a_keras_layer_is_not_read_as_it(tmp_path):
         model.save(tmp_path / f"m.{fmt}")
         with pytest.raises(GraftError, match=r"unsupported Keras layers: mine>Add"):
             graft.import_keras(tmp_path / f"m.{fmt}")
+
+
+def test_a_final_ops_softmax_is_removed_like_a_softmax_layer(tmp_path):
+    x = keras.Input((6, 6, 3))
+    logits = L.Dense(4, name="head")(L.Flatten()(L.Conv2D(2, 3)(x)))
+    model = keras.Model(x, ops.softmax(logits))
+    randomise(model, seed=4)
+    model.save(tmp_path / "m.keras")
+    bundle = graft.import_keras(tmp_path / "m.keras")
+    assert any("softmax" in note for note in bundle.provenance.keras.notes)
+    x1, x2 = random_images(3, 6, 6, seed=1), random_images(3, 6, 6, seed=2)
+    head = keras.Model(model.input, model.get_layer("head").output)
+    assert_parity(graft_out(bundle, x1), keras_out(head, x1), keras_out(head, x2))

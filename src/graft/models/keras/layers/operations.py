@@ -96,7 +96,7 @@ def _operand_problems(op: str, operands: list, kwargs: dict) -> list[str]:
         problems.append("no tensor argument")
     elif _arity(op) == 1 and "input" not in operands[0]:
         problems.append("a constant where the tensor goes")
-    problems += [f"the argument {key}={value!r}" for key, value in kwargs.items() if value is not None]
+    problems += [f"the argument {key}={value!r}"[:80] for key, value in kwargs.items() if value is not None]
     return problems
 
 
