@@ -175,3 +175,24 @@ def test_a_keras_2_nested_model_config_is_not_taken_for_an_operation():
     assert layer_kind({"class_name": "Add", "config": {"name": "add", "trainable": True}}) == "Add"
     custom = {"class_name": "Add", "module": "mine.layers", "config": {"name": "a", "trainable": True, "dtype": "f"}}
     assert layer_kind(custom) == "mine.layers.Add"
+
+
+@pytest.mark.parametrize(
+    ("names", "first", "mode"),
+    [
+        (("block1_conv1", "block5_conv3", "block5_pool", "fc1"), {}, "caffe"),  # VGG16/19
+        (("conv1_conv", "conv4_block23_3_bn", "conv5_block3_3_bn"), {}, "caffe"),  # ResNet101/152
+        (("conv1_conv", "conv5_block3_3_bn", "post_bn"), {}, "tf"),  # ResNet50V2…
+        (("block1_conv1", "block14_sepconv2"), {}, "tf"),  # Xception
+        (("mixed9", "mixed10"), {}, "tf"),  # InceptionV3
+        (("conv",), {"kind": "Normalization", "mean": [123.7, 116.3, 103.5]}, "raw"),  # ConvNeXt
+        (("conv",), {"kind": "Normalization", "mean": [0.5, 0.4, 0.4]}, "unit"),
+    ],
+)
+def test_applications_without_a_timm_mapping_get_their_preprocessing(names, first, mode):
+    from graft.keras_import import _preprocess_mode
+    from graft.models.keras.graph import Node
+
+    kind = first.pop("kind", "Conv2D")
+    nodes = [Node("first", kind, first, ["input"]), *(Node(n, "Conv2D", {}, ["first"]) for n in names)]
+    assert _preprocess_mode(None, None, nodes, (32, 32, 3)) == mode

@@ -20,7 +20,7 @@ from graft._version import __version__
 from graft.bundle import Bundle
 from graft.errors import GraftError, first_line
 from graft.models.factory import GraftModel, build_model
-from graft.models.keras.applications import PREPROCESS, detect, map_application
+from graft.models.keras.applications import PREPROCESS, application_preprocessing, detect, map_application
 from graft.models.keras.files import read_keras_file
 from graft.models.keras.graph import describe, parse_nodes
 from graft.models.keras.graph_module import KerasGraphModule
@@ -128,7 +128,19 @@ def _preprocess_mode(preprocess: str | None, family: str | None, nodes: list, sh
         return preprocess
     if family is not None:
         return PREPROCESS[family]
-    return "raw" if nodes and nodes[0].kind == "Rescaling" else "unit"
+    known = application_preprocessing(nodes)
+    if known is not None:
+        return known[1]
+    return "raw" if nodes and _takes_pixels(nodes[0]) else "unit"
+
+
+def _takes_pixels(first) -> bool:
+    """A model that prepares its own input from 0–255 pixels: it starts with Rescaling (EfficientNet, MobileNetV3,
+    the Keras tutorials), or with a Normalization whose mean is on the pixel scale (ConvNeXt)."""
+    if first.kind == "Rescaling":
+        return True
+    mean = first.config.get("mean") if first.kind == "Normalization" else None
+    return isinstance(mean, list) and bool(mean) and max(abs(float(m)) for m in mean) > 2.0
 
 
 def _input_spec(shape: tuple, size: int | tuple[int, int] | None, mode: str) -> InputSpec:

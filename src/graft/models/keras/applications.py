@@ -63,6 +63,27 @@ def detect(nodes: list[Node]) -> str | None:
     return None
 
 
+# Keras Applications that import as layer graphs, by the layer names they spell → the preprocess_input mode their
+# weights expect (their Keras preprocessing is outside the model, so the file does not say it otherwise).
+_GRAPH_APPLICATIONS = (
+    ("VGG", {"block1_conv1", "block5_conv3", "block5_pool"}, set(), "caffe"),
+    ("ResNetV2", {"conv1_conv", "post_bn"}, set(), "tf"),
+    ("ResNet", {"conv1_conv", "conv5_block3_3_bn"}, {"post_bn"}, "caffe"),
+    ("Xception", {"block1_conv1", "block14_sepconv2"}, set(), "tf"),
+    ("InceptionV3", {"mixed9", "mixed10"}, set(), "tf"),
+    ("InceptionResNetV2", {"conv_7b", "conv_7b_bn"}, set(), "tf"),
+)
+
+
+def application_preprocessing(nodes: list[Node]) -> tuple[str, str] | None:
+    """(application, preprocess_input mode) of a Keras Application that has no timm mapping; None otherwise."""
+    names = {_norm(n.name) for n in nodes}
+    for application, needed, absent, mode in _GRAPH_APPLICATIONS:
+        if needed <= names and not absent & names:
+            return application, mode
+    return None
+
+
 class _Mapper:
     """Collects timm tensors from Keras layers, remembering which Keras weights were used."""
 
