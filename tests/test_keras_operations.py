@@ -161,3 +161,24 @@ def test_a_final_ops_softmax_is_removed_like_a_softmax_layer(tmp_path):
     x1, x2 = random_images(3, 6, 6, seed=1), random_images(3, 6, 6, seed=2)
     head = keras.Model(model.input, model.get_layer("head").output)
     assert_parity(graft_out(bundle, x1), keras_out(head, x1), keras_out(head, x2))
+
+
+def _more_operations_model():
+    x = keras.Input((4, 6, 3))
+    a = L.Conv2D(4, 1, name="a")(x)
+    y = ops.concatenate([ops.sigmoid(a), ops.relu6(a * 4.0), ops.hard_sigmoid(a), ops.leaky_relu(a)], axis=-1)
+    y = ops.elu(y) + ops.silu(y) - ops.tanh(y) + ops.exp(-ops.square(y)) + ops.sqrt(ops.abs(y)) + ops.power(y, 2.0)
+    y = ops.negative(ops.relu(y)) / 3.0 + ops.softmax(y, axis=-1)
+    y = ops.transpose(y, (0, 2, 1, 3))  # (N, 6, 4, 16)
+    y = ops.squeeze(ops.expand_dims(ops.sum(y, axis=1), 1), 1) + ops.max(y, axis=1)  # (N, 4, 16)
+    return keras.Model(x, L.Dense(3, name="head")(L.Flatten()(y)))
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_more_operations_match_keras(fmt, tmp_path):
+    model = _more_operations_model()
+    randomise(model, seed=6)
+    model.save(tmp_path / f"m.{fmt}")
+    bundle = graft.import_keras(tmp_path / f"m.{fmt}")
+    x1, x2 = random_images(2, 4, 6, seed=1), random_images(2, 4, 6, seed=2)
+    assert_parity(graft_out(bundle, x1), keras_out(model, x1), keras_out(model, x2))

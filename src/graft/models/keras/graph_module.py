@@ -25,6 +25,7 @@ PASS_THROUGH = (
     "SpatialDropout2D",
     "GlobalAveragePooling2D",
     "GlobalMaxPooling2D",
+    "BinaryLogits",
     *INFERENCE_IDENTITY,
 )
 
