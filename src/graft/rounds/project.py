@@ -1,6 +1,6 @@
 """A rounds project directory and its manifest.
 
-    DIR/rounds.json              settings for every round, the gate, and the rounds (written atomically)
+    DIR/rounds.json              settings for every round, the gate's thresholds, and the rounds (written atomically)
     DIR/current.json             the promoted bundle in use: {"round", "bundle", "why"}
     DIR/rounds/<k>-<name>/       per round: data.json (a mix: source when needed), run/ and bundle/
     DIR/report.json, matrix.png  accuracy matrix and metrics after the latest trained round
@@ -27,6 +27,7 @@ from pathlib import Path
 from graft.data.sources import check_source
 from graft.errors import GraftError
 from graft.io import atomic_write_json
+from graft.rounds.gate import Thresholds
 from graft.rounds.selection import Mode
 from graft.training.config import validate
 
@@ -100,17 +101,38 @@ def write(directory: str | Path, state: dict) -> None:
     atomic_write_json(manifest_path(directory), state)
 
 
-def check_threshold(value: float | None) -> float | None:
+def check_threshold(value: float | None, flag: str = "--max-forgetting") -> float | None:
     if value is not None and not 0 <= value <= 1:
-        raise GraftError(f"--max-forgetting is a fraction in [0, 1] (0.05 = 5 points), got {value}")
+        raise GraftError(f"{flag} is a fraction in [0, 1] (0.05 = 5 points), got {value}")
     return value
 
 
+GATE_KEYS = ("max_forgetting", "min_accuracy", "max_accuracy_drop")  # the gate's thresholds in rounds.json
+
+
+def thresholds(state: dict, **overrides: float | None) -> Thresholds:
+    """The project's gate (a manifest written before a rule existed gets that rule's default), with the
+    thresholds given for this call on top (None: the project's)."""
+    for key, value in overrides.items():
+        check_threshold(value, "--" + key.replace("_", "-"))
+    stored = {key: state[key] for key in GATE_KEYS if key in state}
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return Thresholds(**{**stored, **given})
+
+
 def init(
-    directory: str | Path, *, max_forgetting: float | None = 0.05, force: bool = False, **settings: object
+    directory: str | Path,
+    *,
+    max_forgetting: float | None = 0.05,
+    min_accuracy: float | None = None,
+    max_accuracy_drop: float | None = 0.0,
+    force: bool = False,
+    **settings: object,
 ) -> dict:
     """Create a project whose rounds all train with `settings` (any TrainConfig fields but data/run_dir/output).
 
+    The gate (graft.rounds.gate): `max_forgetting` of earlier rounds, `min_accuracy` on the round's own test
+    split (None: better than chance) and `max_accuracy_drop` of average accuracy against the current bundle.
     `force` starts an existing project again; its rounds, report and current pointer move to `DIR/archive/<time>/`.
     """
     directory = Path(directory)
@@ -125,6 +147,8 @@ def init(
         "format": FORMAT,
         "settings": given,
         "max_forgetting": check_threshold(max_forgetting),
+        "min_accuracy": check_threshold(min_accuracy, "--min-accuracy"),
+        "max_accuracy_drop": check_threshold(max_accuracy_drop, "--max-accuracy-drop"),
         "rounds": [],
     }
     with locked(directory):
