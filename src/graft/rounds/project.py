@@ -17,13 +17,12 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import os
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from graft import lock
 from graft.data.sources import check_source
 from graft.errors import GraftError
 from graft.io import atomic_write_json
@@ -35,7 +34,7 @@ MANIFEST = "rounds.json"
 CURRENT = "current.json"
 FORMAT = 1
 ARCHIVE = "archive"
-LOCK = ".lock"
+LOCK = lock.LOCK
 # Where each round's data, run and bundle go is the project's business, not a setting.
 NOT_SETTINGS = {"data", "run_dir", "output", "force"}
 # Settings that describe the architecture: round 1 uses them, later rounds take them from the bundle they continue.
@@ -67,34 +66,11 @@ def read(directory: str | Path) -> dict:
     return state
 
 
-@contextlib.contextmanager
-def locked(directory: str | Path) -> Iterator[None]:
+def locked(directory: str | Path) -> contextlib.AbstractContextManager[None]:
     """Held by a command that changes the project: a second one at the same time gets a one-line error instead
-    of overwriting the first one's manifest. (No lock where `fcntl` is missing, i.e. on Windows.)"""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    with open(Path(directory) / LOCK, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            raise GraftError(
-                f"{directory} is busy: another graft rounds command (process {holder}) is changing it; "
-                "wait for it to finish"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    of overwriting the first one's manifest (graft.lock)."""
+    busy = "{directory} is busy: another graft rounds command (process {pid}) is changing it; wait for it to finish"
+    return lock.locked(directory, busy)
 
 
 def write(directory: str | Path, state: dict) -> None:

@@ -20,6 +20,7 @@ from graft.data.sources import load_source
 from graft.errors import GraftError, Interrupted
 from graft.evaluation import evaluate_model
 from graft.io import atomic_write_json
+from graft.lock import is_locked
 from graft.progress import console as default_console
 from graft.rounds import gate, metrics, project, report, selection
 from graft.training import RESUME_MAY_CHANGE, is_unfinished, training_device
@@ -243,7 +244,9 @@ def _summary(directory: Path, state: dict) -> dict:
     for k, entry in enumerate(state["rounds"]):
         _, run_dir, _ = _paths(directory, entry)
         status_now = entry["status"]
-        if status_now == "pending" and is_unfinished(run_dir):
+        if status_now == "pending" and is_locked(run_dir):
+            status_now = "training"  # a train process holds its run directory now
+        elif status_now == "pending" and is_unfinished(run_dir):
             status_now = "interrupted"
         rounds.append(
             {
