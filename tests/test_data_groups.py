@@ -84,7 +84,9 @@ def test_grouped_split_keeps_groups_whole_and_is_stratified_split_without_groups
         assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
     one_video = np.array(["0/v"] * 40 + [f"1/v{i // 8}" for i in range(40)], dtype=object)
     _, valid = grouped_split(labels, one_video, 0.2, seed=0)
-    assert set(labels[valid]) == {1}, "a class filmed in one video cannot be validated on another: it stays whole"
+    # a class filmed in one video cannot be validated on another: the end of its video is held out
+    assert valid[labels[valid] == 0].tolist() == list(range(32, 40))
+    assert len(set(one_video[valid[labels[valid] == 1]])) == 1
 
 
 def test_frames_of_a_video_never_straddle_train_and_valid(tmp_path):
@@ -103,6 +105,15 @@ def test_frames_of_a_video_never_straddle_train_and_valid(tmp_path):
     by_folder = load_splits(f"folder:{data}", valid_fraction=0.2, seed=0, group_by="folder")
     folders = [{p.parent.name for p in (s.paths[i] for i in s.index)} for s in (by_folder.train, by_folder.valid)]
     assert not folders[0] & folders[1] and len(folders[1]) == 2
+
+
+def test_one_video_per_class_is_validated_on_its_end_and_said_so(tmp_path):
+    data = _video_folder(tmp_path, _noise_video, {"a": None, "b": None}, train=1, test=1, frames=10)
+    lines: list[str] = []
+    splits = load_splits(f"folder:{data}", valid_fraction=0.2, seed=0, report=lines.append)
+    names = sorted(splits.valid.paths[i].name for i in splits.valid.index)
+    assert names == ["a-train-0-f000008.png", "a-train-0-f000009.png", "b-train-0-f000008.png", "b-train-0-f000009.png"]
+    assert any(line.startswith("WARNING: a, b: one of the videos each") for line in lines), lines
 
 
 def test_a_video_in_both_train_and_test_is_reported(tmp_path):

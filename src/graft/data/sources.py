@@ -275,12 +275,14 @@ def _report_groups(
         return
     kind = describe_groups(group_by)
     held, kept = set(valid.groups()), set(train.groups())
-    report(f"valid split: {len(held)} of {len(held | kept)} {kind} held out whole (--group-by {group_by})")
-    missing = [name for c, name in enumerate(pool.classes) if c in set(pool.labels) and c not in set(valid.labels)]
-    if missing:
+    report(f"valid split: {len(held - kept)} of {len(held | kept)} {kind} held out whole (--group-by {group_by})")
+    split = held & kept
+    if split:  # classes filmed in one video: validated on the end of that same video
+        names = sorted({pool.classes[c] for c, g in zip(valid.labels, valid.groups(), strict=True) if g in split})
         report(
-            f"WARNING: {', '.join(missing[:5])}: all images in one of the {kind}, so validation has none of them; "
-            "add another video (or photos from another session) per class"
+            f"WARNING: {', '.join(names[:5])}: one of the {kind} each, so their validation images are the last ones "
+            "of it, next to training images: validation will read too high; add another video (or photos from "
+            "another session) per class"
         )
 
 
