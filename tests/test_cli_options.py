@@ -55,10 +55,14 @@ BEFORE_GENERATION = {
 --feature-cache --no-feature-cache bool
 --device str
 --valid-fraction float
+--group-by str
 --seed int
 --threads int
 --workers int
 --max-train int
+--max-valid int
+--max-test int
+--recalibrate-bn --no-recalibrate-bn bool
 --output -o str
 --run-dir str
 --force bool
@@ -82,7 +86,10 @@ BEFORE_GENERATION = {
 --seed int
 --max-train int
 --data-root str
+--group-by str
 --max-forgetting float
+--min-accuracy float
+--max-accuracy-drop float
 --force bool
 """,
     "rounds add": """
@@ -192,7 +199,9 @@ def test_rounds_commands_take_their_subsets_with_their_defaults():
     init = _options("rounds init")
     assert _shown_default(init["epochs"].help) == "5" and _shown_default(init["lr"].help) == "0.004"
     assert init["pretrained"].help.startswith("Round 1 starts")
-    assert set(_options("rounds train")) == {"max_forgetting", "threads", "workers", "device"}
+    assert set(_options("rounds train")) == {
+        "max_forgetting", "min_accuracy", "max_accuracy_drop", "threads", "workers", "device"
+    }  # fmt: skip
 
 
 def test_train_flags_reach_training_as_settings(monkeypatch, capsys):
@@ -216,7 +225,10 @@ def test_rounds_flags_reach_the_project(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(graft.rounds, "init", lambda directory, **kwargs: seen.update(kwargs))
     code, _, err = run(["rounds", "init", str(tmp_path / "p"), "-m", "resnet10t", "--size", "16", "-e", "2"], capsys)
     assert code == 0, err
-    assert seen == {"max_forgetting": 0.05, "force": False, "model": "resnet10t", "size": 16, "epochs": 2}
+    assert seen == {
+        "max_forgetting": 0.05, "min_accuracy": None, "max_accuracy_drop": 0.0, "force": False,
+        "model": "resnet10t", "size": 16, "epochs": 2,
+    }  # fmt: skip
 
     def add(directory, name, data, **kwargs):
         seen.update(kwargs)

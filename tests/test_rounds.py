@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,21 @@ def test_rounds_cli_flow_with_new_class(tmp_path, data, capsys, monkeypatch):
     project = tmp_path / "proj"
     flags = ["--model", "resnet10t", "--input-mode", "fold", "--size", "16", "--epochs", "1", "--batch-size", "16"]
     code, out, err = cli(
-        ["rounds", "init", str(project), *flags, "--precision", "fp32", "--max-forgetting", "1"], capsys
+        [
+            "rounds",
+            "init",
+            str(project),
+            *flags,
+            "--precision",
+            "fp32",
+            "--max-forgetting",
+            "1",
+            "--min-accuracy",
+            "0",
+            "--max-accuracy-drop",
+            "1",
+        ],
+        capsys,
     )
     assert code == 0, err
     for name in ("plain", "inverted", "grown"):
@@ -73,16 +88,18 @@ def test_gate_keeps_previous_current(tmp_path, data, monkeypatch):
     rounds.init(project, max_forgetting=0.05, **SETTINGS)
     rounds.add(project, "plain", data["plain"])
     rounds.add(project, "inverted", data["inverted"], naive=True)
-    scripted = iter([0.9, 0.6, 0.9])  # round 1 on plain; round 2 on plain (forgot 0.3), on inverted
+    # round 1 on plain; round 2 on plain (forgot 0.3), on inverted; round 1 (current) on inverted
+    scripted = iter([0.9, 0.6, 0.9, 0.3])
     monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images, **_: next(scripted))
     summary = rounds.train(project)
     first, second = summary["rounds"]
     assert first["status"] == "promoted" and second["status"] == "rejected"
     assert second["metrics"]["forgetting"] == pytest.approx(0.3)
+    assert second["gate"]["refused_by"] == ["max-forgetting"] and second["gate"]["current_average"] == 0.6
     assert "exceeds" in second["gate"]["why"] and "30.00%" in second["gate"]["why"]
     assert summary["current"]["round"] == "plain" and summary["current"]["bundle"] == "rounds/1-plain/bundle"
     lines = "\n".join(rounds_run.status_lines(rounds.status(project)))
-    assert "rejected" in lines and "exceeds the gate" in lines and "current: round 1 (plain)" in lines
+    assert "rejected" in lines and "refused by max-forgetting" in lines and "current: round 1 (plain)" in lines
     # the naive round trained on its own data only
     assert json.loads((project / "rounds.json").read_text())["rounds"][1]["training_data"]["parts"] == [
         {"source": data["inverted"], "fraction": 1.0}
@@ -95,7 +112,8 @@ def test_redo_a_rejected_round_with_replay_and_its_own_settings(tmp_path, data, 
     rounds.add(project, "plain", data["plain"])
     rounds.add(project, "inverted", data["inverted"], naive=True)
     rounds.add(project, "grown", data["grown"])
-    scripted = iter([0.9, 0.6, 0.9, 0.9, 0.9, 0.9])  # round 2 forgets 0.3 of round 1: rejected; round 3 passes
+    # round 2 forgets 0.3 of round 1: rejected; round 3 passes (after each row: the current round 1 on the new splits)
+    scripted = iter([0.9, 0.6, 0.9, 0.3, 0.9, 0.9, 0.9, 0.3, 0.3])
     monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images, **_: next(scripted))
     summary = rounds.train(project)
     assert [r["status"] for r in summary["rounds"]] == ["promoted", "rejected", "promoted"]
@@ -115,7 +133,7 @@ def test_redo_a_rejected_round_with_replay_and_its_own_settings(tmp_path, data, 
     assert state["rounds"][1]["mode"] == "replay" and state["rounds"][1]["settings"] == {"epochs": 2}
     assert state["matrix"] == [[0.9]]
 
-    scripted = iter([0.88, 0.9, 0.88, 0.9, 0.9])  # now round 2 forgets 0.02: promoted
+    scripted = iter([0.88, 0.9, 0.3, 0.88, 0.9, 0.9, 0.3])  # now round 2 forgets 0.02: promoted
     monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images, **_: next(scripted))
     summary = rounds.train(project)
     assert [r["status"] for r in summary["rounds"]] == ["promoted", "promoted", "promoted"]
@@ -133,7 +151,7 @@ def _weights(project: Path, round_dir: str) -> dict[str, np.ndarray]:
 def test_resume_interrupted_round_matches_uninterrupted(tmp_path, data, monkeypatch):
     settings = {**SETTINGS, "epochs": 2}
     for name in ("straight", "stopped"):
-        rounds.init(tmp_path / name, max_forgetting=None, **settings)
+        rounds.init(tmp_path / name, max_forgetting=None, min_accuracy=0.0, max_accuracy_drop=None, **settings)
         rounds.add(tmp_path / name, "plain", data["plain"])
         rounds.add(tmp_path / name, "inverted", data["inverted"], replay=0.5)
     rounds.train(tmp_path / "straight")
@@ -202,7 +220,7 @@ def test_redo_falls_back_to_no_current_and_leaves_an_earlier_current_alone(tmp_p
     rounds.init(project, max_forgetting=0.05, **SETTINGS)
     rounds.add(project, "plain", data["plain"])
     rounds.add(project, "inverted", data["inverted"], naive=True)
-    scripted = iter([0.9, 0.6, 0.9])
+    scripted = iter([0.9, 0.6, 0.9, 0.3])
     monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images, **_: next(scripted))
     rounds.train(project)
     before = (project / "current.json").read_bytes()
@@ -216,7 +234,7 @@ def test_redo_falls_back_to_no_current_and_leaves_an_earlier_current_alone(tmp_p
 
 def test_a_redo_cut_short_is_finished_by_the_next_command(tmp_path, data, monkeypatch):
     project = tmp_path / "proj"
-    rounds.init(project, max_forgetting=None, **SETTINGS)
+    rounds.init(project, max_forgetting=None, min_accuracy=0.0, **SETTINGS)
     rounds.add(project, "plain", data["plain"])
     rounds.train(project)
 
@@ -253,7 +271,7 @@ def test_a_redo_cut_short_is_finished_by_the_next_command(tmp_path, data, monkey
 
 def test_init_force_archives_the_old_project_and_a_busy_project_refuses(tmp_path, data):
     project = tmp_path / "proj"
-    rounds.init(project, max_forgetting=None, **SETTINGS)
+    rounds.init(project, max_forgetting=None, min_accuracy=0.0, **SETTINGS)
     rounds.add(project, "plain", data["plain"])
     rounds.train(project)
     config = json.loads((project / "rounds/1-plain/run/config.json").read_text())
@@ -279,3 +297,41 @@ def test_damaged_files_are_one_line_errors(tmp_path, capsys):
     (project / "rounds.json").write_text("[]")
     code, out, err = cli(["rounds", "status", str(project)], capsys)
     assert code == 2 and "not a rounds manifest" in out + err
+
+
+def test_a_round_that_fails_its_own_test_split_is_not_promoted_and_serve_keeps_the_old_one(
+    tmp_path, data, capsys, monkeypatch
+):
+    """The story: round 2 scored 0 % on its own test split, average accuracy 33.3 % -> 16.7 %, forgetting 0 %: a
+    forgetting-only gate promoted it and the server switched to it."""
+    import httpx
+
+    from graft.serve.app import create_app
+    from serve_helpers import live_server
+
+    project = tmp_path / "proj"
+    rounds.init(project, max_forgetting=0.05, **SETTINGS)
+    rounds.add(project, "plain", data["plain"])
+    # round 1 on plain; round 2 on plain and on its own split (0 %); round 1 (current) on round 2's split
+    scripted = iter([1 / 3 + 0.01, 1 / 3 + 0.01, 0.0, 1 / 3])
+    monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images, **_: next(scripted))
+    rounds.train(project)
+    with live_server(create_app(project, engine="torch", watch_s=0.1)) as url:
+        assert httpx.get(f"{url}/v1/model").json()["model"].startswith("1-plain-")
+        rounds.add(project, "busy", data["inverted"])
+        code, out, err = cli(["rounds", "train", str(project), "--workers", "0"], capsys)
+        assert code == 0, err
+        assert "NOT promoted" in out + err and "refused by min-accuracy" in out + err
+        summary = rounds.status(project)
+        busy = summary["rounds"][1]
+        assert busy["status"] == "rejected" and busy["metrics"]["forgetting"] == pytest.approx(0.0)
+        assert busy["gate"]["refused_by"] == ["min-accuracy", "max-accuracy-drop"]
+        assert "0.00% on its own test split, no better than chance (33.33%)" in busy["gate"]["why"]
+        assert "average accuracy 17.17% vs 33.83% for current round 'plain'" in busy["gate"]["why"]
+        assert summary["current"]["round"] == "plain"
+        time.sleep(0.5)  # the server watches current.json every 0.1 s: it had time to switch, and must not
+        assert httpx.get(f"{url}/v1/model").json()["model"].startswith("1-plain-")
+    lines = cli(["rounds", "status", str(project)], capsys)[1]
+    assert "rejected" in lines and "refused by min-accuracy" in lines
+    gate = "gate: own test accuracy > chance (1/classes); average accuracy drop vs current ≤ 0.00%; forgetting ≤ 5.00%"
+    assert gate in lines

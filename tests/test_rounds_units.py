@@ -51,13 +51,50 @@ def test_matrix_from_ragged_rows():
     np.testing.assert_allclose(np.nan_to_num(matrix), np.nan_to_num(R))
 
 
-def test_gate():
-    assert gate.decide(None, 0.05) == (True, "first round")
-    promoted, why = gate.decide(0.125, 0.05)
-    assert not promoted and "12.50%" in why and "5.00%" in why
-    assert gate.decide(0.05, 0.05)[0]  # at the threshold: promoted
-    assert gate.decide(-0.05, 0.0)[0]
-    assert gate.decide(0.9, None)[0]
+def _evidence(own=0.9, classes=3, average=0.9, forgetting=None, current_average=None) -> gate.Evidence:
+    return gate.Evidence(own, classes, average, forgetting, current_average, "plain" if current_average else None)
+
+
+def test_gate_forgetting_rule():
+    limits = gate.Thresholds(max_forgetting=0.05)
+    first = gate.decide(_evidence(), limits)
+    assert first.promoted and first.why.startswith("first round") and first.refused_by == []
+    refused = gate.decide(_evidence(forgetting=0.125), limits)
+    assert not refused.promoted and refused.refused_by == ["max-forgetting"]
+    assert "12.50%" in refused.why and "5.00%" in refused.why and "refused by max-forgetting" in refused.why
+    assert gate.decide(_evidence(forgetting=0.05), limits).promoted  # at the threshold: promoted
+    assert gate.decide(_evidence(forgetting=-0.05), gate.Thresholds(max_forgetting=0.0)).promoted
+    assert gate.decide(_evidence(forgetting=0.9), gate.Thresholds(max_forgetting=None)).promoted
+
+
+def test_gate_refuses_a_round_that_fails_its_own_test_split_even_without_forgetting():
+    # the story: round "busy" 0 % on its own test split, average 33.3 % -> 16.7 %, forgetting 0
+    useless = _evidence(own=0.0, classes=3, average=(1 / 3 + 0.0) / 2, forgetting=0.0, current_average=1 / 3)
+    decision = gate.decide(useless, gate.Thresholds())
+    assert not decision.promoted
+    assert decision.refused_by == ["min-accuracy", "max-accuracy-drop"]
+    assert "refused by min-accuracy: 0.00% on its own test split, no better than chance (33.33%)" in decision.why
+    assert "refused by max-accuracy-drop: average accuracy 16.67% vs 33.33% for current round 'plain'" in decision.why
+    assert gate.decide(_evidence(own=0.34, classes=3), gate.Thresholds()).promoted  # just above chance
+    assert not gate.decide(_evidence(own=1 / 3, classes=3), gate.Thresholds()).promoted  # chance itself
+    floor = gate.Thresholds(min_accuracy=0.8)
+    assert gate.decide(_evidence(own=0.8), floor).promoted
+    below = gate.decide(_evidence(own=0.79), floor)
+    assert below.refused_by == ["min-accuracy"] and "below the floor 80.00%" in below.why
+
+
+def test_gate_average_accuracy_against_the_current_bundle_on_the_same_splits():
+    limits = gate.Thresholds(max_accuracy_drop=0.0)
+    assert gate.decide(_evidence(average=0.80, forgetting=0.0, current_average=0.80), limits).promoted
+    dropped = gate.decide(_evidence(average=0.79, forgetting=0.0, current_average=0.80), limits)
+    assert not dropped.promoted and dropped.refused_by == ["max-accuracy-drop"] and "1.00%" in dropped.why
+    assert gate.decide(
+        _evidence(average=0.79, forgetting=0.0, current_average=0.80), gate.Thresholds(max_accuracy_drop=0.02)
+    ).promoted
+    assert gate.decide(
+        _evidence(average=0.1, forgetting=0.0, current_average=0.9), gate.Thresholds(max_accuracy_drop=None)
+    ).promoted
+    assert "average accuracy drop vs current ≤ 0.00%" in gate.Thresholds().describe()
 
 
 def test_selection_modes():

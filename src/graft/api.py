@@ -66,6 +66,7 @@ def evaluate(
             valid_fraction=recorded.valid_fraction if recorded is not None else DEFAULT_VALID_FRACTION,
             seed=recorded.split_seed if recorded is not None else 0,
             download=download,
+            group_by=recorded.group_by if recorded is not None else "none",
         )
         images = getattr(splits, split)
     mapping = class_map(images.classes, bundle.classes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +17,9 @@ from torch import nn
 from graft.data.base import ImageSet
 from graft.data.loader import count_batches, iter_batches
 from graft.data.preprocess import to_model_input
-from graft.errors import GraftError
+from graft.errors import GraftError, Interrupted
 from graft.io import atomic_write_json
-from graft.progress import batch_progress
+from graft.progress import LOG_EVERY_S, batch_progress
 from graft.spec import InputSpec
 
 THUMBNAIL_SIZE = 128  # pixels, the longest side of a misclassified example in the grid
@@ -81,20 +83,25 @@ def evaluate_model(
     console: Console | None = None,
     device: torch.device | str = "cpu",
     channels_last: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
     """Run `model` over `images` in eval mode; `label_map` maps the set's labels to the model's classes.
 
-    With a `console`, a transient progress bar shows batches, images/s and ETA (large folders take minutes).
-    `device` and `channels_last` let training evaluate where and how it trains (always in float32).
+    With a `console`, a transient progress bar shows batches, images/s and ETA (large folders take minutes), and
+    where the console is no terminal (logs), a line every LOG_EVERY_S seconds. `device` and `channels_last` let
+    training evaluate where and how it trains (always in float32). `should_stop` is asked after every batch:
+    when it says so, evaluation ends at once with `Interrupted` (training's Ctrl-C).
     """
     model.eval()
     device = torch.device(device)
     labels_all = images.labels if label_map is None else label_map[images.labels]
     predicted, confidence, total_loss = [], [], 0.0
     batches = iter_batches(images, spec, batch_size, workers=workers)
+    total = count_batches(len(images), batch_size)
+    started = last_log = time.perf_counter()
     with batch_progress(console, disable=console is None) as progress:
-        task = progress.add_task(f"evaluating {images.name}", total=count_batches(len(images), batch_size), stats="")
-        for batch, labels in batches:
+        task = progress.add_task(f"evaluating {images.name}", total=total, stats="")
+        for done, (batch, labels) in enumerate(batches, start=1):
             x = to_model_input(batch, spec).to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -106,6 +113,13 @@ def evaluate_model(
             predicted.append(index.numpy())
             confidence.append(top.numpy())
             progress.update(task, advance=1)
+            now = time.perf_counter()
+            if console is not None and not console.is_terminal and now - last_log >= LOG_EVERY_S:
+                eta = (now - started) / done * (total - done)
+                console.print(f"  evaluating {images.name}: {done}/{total} batches  ETA {eta:.0f}s")
+                last_log = now
+            if should_stop is not None and done < total and should_stop():
+                raise Interrupted(f"stopped while evaluating {images.name} ({done}/{total} batches)")
     n = len(images)
     return EvalResult(
         classes=list(classes or images.classes),

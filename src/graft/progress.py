@@ -13,6 +13,7 @@ from rich.progress import (
 )
 
 _console = Console(stderr=True, soft_wrap=True)
+LOG_EVERY_S = 30.0  # progress line interval when stderr is not a terminal (CI, nohup, pipes)
 
 
 def console() -> Console:

@@ -181,6 +181,7 @@ class DataRecord(_Open):
     test: int | None = None
     valid_fraction: Annotated[float, Field(ge=0, lt=1)] = DEFAULT_VALID_FRACTION
     split_seed: int = 0
+    group_by: str = "none"  # which images the split kept together (graft.data.groups); older bundles: none
 
 
 class TransferRecord(_Open):

@@ -24,7 +24,7 @@ rounds_app = typer.Typer(
 
 PROJECT_SETTINGS = (
     "model", "input_mode", "size", "pretrained", "weights", "epochs", "batch_size", "lr", "schedule", "strategy",
-    "augment", "precision", "seed", "max_train", "data_root",
+    "augment", "precision", "seed", "max_train", "data_root", "group_by",
 )  # fmt: skip
 """The training settings `rounds init` takes as flags (any other comes from its --recipe)."""
 
@@ -54,6 +54,20 @@ def rounds_init_command(
         float,
         typer.Option(help="Promotion gate: a round forgetting more than this on earlier rounds is not promoted."),
     ] = 0.05,
+    min_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            help="Promotion gate: a round scoring less on its own test split is not promoted. [default: better "
+            "than chance, 1/classes]"
+        ),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float,
+        typer.Option(
+            help="Promotion gate: a round whose average accuracy over all rounds' test splits is more than this "
+            "below the current bundle's (same splits) is not promoted."
+        ),
+    ] = 0.0,
     force: Annotated[
         bool, typer.Option("--force", help="Start an existing project again (its old rounds move to DIR/archive/).")
     ] = False,
@@ -68,10 +82,12 @@ def rounds_init_command(
       graft rounds train proj && graft rounds status proj
     """
     from graft.rounds import init
+    from graft.rounds.gate import Thresholds
     from graft.training.config import recipe_settings
 
-    init(directory, max_forgetting=max_forgetting, force=force, **recipe_settings(recipe, **settings))
-    print(f"rounds project: {directory} (gate: forgetting ≤ {max_forgetting:.2%}); add rounds with `graft rounds add`")
+    limits = dict(max_forgetting=max_forgetting, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop)
+    init(directory, **limits, force=force, **recipe_settings(recipe, **settings))
+    print(f"rounds project: {directory} (gate: {Thresholds(**limits).describe()}); add rounds with `graft rounds add`")
 
 
 # A round's own recipe, shared by `rounds add` and `rounds redo`.
@@ -143,6 +159,12 @@ def rounds_redo_command(
 def rounds_train_command(
     directory: Annotated[Path, typer.Argument(help="Rounds project directory.")],
     max_forgetting: Annotated[float | None, typer.Option(help="Gate for this call instead of the project's.")] = None,
+    min_accuracy: Annotated[
+        float | None, typer.Option(help="Own-test-split floor for this call instead of the project's.")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None, typer.Option(help="Allowed average-accuracy drop for this call instead of the project's.")
+    ] = None,
     **settings: Any,
 ) -> None:
     """Train every pending round in order (an interrupted one is resumed), measure, gate, report.
@@ -151,7 +173,13 @@ def rounds_train_command(
     """
     from graft.rounds.run import status_lines, train
 
-    summary = train(directory, max_forgetting=max_forgetting, **settings)
+    summary = train(
+        directory,
+        max_forgetting=max_forgetting,
+        min_accuracy=min_accuracy,
+        max_accuracy_drop=max_accuracy_drop,
+        **settings,
+    )
     print("\n".join(status_lines(summary)))
 
 

@@ -39,6 +39,11 @@ class ImageSet(ABC):
     def image(self, i: int) -> np.ndarray:
         """Image `i` of this view as an HxWxC uint8 array at native size."""
 
+    def groups(self) -> np.ndarray | None:
+        """The group of each image of this view (frames of one video share one: graft.data.groups), or None when
+        every image stands alone; splits never cut a group."""
+        return None
+
     def subset(self, positions: np.ndarray, name: str | None = None) -> ImageSet:
         """A view of the images at `positions` (positions within this view)."""
         return dataclasses.replace(self, name=name or self.name, index=self.index[positions])  # type: ignore[type-var]

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from graft.data.base import ImageSet
+from graft.data.groups import check_group_by, group_of
 from graft.data.images import IMAGE_EXTENSIONS, decode_image
 from graft.errors import GraftError
 
@@ -37,14 +38,20 @@ class FileImages(ImageSet):
     classes: list[str]
     channels: int
     index: np.ndarray = field(default=None)  # type: ignore[assignment]
+    all_groups: np.ndarray | None = None  # each file's group (graft.data.groups); unique keys for lone images
 
     def __post_init__(self) -> None:
         if len(self.paths) != len(self.all_labels):
             raise ValueError(f"{len(self.paths)} paths but {len(self.all_labels)} labels")
+        if self.all_groups is not None and len(self.all_groups) != len(self.paths):
+            raise ValueError(f"{len(self.paths)} paths but {len(self.all_groups)} groups")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.index is None:
             self.index = np.arange(len(self.paths))
+
+    def groups(self) -> np.ndarray | None:
+        return None if self.all_groups is None else self.all_groups[self.index]
 
     def image(self, i: int) -> np.ndarray:
         path = self.paths[self.index[i]]
@@ -63,7 +70,10 @@ def concat_files(first: FileImages, second: FileImages, name: str) -> FileImages
         raise ValueError("can only join sets with the same classes")
     paths = [first.paths[i] for i in first.index] + [second.paths[i] for i in second.index]
     labels = np.concatenate([first.labels, second.labels])
-    return FileImages(name, paths, labels, first.classes, max(first.channels, second.channels))
+    groups = None
+    if first.all_groups is not None and second.all_groups is not None:
+        groups = np.concatenate([first.groups(), second.groups()])
+    return FileImages(name, paths, labels, first.classes, max(first.channels, second.channels), all_groups=groups)
 
 
 @dataclass
@@ -75,12 +85,17 @@ class FolderScan:
     skipped: list[tuple[Path, str]]
 
 
-def scan_folder(root: str | Path, *, workers: int = 4) -> FolderScan:
+def scan_folder(root: str | Path, *, workers: int = 4, group_by: str = "auto") -> FolderScan:
     """Find the classes and readable images under `root`; GraftError when they cannot make a dataset.
 
     Every candidate image is decoded once, `workers` at a time, and dropped: unreadable and non-image files go
-    to `skipped` with a one-line reason. `channels` is 1 when every readable image is gray, else 3.
+    to `skipped` with a one-line reason. `channels` is 1 when every readable image is gray, else 3. `group_by`
+    names each image's group (graft.data.groups), which splits keep whole.
     """
+    try:
+        check_group_by(group_by)
+    except ValueError as error:
+        raise GraftError(f"--group-by: {error}") from None
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     root = Path(root).expanduser()
@@ -126,10 +141,10 @@ def scan_folder(root: str | Path, *, workers: int = 4) -> FolderScan:
             raise GraftError(f"{where}: class folder {name} has no readable images{_example(skipped, class_dir)}")
 
     channels = 1 if channel_counts == {1} else 3
-    train = _image_set(f"{root.name}/train", [found_in[d] for d in train_dirs], classes, channels)
+    train = _image_set(f"{root.name}/train", {d: found_in[d] for d in train_dirs}, classes, channels, group_by)
     test = None
     if test_dirs is not None:
-        test = _image_set(f"{root.name}/test", [found_in[d] for d in test_dirs], classes, channels)
+        test = _image_set(f"{root.name}/test", {d: found_in[d] for d in test_dirs}, classes, channels, group_by)
     return FolderScan(train=train, test=test, skipped=skipped)
 
 
@@ -195,8 +210,14 @@ def _example(skipped: list[tuple[Path, str]], under: Path) -> str:
     return ""
 
 
-def _image_set(name: str, groups: list[list[tuple[Path, int]]], classes: list[str], channels: int) -> FileImages:
-    items = [item for group in groups for item in group]
-    paths = [path for path, _ in items]
-    labels = np.array([label for _, label in items], dtype=np.int64)
-    return FileImages(name, paths, labels, classes, channels)
+def _image_set(
+    name: str, per_class: dict[Path, list[tuple[Path, int]]], classes: list[str], channels: int, group_by: str
+) -> FileImages:
+    items = [(path, label, class_dir) for class_dir, files in per_class.items() for path, label in files]
+    paths = [path for path, _, _ in items]
+    labels = np.array([label for _, label, _ in items], dtype=np.int64)
+    groups = []
+    for path, label, class_dir in items:
+        group = group_of(classes[label], path.relative_to(class_dir), group_by)
+        groups.append(f"\0{path}" if group is None else group)  # a lone image: a group no name can equal
+    return FileImages(name, paths, labels, classes, channels, all_groups=np.array(groups, dtype=object))

@@ -42,6 +42,20 @@ class JoinedImages(ImageSet):
             self.index = np.arange(len(self.part_of))
         self.channels = max(part.channels for part in self.parts)
 
+    def groups(self) -> np.ndarray | None:
+        """Each part's groups, told apart by part; None when no part has any."""
+        named = [part.groups() for part in self.parts]
+        if all(groups is None for groups in named):
+            return None
+        own = [
+            np.array([f"{k}:{g}" for g in groups], dtype=object)
+            if groups is not None
+            else np.array([f"\0{k}:{i}" for i in range(len(part))], dtype=object)
+            for k, (part, groups) in enumerate(zip(self.parts, named, strict=True))
+        ]
+        every = np.array([own[p][j] for p, j in zip(self.part_of, self.local, strict=True)], dtype=object)
+        return every[self.index]
+
     def image(self, i: int) -> np.ndarray:
         k = self.index[i]
         image = self.parts[self.part_of[k]].image(int(self.local[k]))

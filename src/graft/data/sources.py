@@ -17,9 +17,10 @@ from torchvision import datasets as tvd
 from torchvision.datasets.utils import check_integrity, download_url
 
 from graft.data.base import ArrayImages, ImageSet, Splits, concat_arrays
+from graft.data.groups import describe as describe_groups
 from graft.data.idx import read_idx
 from graft.data.root import DATA_ROOT_ENV, data_root
-from graft.data.split import split_train_valid, stratified_split
+from graft.data.split import grouped_split, split_train_valid
 from graft.errors import GraftError, first_line
 
 # The test split of sources that have none is held out with this fixed seed, so that runs with different
@@ -118,7 +119,7 @@ def load_digits_source() -> tuple[ArrayImages, ArrayImages]:
 
 
 def _hold_out(pool: ImageSet) -> tuple[ImageSet, ImageSet]:
-    train, test = stratified_split(pool.labels, TEST_HOLDOUT_FRACTION, TEST_HOLDOUT_SEED)
+    train, test = grouped_split(pool.labels, pool.groups(), TEST_HOLDOUT_FRACTION, TEST_HOLDOUT_SEED)
     return pool.subset(train, f"{pool.name}-train"), pool.subset(test, f"{pool.name}-test")
 
 
@@ -167,32 +168,57 @@ def source_label(source: str) -> str:
     return source.removeprefix("folder:").rstrip("/").split("/")[-1] or "data"
 
 
-def _scan(path: str, report: Callable[[str], None] | None):
+def _scan(path: str, report: Callable[[str], None] | None, group_by: str = "auto"):
     from graft.data.folder import scan_folder
 
-    scan = scan_folder(path)
+    scan = scan_folder(path, group_by=group_by)
     if scan.skipped and report is not None:
         first = "; ".join(f"{p.name}: {why}" for p, why in scan.skipped[:3])
         report(f"skipped {len(scan.skipped)} unreadable file(s) in {path} (e.g. {first})")
     return scan
 
 
-def load_folder_source(path: str, report: Callable[[str], None] | None = None) -> tuple[ImageSet, ImageSet]:
-    scan = _scan(path, report)
+def load_folder_source(
+    path: str, report: Callable[[str], None] | None = None, group_by: str = "auto"
+) -> tuple[ImageSet, ImageSet]:
+    scan = _scan(path, report, group_by)
     if scan.test is not None:
+        _warn_shared_groups(scan.train, scan.test, path, group_by, report)
         return scan.train, scan.test
     return _hold_out(scan.train)
 
 
+def _warn_shared_groups(
+    train: ImageSet, test: ImageSet, path: str, group_by: str, report: Callable[[str], None] | None
+) -> None:
+    """train/ and test/ holding frames of the same video: the test set then measures memory, not new images."""
+    named = [groups for groups in (train.groups(), test.groups()) if groups is not None]
+    if report is None or len(named) < 2:
+        return
+    shared = sorted({g for g in named[0] if not g.startswith("\0")} & set(named[1]))
+    if shared:
+        report(
+            f"WARNING: {path}: {len(shared)} {describe_groups(group_by)} have images in both train/ and test/ "
+            f"(e.g. {shared[0]}): test accuracy will be too high; keep each video on one side"
+        )
+
+
 def load_mix_source(
-    path: str, root: str | Path | None, *, download: bool, report: Callable[[str], None] | None
+    path: str,
+    root: str | Path | None,
+    *,
+    download: bool,
+    report: Callable[[str], None] | None,
+    group_by: str = "auto",
 ) -> tuple[ImageSet, ImageSet]:
     """A mix file's joined (train pool, test set): each part loaded as a source, its pool sampled as the file says."""
     from graft.data.mix import join, read_mix, sample, union_classes
 
     pools, tests = [], []
     for part in read_mix(path):
-        pool, test = load_source(part["source"], part.get("data_root") or root, download=download, report=report)
+        pool, test = load_source(
+            part["source"], part.get("data_root") or root, download=download, report=report, group_by=group_by
+        )
         pools.append(sample(pool, float(part.get("fraction", 1.0)), int(part.get("seed", 0))))
         tests.append(test)
     classes = union_classes([images.classes for images in [*pools, *tests]])
@@ -206,12 +232,15 @@ def load_source(
     *,
     download: bool = True,
     report: Callable[[str], None] | None = None,
+    group_by: str = "auto",
 ) -> tuple[ImageSet, ImageSet]:
-    """A source's (train pool, test set) by name; see SOURCE_NAMES."""
+    """A source's (train pool, test set) by name; see SOURCE_NAMES. `group_by` (graft.data.groups) says which
+    images of a folder belong together; splits keep those groups whole."""
     if source.startswith("folder:"):
-        return load_folder_source(normalise_source(source).removeprefix("folder:"), report)
+        return load_folder_source(normalise_source(source).removeprefix("folder:"), report, group_by)
     if source.startswith("mix:"):
-        return load_mix_source(normalise_source(source).removeprefix("mix:"), root, download=download, report=report)
+        path = normalise_source(source).removeprefix("mix:")
+        return load_mix_source(path, root, download=download, report=report, group_by=group_by)
     if source in IDX_DATASETS:
         return load_idx_source(source, data_root(root), download)
     if source == "digits":
@@ -227,11 +256,34 @@ def load_splits(
     seed: int = 0,
     download: bool = True,
     report: Callable[[str], None] | None = None,
+    group_by: str = "auto",
 ) -> Splits:
-    """Train/valid (seeded split of the source's training data) and the source's test split."""
-    pool, test = load_source(source, root, download=download, report=report)
+    """Train/valid (seeded split of the source's training data, groups kept whole) and the source's test split."""
+    pool, test = load_source(source, root, download=download, report=report, group_by=group_by)
     train, valid = split_train_valid(pool, valid_fraction, seed)
+    if report is not None:
+        _report_groups(pool, train, valid, group_by, report)
     return Splits(train=train, valid=valid, test=test)
+
+
+def _report_groups(
+    pool: ImageSet, train: ImageSet, valid: ImageSet, group_by: str, report: Callable[[str], None]
+) -> None:
+    """Say how validation was held out when groups decided it, and which classes could not be held out by group."""
+    groups = pool.groups()
+    if groups is None or len(set(groups)) == len(groups):
+        return
+    kind = describe_groups(group_by)
+    held, kept = set(valid.groups()), set(train.groups())
+    report(f"valid split: {len(held - kept)} of {len(held | kept)} {kind} held out whole (--group-by {group_by})")
+    split = held & kept
+    if split:  # classes filmed in one video: validated on the end of that same video
+        names = sorted({pool.classes[c] for c, g in zip(valid.labels, valid.groups(), strict=True) if g in split})
+        report(
+            f"WARNING: {', '.join(names[:5])}: one of the {kind} each, so their validation images are the last ones "
+            "of it, next to training images: validation will read too high; add another video (or photos from "
+            "another session) per class"
+        )
 
 
 def load_everything(

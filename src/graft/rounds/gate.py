@@ -1,14 +1,113 @@
-"""The promotion gate: a round that forgets too much of earlier rounds does not replace the current bundle."""
+"""The promotion gate: a round replaces the current bundle only if it is good on its own data, no worse overall
+than the bundle it would replace, and does not forget too much of earlier rounds.
+
+Three rules, each with a threshold stored in the project (`rounds init`, overridden per `rounds train` call):
+
+- `min-accuracy`: the round's accuracy on its own test split must reach this floor (default: better than chance,
+  1 / its number of classes). A forgetting-only gate promoted a round scoring 0 % on its own data.
+- `max-accuracy-drop`: its average accuracy over every round's test split so far must not fall more than this
+  below the current bundle's on the same splits (default 0: no drop). The same splits on both sides, so a harder
+  new round does not count against it.
+- `max-forgetting`: its average forgetting of earlier rounds (Avalanche's definition) must not exceed this.
+
+A pure decision: the numbers come in, (promoted, why, the rules that refused) come out.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 
-def decide(forgetting: float | None, threshold: float | None) -> tuple[bool, str]:
-    """(promoted, why). Forgetting is the round's average forgetting on earlier rounds (Avalanche's definition)."""
-    if forgetting is None:
-        return True, "first round"
-    if threshold is None:
-        return True, f"forgetting {forgetting:.2%} (no gate)"
-    if forgetting > threshold:
-        return False, f"forgetting {forgetting:.2%} on earlier rounds exceeds the gate's {threshold:.2%}"
-    return True, f"forgetting {forgetting:.2%} within the gate's {threshold:.2%}"
+RULES = ("min-accuracy", "max-accuracy-drop", "max-forgetting")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_forgetting: float | None = 0.05  # None: no forgetting rule
+    min_accuracy: float | None = None  # None: better than chance
+    max_accuracy_drop: float | None = 0.0  # None: no average-accuracy rule
+
+    def describe(self) -> str:
+        floor = "> chance (1/classes)" if self.min_accuracy is None else f"≥ {self.min_accuracy:.2%}"
+        drop = "any" if self.max_accuracy_drop is None else f"≤ {self.max_accuracy_drop:.2%}"
+        forgetting = "any" if self.max_forgetting is None else f"≤ {self.max_forgetting:.2%}"
+        return f"own test accuracy {floor}; average accuracy drop vs current {drop}; forgetting {forgetting}"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the gate weighs for round k."""
+
+    own_accuracy: float  # R[k, k]: on the round's own test split
+    classes: int  # classes in that split (chance is 1 / classes)
+    average: float  # the round's model, mean accuracy over rounds 1..k
+    forgetting: float | None  # None for the first round
+    current_average: float | None = None  # the current bundle's mean over the same splits (None: no current)
+    current: str | None = None  # the current round's name, for the message
+
+
+@dataclass(frozen=True)
+class Decision:
+    promoted: bool
+    why: str
+    refused_by: list[str] = field(default_factory=list)  # the RULES that refused it, in RULES' order
+
+
+def decide(evidence: Evidence, thresholds: Thresholds) -> Decision:
+    """Apply every rule; a round is promoted only when none refuses it, and `why` names each rule that did."""
+    refusals: list[tuple[str, str]] = []
+    passed: list[str] = []
+
+    chance = 1.0 / max(evidence.classes, 1)
+    if thresholds.min_accuracy is None:
+        if evidence.own_accuracy <= chance:
+            refusals.append(
+                (
+                    "min-accuracy",
+                    f"{evidence.own_accuracy:.2%} on its own test split, no better than chance ({chance:.2%})",
+                )
+            )
+        else:
+            passed.append(f"own test {evidence.own_accuracy:.2%}")
+    elif evidence.own_accuracy < thresholds.min_accuracy:
+        refusals.append(
+            (
+                "min-accuracy",
+                f"{evidence.own_accuracy:.2%} on its own test split, below the floor {thresholds.min_accuracy:.2%}",
+            )
+        )
+    else:
+        passed.append(f"own test {evidence.own_accuracy:.2%}")
+
+    if evidence.current_average is not None and thresholds.max_accuracy_drop is not None:
+        drop = evidence.current_average - evidence.average
+        against = f"current round {evidence.current!r}" if evidence.current else "the current bundle"
+        if drop > thresholds.max_accuracy_drop + 1e-12:
+            refusals.append(
+                (
+                    "max-accuracy-drop",
+                    f"average accuracy {evidence.average:.2%} vs {evidence.current_average:.2%} for {against} "
+                    f"on the same splits, a drop of {drop:.2%} (allowed {thresholds.max_accuracy_drop:.2%})",
+                )
+            )
+        else:
+            passed.append(f"average {evidence.average:.2%} vs {evidence.current_average:.2%}")
+
+    if evidence.forgetting is not None:
+        if thresholds.max_forgetting is None:
+            passed.append(f"forgetting {evidence.forgetting:.2%} (no forgetting rule)")
+        elif evidence.forgetting > thresholds.max_forgetting:
+            refusals.append(
+                (
+                    "max-forgetting",
+                    f"forgetting {evidence.forgetting:.2%} on earlier rounds exceeds {thresholds.max_forgetting:.2%}",
+                )
+            )
+        else:
+            passed.append(f"forgetting {evidence.forgetting:.2%} within {thresholds.max_forgetting:.2%}")
+
+    if refusals:
+        return Decision(
+            False, "; ".join(f"refused by {rule}: {text}" for rule, text in refusals), [rule for rule, _ in refusals]
+        )
+    first = "first round: " if evidence.forgetting is None else ""
+    return Decision(True, first + ", ".join(passed))

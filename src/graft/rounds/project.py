@@ -1,6 +1,6 @@
 """A rounds project directory and its manifest.
 
-    DIR/rounds.json              settings for every round, the gate, and the rounds (written atomically)
+    DIR/rounds.json              settings for every round, the gate's thresholds, and the rounds (written atomically)
     DIR/current.json             the promoted bundle in use: {"round", "bundle", "why"}
     DIR/rounds/<k>-<name>/       per round: data.json (a mix: source when needed), run/ and bundle/
     DIR/report.json, matrix.png  accuracy matrix and metrics after the latest trained round
@@ -17,16 +17,16 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import os
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from graft import lock
 from graft.data.sources import check_source
 from graft.errors import GraftError
 from graft.io import atomic_write_json
+from graft.rounds.gate import Thresholds
 from graft.rounds.selection import Mode
 from graft.training.config import validate
 
@@ -34,7 +34,7 @@ MANIFEST = "rounds.json"
 CURRENT = "current.json"
 FORMAT = 1
 ARCHIVE = "archive"
-LOCK = ".lock"
+LOCK = lock.LOCK
 # Where each round's data, run and bundle go is the project's business, not a setting.
 NOT_SETTINGS = {"data", "run_dir", "output", "force"}
 # Settings that describe the architecture: round 1 uses them, later rounds take them from the bundle they continue.
@@ -66,51 +66,49 @@ def read(directory: str | Path) -> dict:
     return state
 
 
-@contextlib.contextmanager
-def locked(directory: str | Path) -> Iterator[None]:
+def locked(directory: str | Path) -> contextlib.AbstractContextManager[None]:
     """Held by a command that changes the project: a second one at the same time gets a one-line error instead
-    of overwriting the first one's manifest. (No lock where `fcntl` is missing, i.e. on Windows.)"""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    with open(Path(directory) / LOCK, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            raise GraftError(
-                f"{directory} is busy: another graft rounds command (process {holder}) is changing it; "
-                "wait for it to finish"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    of overwriting the first one's manifest (graft.lock)."""
+    busy = "{directory} is busy: another graft rounds command (process {pid}) is changing it; wait for it to finish"
+    return lock.locked(directory, busy)
 
 
 def write(directory: str | Path, state: dict) -> None:
     atomic_write_json(manifest_path(directory), state)
 
 
-def check_threshold(value: float | None) -> float | None:
+def check_threshold(value: float | None, flag: str = "--max-forgetting") -> float | None:
     if value is not None and not 0 <= value <= 1:
-        raise GraftError(f"--max-forgetting is a fraction in [0, 1] (0.05 = 5 points), got {value}")
+        raise GraftError(f"{flag} is a fraction in [0, 1] (0.05 = 5 points), got {value}")
     return value
 
 
+GATE_KEYS = ("max_forgetting", "min_accuracy", "max_accuracy_drop")  # the gate's thresholds in rounds.json
+
+
+def thresholds(state: dict, **overrides: float | None) -> Thresholds:
+    """The project's gate (a manifest written before a rule existed gets that rule's default), with the
+    thresholds given for this call on top (None: the project's)."""
+    for key, value in overrides.items():
+        check_threshold(value, "--" + key.replace("_", "-"))
+    stored = {key: state[key] for key in GATE_KEYS if key in state}
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return Thresholds(**{**stored, **given})
+
+
 def init(
-    directory: str | Path, *, max_forgetting: float | None = 0.05, force: bool = False, **settings: object
+    directory: str | Path,
+    *,
+    max_forgetting: float | None = 0.05,
+    min_accuracy: float | None = None,
+    max_accuracy_drop: float | None = 0.0,
+    force: bool = False,
+    **settings: object,
 ) -> dict:
     """Create a project whose rounds all train with `settings` (any TrainConfig fields but data/run_dir/output).
 
+    The gate (graft.rounds.gate): `max_forgetting` of earlier rounds, `min_accuracy` on the round's own test
+    split (None: better than chance) and `max_accuracy_drop` of average accuracy against the current bundle.
     `force` starts an existing project again; its rounds, report and current pointer move to `DIR/archive/<time>/`.
     """
     directory = Path(directory)
@@ -125,6 +123,8 @@ def init(
         "format": FORMAT,
         "settings": given,
         "max_forgetting": check_threshold(max_forgetting),
+        "min_accuracy": check_threshold(min_accuracy, "--min-accuracy"),
+        "max_accuracy_drop": check_threshold(max_accuracy_drop, "--max-accuracy-drop"),
         "rounds": [],
     }
     with locked(directory):

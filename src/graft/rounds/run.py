@@ -7,6 +7,7 @@ model is evaluated on the test split of every round so far: row k of the accurac
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from graft.data.sources import load_source
 from graft.errors import GraftError, Interrupted
 from graft.evaluation import evaluate_model
 from graft.io import atomic_write_json
+from graft.lock import is_locked
 from graft.progress import console as default_console
 from graft.rounds import gate, metrics, project, report, selection
 from graft.training import RESUME_MAY_CHANGE, is_unfinished, training_device
@@ -112,20 +114,21 @@ def train(
     directory: str | Path,
     *,
     max_forgetting: float | None = None,
+    min_accuracy: float | None = None,
+    max_accuracy_drop: float | None = None,
     console: Console | None = None,
     **overrides: object,
 ) -> dict:
     """Train every pending round in order (resuming an interrupted one), then measure and gate each.
 
-    `max_forgetting` overrides the project's gate for this call; `overrides` (threads, workers, device) change
-    how the work is done, never what is trained.
+    `max_forgetting`, `min_accuracy` and `max_accuracy_drop` override the project's gate for this call (None: the
+    project's); `overrides` (threads, workers, device) change how the work is done, never what is trained.
     """
     directory = Path(directory).resolve()  # run configs hold absolute paths: resuming works from anywhere
     out = console or default_console()
     state = project.read(directory)
-    threshold = project.check_threshold(max_forgetting)
-    if threshold is None:
-        threshold = state.get("max_forgetting")
+    limits = dict(max_forgetting=max_forgetting, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop)
+    project.thresholds(state, **limits)  # checked before anything trains
     given = {key: value for key, value in overrides.items() if value is not None}
     if set(given) - RESUME_MAY_CHANGE:
         raise GraftError(
@@ -141,7 +144,8 @@ def train(
             if entry["status"] != "pending":
                 continue
             _train_round(directory, state, k, out, given)
-            _measure_and_gate(directory, state, k, threshold, tests, out, given.get("device"))
+            gate_now = project.thresholds(state, **limits)
+            _measure_and_gate(directory, state, k, gate_now, tests, out, given.get("device"))
             _write_report(directory, state)
     return status(directory)
 
@@ -150,7 +154,7 @@ def _measure_and_gate(
     directory: Path,
     state: dict,
     k: int,
-    threshold: float | None,
+    limits: gate.Thresholds,
     tests: dict[int, ImageSet],
     out: Console,
     device: str | None,
@@ -158,26 +162,63 @@ def _measure_and_gate(
     """Row k of the accuracy matrix, its metrics, the gate's decision; `current.json` moves when promoted."""
     entry = state["rounds"][k]
     bundle = load(_paths(directory, entry)[2])
-    row = []
+    group_by = str(state["settings"].get("group_by", "auto"))
     for j in range(k + 1):
         if j not in tests:
-            tests[j] = load_source(state["rounds"][j]["data"], state["settings"].get("data_root"))[1]
-        row.append(test_accuracy(bundle, tests[j], device=device))
+            source = state["rounds"][j]["data"]
+            tests[j] = load_source(source, state["settings"].get("data_root"), group_by=group_by)[1]
+    row = [test_accuracy(bundle, tests[j], device=device) for j in range(k + 1)]
     entry["accuracy"] = row
     matrix = metrics.matrix_from_rows([r["accuracy"] for r in state["rounds"][: k + 1]])
     entry["metrics"] = metrics.summary(matrix, k)
-    promoted, why = gate.decide(entry["metrics"]["forgetting"], threshold)
-    entry["status"] = "promoted" if promoted else "rejected"
-    entry["gate"] = {"promoted": promoted, "why": why, "max_forgetting": threshold}
-    if promoted:  # the bundle is complete on disk before current.json names it
-        project.set_current(directory, state, k, why)
+    current_name, current_average = _current_average(directory, state, k, tests, device)
+    evidence = gate.Evidence(
+        own_accuracy=row[k],
+        classes=len(tests[k].classes),
+        average=entry["metrics"]["average_accuracy"],
+        forgetting=entry["metrics"]["forgetting"],
+        current_average=current_average,
+        current=current_name,
+    )
+    decision = gate.decide(evidence, limits)
+    entry["status"] = "promoted" if decision.promoted else "rejected"
+    entry["gate"] = {
+        "promoted": decision.promoted,
+        "why": decision.why,
+        "refused_by": decision.refused_by,
+        "current_average": current_average,
+        **{key: getattr(limits, key) for key in project.GATE_KEYS},
+    }
+    if decision.promoted:  # the bundle is complete on disk before current.json names it
+        project.set_current(directory, state, k, decision.why)
     project.write(directory, state)
-    verdict = "promoted to current" if promoted else "NOT promoted (current unchanged)"
+    verdict = "promoted to current" if decision.promoted else "NOT promoted (current unchanged)"
     out.print(
         f"round {k + 1} ({entry['name']}): accuracy on rounds 1..{k + 1}: "
         + ", ".join(f"{a:.1%}" for a in row)
-        + f"; {verdict}: {why}"
+        + f"; {verdict}: {decision.why}",
+        markup=False,
     )
+
+
+def _current_average(
+    directory: Path, state: dict, k: int, tests: dict[int, ImageSet], device: str | None
+) -> tuple[str | None, float | None]:
+    """(name, mean accuracy over rounds 1..k's test splits) of the bundle serving now, or (None, None) without one.
+
+    Its accuracies on rounds up to its own come from its row of the matrix; later rounds' splits (rejected rounds
+    and round k) are measured now, so both sides of the comparison use the same splits."""
+    pointer = project.read_current(directory)
+    if pointer is None or not 1 <= pointer.get("index", 0) <= k:
+        return None, None
+    c = pointer["index"] - 1
+    entry = state["rounds"][c]
+    known = list(entry.get("accuracy") or [])[: c + 1]
+    if len(known) != c + 1:
+        return None, None
+    bundle = load(directory / pointer["bundle"])
+    later = [test_accuracy(bundle, tests[j], device=device) for j in range(c + 1, k + 1)]
+    return entry["name"], float(np.mean(known + later))
 
 
 def _trained(state: dict) -> list[dict]:
@@ -203,7 +244,9 @@ def _summary(directory: Path, state: dict) -> dict:
     for k, entry in enumerate(state["rounds"]):
         _, run_dir, _ = _paths(directory, entry)
         status_now = entry["status"]
-        if status_now == "pending" and is_unfinished(run_dir):
+        if status_now == "pending" and is_locked(run_dir):
+            status_now = "training"  # a train process holds its run directory now
+        elif status_now == "pending" and is_unfinished(run_dir):
             status_now = "interrupted"
         rounds.append(
             {
@@ -226,6 +269,7 @@ def _summary(directory: Path, state: dict) -> dict:
         "directory": str(directory),
         "settings": state["settings"],
         "max_forgetting": state.get("max_forgetting"),
+        "gate": dataclasses.asdict(project.thresholds(state)),
         "rounds": rounds,
         "matrix": [[None if np.isnan(v) else float(v) for v in row] for row in matrix],
         "final": final,
@@ -254,8 +298,7 @@ def status_lines(summary: dict) -> list[str]:
         lines += report.matrix_table(names, _as_array(summary["matrix"]))
         lines += ["", *report.metrics_table(names, [r["metrics"] for r in trained])]
     current = summary["current"]
-    threshold = summary["max_forgetting"]
-    gate_text = "no gate" if threshold is None else f"gate: forgetting ≤ {threshold:.2%}"
+    gate_text = "gate: " + gate.Thresholds(**summary["gate"]).describe()
     if current:
         lines += ["", f"current: round {current['index']} ({current['round']}) {current['bundle']} — {current['why']}"]
     else:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from graft.data.groups import check_group_by
 from graft.errors import GraftError
 from graft.record import check_timm_kwargs
 from graft.spec import InputMode
@@ -94,10 +95,23 @@ class TrainConfig(BaseModel):
     )
     device: str | None = Field(None, description="cpu, cuda or cuda:N.")
     valid_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the training data held out for validation.")
+    group_by: str = Field(
+        "auto",
+        description="Images that belong together stay on one side of a split: auto (frames of one video, as "
+        "`graft data frames` names them), folder (the sub-folder inside each class folder), regex:PATTERN (its match "
+        "in the path inside the class folder) or none.",
+    )
     seed: int = Field(0, ge=0, lt=2**32, description="Seeds the split, initialisation and batch order.")
     threads: int | None = Field(None, ge=1, description="CPU threads.")
     workers: int = Field(2, ge=0, description="Decoding processes for folder data.")
     max_train: int | None = Field(None, ge=1, description="Use only this many training images (quick trials).")
+    max_valid: int | None = Field(None, ge=1, description="Validate on at most this many images (a seeded sample).")
+    max_test: int | None = Field(None, ge=1, description="Test on at most this many images (a seeded sample).")
+    recalibrate_bn: bool = Field(
+        True,
+        description="After training, re-estimate BatchNorm statistics on training images when eval-mode accuracy lags "
+        "batch-statistics accuracy; kept only if validation accuracy improves.",
+    )
     output: str | None = Field(None, description="Bundle directory.")
     run_dir: str | None = Field(None, description="Run directory for metrics, curves and report.")
     force: bool = Field(False, description="Replace an existing output bundle and run directory.")
@@ -113,6 +127,11 @@ class TrainConfig(BaseModel):
     @classmethod
     def _allowed_kwargs(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         return None if value is None else check_timm_kwargs(value)  # the rule a bundle's record is held to
+
+    @field_validator("group_by")
+    @classmethod
+    def _group_rule(cls, value: str) -> str:
+        return check_group_by(value)
 
 
 ARCHITECTURE_DEFAULTS = {
@@ -147,6 +166,9 @@ FLAGS: dict[str, Flag] = {
     "keep": Flag(default="best with --patience, else last"),
     "channels_last": Flag(negatable=True),
     "feature_cache": Flag(negatable=True),
+    "recalibrate_bn": Flag(negatable=True),
+    "max_valid": Flag(default="all"),
+    "max_test": Flag(default="all"),
     "device": Flag(default="cuda when available"),
     "threads": Flag(default="all cores"),
     "output": Flag(short="-o", default="RUN_DIR/bundle"),

@@ -19,6 +19,7 @@ from graft.bundle import Bundle, check_replaceable
 from graft.data.base import ImageSet, Splits
 from graft.data.memory import InMemory
 from graft.data.sources import load_splits, normalise_source, source_label
+from graft.data.split import stratified_split
 from graft.errors import GraftError
 from graft.evaluation import EvalResult, evaluate_model, write_eval_outputs
 from graft.io import atomic_write_json, json_text
@@ -28,9 +29,11 @@ from graft.record import META_FILE, Architecture, DataRecord, Provenance, Transf
 from graft.record import read as read_record
 from graft.spec import InputSpec
 from graft.training import distributed
+from graft.training.batchnorm import BatchNormCheck, recalibrate_if_stale
 from graft.training.checkpoint import checkpoint_path, load_checkpoint, remove_checkpoint
 from graft.training.config import TrainConfig, make_config, validate
 from graft.training.distributed import World
+from graft.training.gap import valid_test_warning
 from graft.training.runtime import Runtime
 from graft.training.session import EpochCallback, Session, start_session
 from graft.training.start import Origin, starting_model, weights_origin
@@ -175,6 +178,7 @@ def _finish(
     drop the checkpoint, and write the run's evaluation files and report. In-memory data without a test set
     gets no test numbers (None), never a stand-in."""
     config, run_dir, out, splits = session.config, session.run_dir, session.out, session.splits
+    batchnorm = _check_batchnorm(session, final_model)
     test = None
     if len(splits.test):
         test = evaluate_model(
@@ -193,6 +197,17 @@ def _finish(
     else:
         out.print("test: no test set was given (test=(x, y)), so the bundle records no test accuracy")
     final = _final_metrics(session.history, test, session.elapsed(), session.best, session.keep)
+    if batchnorm is not None:
+        final.update(batchnorm.metrics())
+        if batchnorm.kept:
+            final.update(valid_acc=batchnorm.valid_after, valid_loss=batchnorm.valid_loss_after)
+    warning = None
+    if test is not None:
+        units = [_units(images) for images in (splits.valid, splits.test)]
+        warning = valid_test_warning(final["valid_acc"], test.accuracy, config.group_by, *units)
+    if warning is not None:
+        out.print(warning, style="bold red", markup=False, highlight=False)
+        final["warnings"] = [warning]
     provenance = _provenance(
         config, splits, session.train_set, session.report, run_dir, session.ctx.runtime, session.world, origin
     )
@@ -209,6 +224,35 @@ def _finish(
     _write_report(run_dir, config, final, session.history, session.report, eval_files, bundle_dir)
     out.print(f"bundle: {bundle_dir}   run: {run_dir} (report.html, curves.png, metrics.jsonl)")
     return TrainResult(bundle, run_dir, session.history)
+
+
+def _units(images: ImageSet) -> int:
+    """Independent samples in a split: its groups (a video's frames count once), else its images."""
+    groups = images.groups()
+    return len(images) if groups is None else len(set(groups))
+
+
+def _check_batchnorm(session: Session, model: nn.Module) -> BatchNormCheck | None:
+    """Stale BatchNorm statistics (short runs): checked, and recalibrated when validation says it helps
+    (graft.training.batchnorm). Not under `transfer`, whose backbone keeps its statistics by design."""
+    config = session.config
+    if not config.recalibrate_bn or config.strategy == "transfer":
+        return None
+    device = session.ctx.runtime.device
+
+    def evaluate(candidate: nn.Module) -> EvalResult:
+        return evaluate_model(
+            candidate, session.spec, session.splits.valid, classes=session.splits.classes,
+            batch_size=config.batch_size, workers=config.workers, console=session.out, device=device,
+        )  # fmt: skip
+
+    check = recalibrate_if_stale(
+        model.to(device), session.spec, session.train_set, session.splits.valid,
+        batch_size=config.batch_size, workers=config.workers, device=device, evaluate=evaluate,
+    )  # fmt: skip
+    if check is not None:
+        session.out.print(check.line(), markup=False, highlight=False)
+    return check
 
 
 def _model_from_checkpoint(
@@ -277,17 +321,31 @@ def _load_data(config: TrainConfig, out: Console, given: Splits | None = None) -
         seed=config.seed,
         download=config.download,
         report=lambda line: out.print(line, style="yellow", markup=False),
+        group_by=config.group_by,
     )
     train_set = splits.train
     if config.max_train and config.max_train < len(train_set):
         keep = np.sort(np.random.default_rng(config.seed).permutation(len(train_set))[: config.max_train])
         train_set = train_set.subset(keep)
+    splits = Splits(
+        train=splits.train,
+        valid=_at_most(splits.valid, config.max_valid, config.seed),
+        test=_at_most(splits.test, config.max_test, config.seed),
+    )
     if len(train_set) < 2:
         raise GraftError(f"{config.data}: {len(train_set)} training image(s) after the split; need at least 2")
     for name, part in (("valid", splits.valid), ("test", splits.test)):
         if len(part) == 0 and (name == "valid" or given is None):
             raise GraftError(f"{config.data}: the {name} split is empty; use more images or another --valid-fraction")
     return splits, train_set
+
+
+def _at_most(images: ImageSet, limit: int | None, seed: int) -> ImageSet:
+    """A seeded, stratified sample of `limit` images (`--max-valid`, `--max-test`), or all of them."""
+    if limit is None or limit >= len(images):
+        return images
+    _, kept = stratified_split(images.labels, limit / len(images), seed)
+    return images.subset(kept)
 
 
 def _final_metrics(history: list[dict], test: EvalResult | None, seconds: float, best: dict | None, keep: str) -> dict:
@@ -330,6 +388,7 @@ def _provenance(
             test=len(splits.test),
             valid_fraction=config.valid_fraction,
             split_seed=config.seed,
+            group_by=config.group_by,
         ),
         training=json.loads(
             json.dumps(config.model_dump(exclude={"output", "run_dir", "force", "threads", "workers", "device"}))
@@ -341,6 +400,17 @@ def _provenance(
         runtime={"how": runtime.describe(), "processes": world.size, "torch": torch.__version__},
         continued_from=origin.parent(),
     )
+
+
+def _batchnorm_summary(final: dict) -> str:
+    """What the BatchNorm check did, for the report."""
+    found = f"eval mode {final['bn_check_eval_acc']:.1%} vs batch statistics {final['bn_check_batch_stats_acc']:.1%}"
+    if "valid_acc_before_recalibration" not in final:
+        return f"{found}: unchanged"
+    before = final["valid_acc_before_recalibration"]
+    if final["bn_recalibrated"]:
+        return f"{found}: recalibrated on training images (valid {before:.2%} → {final['valid_acc']:.2%})"
+    return f"{found}: recalibration tried, not kept (it did not improve valid {before:.2%})"
 
 
 def _short(value: object) -> object:
@@ -368,6 +438,8 @@ def _write_report(
         "bundle": str(bundle_dir),
         "test accuracy": f"{final['test_acc']:.2%}" if final["test_acc"] is not None else "no test set",
         "valid accuracy": f"{final['valid_acc']:.2%}",
+        **({"WARNING": final["warnings"][0].removeprefix("WARNING: ")} if final.get("warnings") else {}),
+        **({"BatchNorm statistics": _batchnorm_summary(final)} if "bn_recalibrated" in final else {}),
         "train images/s": f"{final['train_images_per_s']:.0f}",
         "time": f"{final['train_seconds']:.0f} s",
     }

@@ -160,6 +160,7 @@ class Session:
             console=self.out,
             device=self.ctx.runtime.device,
             channels_last=self.ctx.runtime.channels_last,
+            should_stop=lambda: self.stop.requested is not None,
         )
 
     def train_epoch(self, epoch: int, on_epoch: EpochCallback | None = None) -> bool:
@@ -197,7 +198,15 @@ class Session:
                 f"`graft train --resume {self.run_dir}`",
                 signum=self.stop.requested,
             )
-        record, valid = self._validate(epoch)
+        try:
+            record, valid = self._validate(epoch)
+        except Interrupted as error:  # the epoch's steps are done: a resume validates it again, then goes on
+            self.save(epoch, self.position)
+            distributed.barrier(self.world)
+            raise Interrupted(
+                f"{error} after epoch {epoch}'s training steps; continue with `graft train --resume {self.run_dir}`",
+                signum=self.stop.requested,
+            ) from None
         self.out.print(
             f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  acc {record['train_acc']:.2%}  "
             f"valid loss {valid.loss:.4f}  valid acc {valid.accuracy:.2%}  "

@@ -18,14 +18,12 @@ from graft.data.base import ImageSet
 from graft.data.loader import batch_order, iter_batches
 from graft.data.preprocess import to_model_input
 from graft.errors import GraftError
-from graft.progress import batch_progress
+from graft.progress import LOG_EVERY_S, batch_progress
 from graft.spec import InputSpec
 from graft.training.augment import Augment
 from graft.training.config import TrainConfig
 from graft.training.distributed import World, reduce_sums
 from graft.training.runtime import Runtime
-
-LOG_EVERY_S = 30.0  # progress line interval when stderr is not a terminal (CI, nohup, pipes)
 
 
 @dataclass

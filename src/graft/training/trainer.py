@@ -18,6 +18,7 @@ value, or setting `trainer.stop_training`, ends training after that epoch (the b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from graft.bundle import Bundle
 from graft.data.memory import InMemory, describe, in_memory
 from graft.errors import GraftError, Interrupted
 from graft.io import atomic_write_json
+from graft.lock import locked
 from graft.progress import console as default_console
 from graft.spec import InputSpec
 from graft.training import distributed
@@ -41,6 +43,10 @@ from graft.training.runtime import resolve_runtime
 from graft.training.session import EpochCallback, Session
 
 HOOKS = ("on_train_begin", "on_epoch_end", "on_train_end")
+RUN_BUSY = (
+    "{directory} is busy: another graft train (process {pid}) is training into it; wait for it to finish, or "
+    "train into another --run-dir"
+)
 DATA_RECORD = "data.json"  # in a run directory: what in-memory data it trained on (resume checks it)
 
 
@@ -131,12 +137,15 @@ class Trainer:
         if self.result is not None:
             raise GraftError("this Trainer has already trained; make a new one to train again")
         runtime = resolve_runtime(self.config, self._world)
+        # One process trains into a run directory at a time (torchrun's main process holds it for all of them).
+        hold = locked(self.run_dir, RUN_BUSY) if self._world.is_main else contextlib.nullcontext()
         distributed.start(self._world, runtime.device)
         try:
-            result = _train(
-                self.origin, self.run_dir, self._resuming, self._world, runtime, self._out, self._epoch_end,
-                memory=self.memory, on_session=self._begin,
-            )  # fmt: skip
+            with hold:
+                result = _train(
+                    self.origin, self.run_dir, self._resuming, self._world, runtime, self._out, self._epoch_end,
+                    memory=self.memory, on_session=self._begin,
+                )  # fmt: skip
         except Interrupted as error:
             if self.memory is None:
                 raise
