@@ -243,9 +243,9 @@ def _is_product(node: fx.Node) -> bool:
 
 def _refuse_sum(shown: str) -> str:
     raise GraftError(
-        f"{shown}'s channels are added to another branch (a residual connection): every layer on that sum would "
-        "need widening too, which graft does not do; widen a conv inside a block instead (e.g. layer1.0.conv1 "
-        "in a ResNet)"
+        f"{shown}'s channels reach an addition with another branch (a residual connection): every layer on that "
+        "sum would need widening too, which graft does not do; widen a conv inside a block instead (e.g. "
+        "layer1.0.conv1 in a ResNet)"
     )
 
 

@@ -304,7 +304,8 @@ def certify(
     train = _train_behaviour(pair, targets)
     old_class_agreement, old_class_images = None, 0
     if new.classes != old.classes:
-        on_old = [i for i, label in enumerate(labels or []) if labelled and label in shared]
+        # Images of kept classes that the old model put in a kept class: a removed class's prediction cannot survive.
+        on_old = [i for i, label in enumerate(labels or []) if labelled and label in shared and old_top[i] in shared]
         if not on_old:
             if labelled:
                 warnings.append(

@@ -82,6 +82,7 @@ def default_probe(
             images = None
         if images is not None and len(images):
             return draw_probe(images, count, size, seed, f"{source} (the bundle's data)")
+        return Probe(synthetic_probe(count, size, seed), f"synthetic (the bundle's data {source} is not readable here)")
     return Probe(synthetic_probe(count, size, seed), "synthetic")
 
 
