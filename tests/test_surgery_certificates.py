@@ -247,3 +247,30 @@ def test_the_source_is_never_overwritten_and_outputs_are_checked_first(tiny_run,
     reshape("src", "out", channels=3, probe_count=4)
     parent = graft.load(tmp_path / "out").provenance.surgery[-1].parent
     assert parent is not None and os.path.isabs(parent) and parent == str(source.resolve())
+
+
+def test_certificates_written_before_issue_20_still_read_and_show():
+    """A v2 record from before: no probe spread, no train-mode fields, verdicts of three levels, relative parent."""
+    from graft.cli.bundle import _certificate_lines
+    from graft.record import SurgeryEntry
+
+    old_step = {
+        "operation": "deeper: relu block after layer3",
+        "verdict": "exact",
+        "max_abs_logit_delta": 2.6e-7,
+        "top1_agreement": 1.0,
+        "logit_scale": 9.5,
+        "probe": "synthetic",
+        "probe_count": 64,
+        "compared_classes": 10,
+        "new_class_wins": 0.0,
+        "views": "both models see the same images",
+        "details": {},
+    }
+    entry = SurgeryEntry.model_validate(
+        {"at": "2026-01-01T00:00:00+00:00", "parent": "a", "verdict": "exact", "steps": [old_step]}
+    )
+    shown = "\n".join(_certificate_lines(entry.steps[0]))
+    assert "exact" in shown and "2.60e-07" in shown
+    assert "class spread not recorded" in shown and "train mode not certified" in shown
+    assert SurgeryEntry.model_validate({**entry.model_dump(), "verdict": "unverified"}).verdict == "unverified"
