@@ -195,11 +195,17 @@ class TransferRecord(_Open):
 
 
 class SurgeryEntry(_Open):
-    """One `graft surgery` call: its steps' certificates, the whole chain's, and the verdict."""
+    """One `graft surgery` call: its steps' certificates, the whole chain's, and the verdict.
+
+    `parent` is the source bundle's resolved absolute path (relative in records written before issue 20).
+    "unverified" (added with issue 20) is an inexact result whose probe the old model put nearly all in one class.
+    Certificates are open dicts: newer ones add probe class spread, train-mode and one-step deltas, old-class
+    agreement and warnings (surgery.certificate.Certificate), older ones lack them.
+    """
 
     at: str
     parent: str | None = None
-    verdict: Literal["exact", "approximate", "breaking"]
+    verdict: Literal["exact", "approximate", "unverified", "breaking"]
     steps: list[dict[str, JsonValue]]
     overall: dict[str, JsonValue] | None = None
 

@@ -239,11 +239,47 @@ def _describe(bundle: Bundle, export_status: str) -> list[str]:
     for entry in surgery:
         lines.append(f"surgery     {entry.at} from {entry.parent}: {entry.verdict}")
         for step in [*entry.steps, *([entry.overall] if entry.overall else [])]:
-            lines.append(
-                f"              {step['verdict']:<11} {step['operation']}  max |Δlogit| "
-                f"{step['max_abs_logit_delta']:.2e}, top-1 agreement {step['top1_agreement']:.2%}"
-            )
+            lines.extend(_certificate_lines(step))
     return lines
+
+
+def _certificate_lines(step: dict) -> list[str]:
+    """One stored certificate; records written before issue 20 lack the probe spread and training checks."""
+    lines = [
+        f"              {step.get('verdict', '?'):<11} {step.get('operation', '?')}  max |Δlogit| "
+        f"{_num(step.get('max_abs_logit_delta'), '.2e')}, top-1 agreement {_num(step.get('top1_agreement'), '.2%')}"
+    ]
+    indent = " " * 26
+    probe = f"{step.get('probe_count', '?')} {step.get('probe', '?')} images"
+    counts = step.get("probe_classes")
+    if isinstance(counts, dict) and counts:
+        total = sum(v for v in counts.values() if isinstance(v, int)) or 1
+        largest = max(v for v in counts.values() if isinstance(v, int))
+        probe += f"; old top-1 in {len(counts)} classes, largest {largest / total:.0%}"
+    else:
+        probe += "; class spread not recorded (certificate from before graft recorded it)"
+    lines.append(f"{indent}probe {probe}")
+    if step.get("train_forward_delta") is not None:
+        lines.append(
+            f"{indent}train mode max |Δlogit| {_num(step.get('train_forward_delta'), '.2e')}; after one step "
+            f"top-1 agreement {_num(step.get('step_top1_agreement'), '.2%')} ({step.get('step_note', '')})"
+        )
+    elif "train_forward_delta" not in step:
+        lines.append(f"{indent}train mode not certified (certificate from before graft checked it)")
+    if step.get("old_class_agreement") is not None:
+        lines.append(
+            f"{indent}old predictions kept on {_num(step.get('old_class_agreement'), '.2%')} of "
+            f"{step.get('old_class_images', '?')} old-class images"
+        )
+    if step.get("new_class_wins"):
+        lines.append(f"{indent}new classes take top-1 on {_num(step.get('new_class_wins'), '.1%')} of the probe")
+    for warning in step.get("warnings") or []:
+        lines.append(f"{indent}warning: {warning}")
+    return lines
+
+
+def _num(value: object, form: str) -> str:
+    return format(value, form) if isinstance(value, int | float) else "?"
 
 
 def _fmt(value: object) -> str:

@@ -27,7 +27,7 @@ def _widths(values: list[str] | None) -> dict[str, int] | None:
 
 
 def surgery_command(
-    bundle: Annotated[Path, typer.Argument(help="Bundle to change (it is never modified).")],
+    bundle: Annotated[Path, typer.Argument(help="Bundle to change (it is never modified, even with --force).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where the new bundle goes.")],
     channels: Annotated[
         int | None, typer.Option(help="New input channel count: 3 takes colour (exactly the old model on gray).")
@@ -38,7 +38,11 @@ def surgery_command(
         typer.Option(help="Insert an identity-initialised block after this stage (repeatable), e.g. layer2."),
     ] = None,
     block: Annotated[
-        str, typer.Option(help="relu (Conv+BN+ReLU, exact after a ReLU) or residual (x+BN(Conv x), exact anywhere).")
+        str,
+        typer.Option(
+            help="relu (ReLU(x+BN(Conv x)), exact after a ReLU) or residual (x+BN(Conv x), exact anywhere); "
+            "both start with BN at zero, so they stay identities in train mode."
+        ),
     ] = "relu",
     widen: Annotated[
         list[str] | None, typer.Option(help="LAYER=WIDTH: more output channels for a conv (repeatable).")
@@ -56,11 +60,16 @@ def surgery_command(
         str | None, typer.Option(help="Data source whose images re-estimate BatchNorm statistics (labels unused).")
     ] = None,
     probe: Annotated[
-        str | None, typer.Option(help="Data source for the certificate's probe images. [default: synthetic]")
+        str | None,
+        typer.Option(
+            help="Data source for the certificate's probe images. [default: the bundle's own data if readable "
+            "offline, else synthetic]"
+        ),
     ] = None,
     probe_count: Annotated[int, typer.Option(min=1, help="How many probe images.")] = 64,
     require: Annotated[
-        str | None, typer.Option(help="exact or approximate: write nothing unless every step reaches it.")
+        str | None,
+        typer.Option(help="exact or approximate: write nothing unless every step and the whole chain reach it."),
     ] = None,
     data_root: Annotated[str | None, typer.Option(help="Where data sets are looked for.")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never download data.")] = False,

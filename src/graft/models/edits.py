@@ -17,11 +17,15 @@ from torch import nn
 
 from graft.errors import GraftError
 
-BLOCK_KINDS: tuple[str, ...] = ("relu", "residual")
+BLOCK_KINDS: tuple[str, ...] = ("relu-residual", "residual", "relu")  # "relu": the chain of older bundles
 
 
 class ConvBnRelu(nn.Sequential):
-    """Conv3×3 + BatchNorm + ReLU keeping the channel count: the block `deeper` inserts."""
+    """Conv3×3 + BatchNorm + ReLU keeping the channel count: what `deeper --block relu` inserted before issue 20.
+
+    Still rebuilt for bundles that record it; no longer inserted, because its identity rests on stored BatchNorm
+    statistics and breaks at the first training step.
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -42,7 +46,17 @@ class ZeroResidual(nn.Module):
         return x + self.bn(self.conv(x))
 
 
+class ZeroResidualRelu(ZeroResidual):
+    """ReLU(x + BN(Conv3×3(x))): a ResNet basic block's shape; with BN's scale and shift at zero (timm's
+    zero_init_last) it is the identity on non-negative inputs in eval *and* train mode, whatever the statistics."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.bn(self.conv(x)))
+
+
 def make_block(kind: str, channels: int) -> nn.Module:
+    if kind == "relu-residual":
+        return ZeroResidualRelu(channels)
     if kind == "relu":
         return ConvBnRelu(channels)
     if kind == "residual":
@@ -208,7 +222,7 @@ def widen_plan(root: nn.Module, name: str) -> WidenPlan:
             widened.add(user)
             frontier.append(user)
     producers = [
-        _gate_producer(arg, modules, widened, shown)
+        _gate_producer(arg, modules, widened, shown) if _is_product(node) else _refuse_sum(shown)
         for node in binary
         for arg in node.args
         if isinstance(arg, fx.Node) and arg not in widened
@@ -217,6 +231,21 @@ def widen_plan(root: nn.Module, name: str) -> WidenPlan:
         raise GraftError(f"{shown}'s channels are not read by another conv; nothing downstream can absorb them")
     return WidenPlan(
         name, tuple(dict.fromkeys(channelwise)), tuple(dict.fromkeys(consumers)), tuple(dict.fromkeys(producers))
+    )
+
+
+def _is_product(node: fx.Node) -> bool:
+    """A gate multiplies the channels; a sum with another branch is a residual connection, never a gate."""
+    return (node.op == "call_function" and node.target in (operator.mul, torch.mul)) or (
+        node.op == "call_method" and node.target in ("mul", "mul_")
+    )
+
+
+def _refuse_sum(shown: str) -> str:
+    raise GraftError(
+        f"{shown}'s channels reach an addition with another branch (a residual connection): every layer on that "
+        "sum would need widening too, which graft does not do; widen a conv inside a block instead (e.g. "
+        "layer1.0.conv1 in a ResNet)"
     )
 
 

@@ -33,7 +33,7 @@ from graft.bundle import Bundle, load
 from graft.data.sources import load_everything
 from graft.errors import GraftError
 from graft.surgery import operations as ops
-from graft.surgery.certificate import Certificate, synthetic_probe
+from graft.surgery.certificate import Certificate
 from graft.surgery.classes import resolve_classes
 from graft.surgery.details import (
     ChannelsDetails,
@@ -49,9 +49,12 @@ from graft.surgery.operations import (
     VERDICTS,
     Probe,
     Step,
+    check_output,
     check_required,
     check_timm,
     deepen,
+    default_probe,
+    draw_probe,
     load_probe,
     recalibrate,
     rechannel,
@@ -73,7 +76,8 @@ class SurgeryResult:
 
     @property
     def verdict(self) -> str:
-        """How the final model compares with the original: the whole-chain certificate's verdict.
+        """How the final model compares with the original: the whole-chain certificate's verdict (`require` also
+        checks every step's).
 
         A later step can repair an earlier one (BatchNorm recalibration after a size change), so the chain is
         judged end to end, not by its weakest step.
@@ -109,15 +113,17 @@ def reshape(
 ) -> SurgeryResult:
     """Apply the requested changes to a bundle, certify each, and save the result to `output` (if given).
 
-    `probe`/`imprint`/`recalibrate` name data sources (mnist, digits, folder:PATH…). Without a probe, seeded
-    synthetic colour images are used. `require="exact"` (or "approximate") writes nothing unless the chain's
-    verdict reaches that level.
+    `probe`/`imprint`/`recalibrate` name data sources (mnist, digits, folder:PATH…). Without a probe, the bundle's
+    own data is used when it can be read here, else seeded synthetic colour images. `require="exact"` (or
+    "approximate") writes nothing unless every step and the whole chain reach that level.
     """
     check_required(None, require)
     if probe_count < 1:
         raise GraftError("the probe needs at least one image")
     current = bundle if isinstance(bundle, Bundle) else load(bundle)
     check_timm(current)
+    if output is not None:
+        check_output(current, output, overwrite)  # before any work, not after it
     say = console.print if console is not None else (lambda *_a, **_k: None)
     size2 = (size, size) if isinstance(size, int) else tuple(size) if size is not None else None
     new_classes = None
@@ -133,12 +139,11 @@ def reshape(
     imprint_images = load_everything(imprint, data_root, download=download) if imprint else None
     recalibration_images = load_everything(recalibrate, data_root, download=download) if recalibrate else None
     largest = max(current.spec.size, size2 or (0, 0))
-    probe_tensor = (
-        load_probe(probe_images, probe_count, largest, seed)
-        if probe_images is not None
-        else synthetic_probe(probe_count, largest, seed)
+    chain_probe = (
+        draw_probe(probe_images, probe_count, largest, seed, probe)
+        if probe is not None and probe_images is not None
+        else default_probe(current, largest, probe_count, seed, data_root=data_root)
     )
-    probe_name = probe or "synthetic"
 
     # (operation, arguments): the fixed order; the first operation starts the chain on the probe.
     plan: list[tuple[Any, tuple, dict]] = []
@@ -151,7 +156,7 @@ def reshape(
     if recalibration_images is not None:
         plan.append((ops.recalibrate, (recalibration_images,), {"seed": seed}))
     for after in afters:
-        plan.append((ops.deepen, (after,), {"block": block}))
+        plan.append((ops.deepen, (after,), {"block": block, "seed": seed}))
     for layer, width in (widen or {}).items():
         plan.append((ops.widen, (layer, width), {"seed": seed}))
     if new_classes is not None:
@@ -162,14 +167,14 @@ def reshape(
     step: Step[Any] | None = None
     for operation, args, kwargs in plan:
         if step is None:
-            step = operation(current, *args, probe=Probe(probe_tensor, probe_name), **kwargs)
+            step = operation(current, *args, probe=chain_probe, **kwargs)
         else:
             step = step.then(operation, *args, **kwargs)
         say(step.certificate.line(), markup=False, highlight=False)
     assert step is not None
     if step.overall is not None:
         say(step.overall.line(), markup=False, highlight=False)
-    check_required(step.verdict, require)
+    check_required(step.weakest, require)
     final = step.finished()
     result = SurgeryResult(final, list(step.certificates), step.overall)
     if output is not None:

@@ -47,7 +47,7 @@ from graft.surgery.resize import change_size, recalibrate_batchnorm
 from graft.surgery.structure import insert_identity_block, widen_layer
 from graft.surgery.transfer import change_architecture
 
-VERDICTS = ("exact", "approximate", "breaking")
+VERDICTS = ("exact", "approximate", "unverified", "breaking")  # best to worst
 PROBE_COUNT = 64
 
 D = TypeVar("D")
@@ -57,8 +57,33 @@ P = ParamSpec("P")
 
 def load_probe(images: ImageSet, count: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
     """`count` images drawn at random (seeded), as uint8 (N, C, *size), the size of the largest model involved."""
+    return draw_probe(images, count, size, seed).images
+
+
+def draw_probe(images: ImageSet, count: int, size: tuple[int, int], seed: int = 0, name: str | None = None) -> Probe:
+    """A labelled probe: `count` images of `images` drawn at random (seeded), at `size`, with their class names."""
     positions = np.sort(np.random.default_rng(seed).permutation(len(images))[:count])
-    return images.batch(positions, InputSpec(size=size, channels=images.channels))
+    labels = tuple(images.classes[int(k)] for k in images.labels[positions])
+    return Probe(images.batch(positions, InputSpec(size=size, channels=images.channels)), name or images.name, labels)
+
+
+def default_probe(
+    bundle: Bundle, size: tuple[int, int], count: int = 64, seed: int = 0, *, data_root: str | None = None
+) -> Probe:
+    """The bundle's own data when it can be read here without a download (its provenance names the source),
+    else seeded synthetic images, which a trained model often puts nearly all in one class (the certificate
+    then says so)."""
+    record = bundle.provenance.data
+    source = record.source if record is not None else None
+    if source:
+        try:
+            images = load_everything(source, data_root or record.data_root, download=False)
+        except (GraftError, OSError, ValueError):
+            images = None
+        if images is not None and len(images):
+            return draw_probe(images, count, size, seed, f"{source} (the bundle's data)")
+        return Probe(synthetic_probe(count, size, seed), f"synthetic (the bundle's data {source} is not readable here)")
+    return Probe(synthetic_probe(count, size, seed), "synthetic")
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,11 +96,14 @@ class Probe:
 
     images: torch.Tensor
     name: str = "given"
+    labels: tuple[str, ...] | None = None  # class names, one per image, when the probe is labelled data
 
     def __post_init__(self) -> None:
         shape = tuple(self.images.shape)
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or not shape[0]:
             raise GraftError(f"a probe is uint8 images (N, C, H, W) with N ≥ 1, not {self.images.dtype} {shape}")
+        if self.labels is not None and len(self.labels) != shape[0]:
+            raise GraftError(f"a probe of {shape[0]} images needs as many labels, not {len(self.labels)}")
 
     @classmethod
     def synthetic(cls, size: tuple[int, int], count: int = PROBE_COUNT, seed: int = 0) -> Probe:
@@ -93,11 +121,11 @@ class Probe:
         data_root: str | None = None,
         download: bool = True,
     ) -> Probe:
-        """`count` images of a data source (mnist, digits, folder:PATH…), drawn at random (seeded)."""
-        return cls(load_probe(load_everything(source, data_root, download=download), count, size, seed), source)
+        """`count` images of a data source (mnist, digits, folder:PATH…), drawn at random (seeded), labelled."""
+        return draw_probe(load_everything(source, data_root, download=download), count, size, seed, source)
 
 
-ProbeLike = Probe | torch.Tensor | str | None  # None: synthetic; str: a data source; a tensor: uint8 images
+ProbeLike = Probe | torch.Tensor | str | None  # None: the bundle's data, else synthetic; str: a data source
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,14 +160,26 @@ class Step(Generic[D]):
         if len(self.certificates) < 2:
             return None
         return certify(
-            "whole chain", self.original, self.bundle, self.probe.images, views=self.views, probe_name=self.probe.name
+            "whole chain",
+            self.original,
+            self.bundle,
+            self.probe.images,
+            views=self.views,
+            probe_name=self.probe.name,
+            labels=self.probe.labels,
         )
 
     @property
     def verdict(self) -> str:
-        """exact | approximate | breaking: the whole chain's verdict, or the single step's."""
+        """exact | approximate | unverified | breaking: the whole chain's verdict, or the single step's."""
         overall = self.overall
         return overall.verdict if overall is not None else self.certificate.verdict
+
+    @property
+    def weakest(self) -> str:
+        """The worst verdict of any step and of the whole chain: what `require` checks."""
+        verdicts = [c.verdict for c in self.certificates] + ([self.overall.verdict] if self.overall else [])
+        return max(verdicts, key=VERDICTS.index)
 
     def finished(self) -> Bundle:
         """The bundle with this chain's surgery record appended to its provenance (the original is untouched).
@@ -152,7 +192,7 @@ class Step(Generic[D]):
             self.bundle.provenance,
             [c.to_dict() for c in self.certificates],
             overall,
-            str(self.original.path) if self.original.path else None,
+            str(Path(self.original.path).resolve()) if self.original.path else None,
             self.verdict,
         )
         metrics = self.bundle.metrics
@@ -162,8 +202,10 @@ class Step(Generic[D]):
         return dataclasses.replace(self.bundle, provenance=provenance, metrics=metrics)
 
     def save(self, path: str | Path, *, overwrite: bool = False, require: str | None = None) -> Bundle:
-        """Write the finished bundle to `path` and return it; `require="exact"` writes nothing unless it is."""
-        check_required(self.verdict, require)
+        """Write the finished bundle to `path` and return it; `require="exact"` writes nothing unless every step
+        and the whole chain are exact."""
+        check_output(self.original, path, overwrite)
+        check_required(self.weakest, require)
         bundle = self.finished()
         bundle.save(path, overwrite=overwrite)
         return bundle
@@ -178,7 +220,19 @@ def check_required(verdict: str | None, require: str | None) -> None:
     if require not in (None, *VERDICTS[:2]):
         raise GraftError(f"--require takes exact or approximate, not {require!r}")
     if require is not None and verdict is not None and VERDICTS.index(verdict) > VERDICTS.index(require):
-        raise GraftError(f"the surgery is {verdict}, not {require}; nothing written")
+        raise GraftError(f"a step of the surgery is {verdict}, not {require}; nothing written")
+
+
+def check_output(source: Bundle, output: str | Path, overwrite: bool) -> None:
+    """Before any work: the source is never overwritten (nor a folder holding it), and an existing output needs
+    `overwrite`."""
+    target = Path(output).resolve()
+    if source.path is not None:
+        origin = Path(source.path).resolve()
+        if target == origin or origin.is_relative_to(target):
+            raise GraftError(f"{output} is the bundle being changed (or holds it); surgery never modifies its source")
+    if target.exists() and not overwrite:
+        raise GraftError(f"{output} already exists; choose another output or pass --force")
 
 
 def surgery_record(
@@ -228,7 +282,7 @@ def _probe(bundle: Bundle, previous: Step[Any] | None, probe: ProbeLike, size: t
         return previous.probe
     largest = max(tuple(bundle.spec.size), size or (0, 0))
     if probe is None:
-        return Probe.synthetic(largest)
+        return default_probe(bundle, largest)
     if isinstance(probe, str):
         return Probe.load(probe, largest)
     return probe if isinstance(probe, Probe) else Probe(probe)
@@ -245,7 +299,9 @@ def _step(
 ) -> Step[D]:
     """Certify one operation's output against its input and add it to the chain."""
     new, views, details = done
-    certificate = certify(label, bundle, new, probe.images, views=views, probe_name=probe.name, details=details)
+    certificate = certify(
+        label, bundle, new, probe.images, views=views, probe_name=probe.name, details=details, labels=probe.labels
+    )
     # At most one step changes channels; its views are the whole chain's (other steps show both models the same).
     if views.old is not identity or views.new is not identity:
         chain_views = views
@@ -303,13 +359,15 @@ def recalibrate(
     return _step("recalibrate BatchNorm", bundle, previous, probe_, done)
 
 
-def deepen(source: Source, after: str, *, block: str = "relu", probe: ProbeLike = None) -> Step[DeepenDetails]:
-    """Insert an identity-initialised block after stage `after` (Net2DeeperNet): `relu` is exact after a stage
-    that ends in a ReLU, `residual` after any. Its BatchNorm statistics come from the chain's probe."""
+def deepen(
+    source: Source, after: str, *, block: str = "relu", seed: int = 0, probe: ProbeLike = None
+) -> Step[DeepenDetails]:
+    """Insert a block whose added branch starts at zero after stage `after`: `relu` (ReLU(x + BN(Conv x))) is
+    exact after a stage that ends in a ReLU, `residual` (x + BN(Conv x)) after any; in train mode too."""
     bundle, previous = _input(source)
     probe_ = _probe(bundle, previous, probe)
     inputs = model_inputs(probe_.images, bundle.spec, identity).float()
-    done = insert_identity_block(bundle, after, inputs, block)
+    done = insert_identity_block(bundle, after, inputs, block, seed=seed)
     return _step(f"deeper: {block} block after {after}", bundle, previous, probe_, done)
 
 

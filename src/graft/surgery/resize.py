@@ -24,6 +24,7 @@ from graft.data.base import ImageSet
 from graft.data.preprocess import to_model_input
 from graft.errors import GraftError
 from graft.models.factory import GraftModel, build_model
+from graft.record import Architecture
 from graft.spec import InputSpec
 from graft.surgery.certificate import Views
 from graft.surgery.details import RecalibrationDetails, ResizeDetails
@@ -51,12 +52,12 @@ def change_size(bundle: Bundle, size: tuple[int, int]) -> tuple[Bundle, Views, R
     spec, arch = bundle.spec, bundle.architecture
     if tuple(size) == tuple(spec.size):
         raise GraftError(f"this model already takes {size[0]}×{size[1]} images")
-    new_spec = dataclasses.replace(spec, size=tuple(size))
-    kwargs = dict(arch.timm_kwargs)
-    if "img_size" in kwargs:
-        kwargs["img_size"] = list(size)
-    new_arch = dataclasses.replace(arch, timm_kwargs=kwargs)
-    model = build_model(new_arch, new_spec)  # a one-line error when the size is below the model's minimum
+    model = _built_at(bundle, size)
+    if model is None:
+        smallest = next((s for s in (*range(MIN_SIDE, 65), *_LARGER) if _built_at(bundle, (s, s)) is not None), None)
+        hint = f"; use --size {smallest} or more" if smallest else ""
+        raise GraftError(f"input size {size[0]}×{size[1]} is below what {arch.timm_name} accepts{hint}")
+    new_arch, new_spec = _resized(bundle, size)
     own, state = model.state_dict(), bundle.model.state_dict()
     adapted: list[str] = []
     for key, value in state.items():
@@ -83,6 +84,38 @@ def change_size(bundle: Bundle, size: tuple[int, int]) -> tuple[Bundle, Views, R
         "claim": "approximate (the same weights see the image at another scale)",
     }
     return new, Views(note="each model sees the probe images resized to its own input size"), details
+
+
+MIN_SIDE = 2
+_LARGER = (96, 128, 160, 192, 224, 256, 320, 384, 512)
+
+
+def _resized(bundle: Bundle, size: tuple[int, int]) -> tuple[Architecture, InputSpec]:
+    kwargs = dict(bundle.architecture.timm_kwargs)
+    if "img_size" in kwargs:
+        kwargs["img_size"] = list(size)
+    return dataclasses.replace(bundle.architecture, timm_kwargs=kwargs), dataclasses.replace(
+        bundle.spec, size=tuple(size)
+    )
+
+
+def _built_at(bundle: Bundle, size: tuple[int, int]) -> GraftModel | None:
+    """The model structure at `size`, or None when the model or graft's preprocessing cannot work at that size.
+
+    Both count: resnet18 runs on 1×1 images, but PyTorch's antialiased resize to a single pixel fails (an
+    internal assertion, not every time), so graft never makes images under 2 pixels a side.
+    """
+    if min(size) < MIN_SIDE:
+        return None
+    arch, spec = _resized(bundle, size)
+    try:
+        model = build_model(arch, spec)
+        image = torch.full((2, spec.channels, *bundle.spec.size), 128, dtype=torch.uint8)
+        with torch.no_grad():
+            model.eval()(to_model_input(image, spec))
+    except (GraftError, RuntimeError, ValueError, AssertionError):
+        return None
+    return model
 
 
 def _resample_pos_embed(old: nn.Module, new: nn.Module, value: torch.Tensor) -> torch.Tensor:

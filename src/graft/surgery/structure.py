@@ -1,16 +1,18 @@
 """Deeper and wider models that start out computing what the trained model computes.
 
-- Deeper (Net2DeeperNet, Chen et al. 2016): after a named stage, insert Conv3×3 + BN + ReLU with an identity
-  (Dirac) kernel and BN set to pass values through. ReLU(x) = x only for x ≥ 0, so this is exact after a stage
-  that ends in a ReLU (ResNets, DenseNets…); the certificate reports the stage's smallest output on the probe.
-  `residual` blocks, x + BN(Conv(x)) with BN's scale and shift at 0, are exact after any stage.
+- Deeper: after a named stage, insert a residual block whose added branch starts at zero (BN scale and shift at
+  0, as timm's zero_init_last does), so the identity holds in eval *and* train mode, for any BatchNorm statistics,
+  and the first optimizer step moves it only a little. `relu` blocks, ReLU(x + BN(Conv(x))), are exact after a
+  stage that ends in a ReLU (ResNets, DenseNets…; the certificate reports the stage's smallest output on the
+  probe); `residual` blocks, x + BN(Conv(x)), after any stage. (Before issue 20 `relu` inserted Net2DeeperNet's
+  Conv+BN+ReLU chain with a Dirac kernel and BN statistics from the probe: exact in eval mode only, it broke at
+  the first training step. Bundles recording it still load as they were.)
 - Wider (Net2WiderNet): a conv gets extra output channels copied from existing ones; per-channel layers after
   it (BatchNorm, activations, depthwise convs) copy along, and the convs that read the channels divide each
   copy's input weights by the number of copies; a squeeze-excitation gate multiplying the channels has its
   expanding conv copied along. Exact for any input. Channels that meet a residual shortcut, a concatenation
   or a flatten are refused: no copy rule keeps those exact.
-In train mode BatchNorm normalises with batch statistics, so training starts from the same function only in
-eval mode; this is the usual caveat of both methods.
+Widened BatchNorms see copies of the same channels, so their batch statistics are copies too: exact in train mode.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import nn
 
 from graft.bundle import Bundle
 from graft.errors import GraftError
-from graft.models.edits import ConvBnRelu, insert_block, make_block, resolve_name, widen_plan, widen_structure
+from graft.models.edits import insert_block, make_block, resolve_name, widen_plan, widen_structure
 from graft.models.factory import GraftModel, build_model
 from graft.surgery.certificate import Views
 from graft.surgery.details import DeepenDetails, WidenDetails
@@ -50,10 +52,16 @@ def _stage_output(model: GraftModel, name: str, probe: torch.Tensor) -> torch.Te
     return captured[0]
 
 
+# What `--block` names → the block kind recorded in the bundle's edits (models/edits.py builds it from that).
+BLOCKS = {"relu": "relu-residual", "residual": "residual"}
+
+
 def insert_identity_block(
-    bundle: Bundle, after: str, probe_inputs: torch.Tensor, kind: str = "relu"
+    bundle: Bundle, after: str, probe_inputs: torch.Tensor, kind: str = "relu", *, seed: int = 0
 ) -> tuple[Bundle, Views, DeepenDetails]:
     """A new bundle with an identity-initialised block after stage `after` (probe inputs: normalised tensors)."""
+    if kind not in BLOCKS:
+        raise GraftError(f"unknown block {kind!r}; choose one of {', '.join(BLOCKS)}")
     model = copy.deepcopy(bundle.model).eval()
     name = resolve_name(model, after)
     output = _stage_output(model, name, probe_inputs)
@@ -62,10 +70,15 @@ def insert_identity_block(
             f"{after} outputs {tuple(output.shape[1:])}, not a feature map (C, H, W); a conv block cannot follow it"
         )
     channels = int(output.shape[1])
-    block = make_block(kind, channels)
-    _init_identity(block, output)
+    block = make_block(BLOCKS[kind], channels)
+    with torch.no_grad():  # the added branch starts at zero; its conv gets a seeded He init so it can learn
+        generator = torch.Generator().manual_seed(seed)
+        fan_in = block.conv.weight[0].numel()
+        block.conv.weight.copy_(torch.randn(block.conv.weight.shape, generator=generator) * (2 / fan_in) ** 0.5)
+        block.bn.weight.zero_()
+        block.bn.bias.zero_()
     block_name = insert_block(model, name, block)
-    edit = {"op": "insert", "after": name, "block": kind, "channels": channels, "name": block_name}
+    edit = {"op": "insert", "after": name, "block": BLOCKS[kind], "channels": channels, "name": block_name}
     smallest = float(output.min())
     details: DeepenDetails = {
         "after": name.removeprefix("backbone."),
@@ -76,27 +89,6 @@ def insert_identity_block(
         "claim": "exact" if kind == "residual" or smallest >= 0 else "approximate (the stage outputs negatives)",
     }
     return _rebuilt(bundle, model, edit), Views(), details
-
-
-def _init_identity(block: nn.Module, stage_output: torch.Tensor) -> None:
-    """Identity in eval mode, and close to it in train mode.
-
-    The relu block's BatchNorm gets the stage output's per-channel mean/variance on the probe as running
-    statistics, and scale √(var+ε) and shift mean to undo them: exact with the running statistics, and nearly
-    so with the batch statistics of images like the probe, so fine-tuning starts near the trained function.
-    """
-    with torch.no_grad():
-        if isinstance(block, ConvBnRelu):
-            nn.init.dirac_(block.conv.weight)
-            mean = stage_output.double().mean(dim=(0, 2, 3))
-            var = stage_output.double().var(dim=(0, 2, 3), unbiased=False)
-            block.bn.running_mean.copy_(mean)
-            block.bn.running_var.copy_(var)
-            block.bn.weight.copy_(torch.sqrt(var + block.bn.eps))
-            block.bn.bias.copy_(mean)
-        else:
-            block.bn.weight.zero_()
-            block.bn.bias.zero_()
 
 
 def widen_layer(bundle: Bundle, layer: str, width: int, *, seed: int = 0) -> tuple[Bundle, Views, WidenDetails]:
@@ -112,6 +104,7 @@ def widen_layer(bundle: Bundle, layer: str, width: int, *, seed: int = 0) -> tup
     copies = torch.bincount(mapping, minlength=channels)[mapping].double()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     widen_structure(model, plan, width)
+    _check_runs(model, bundle, layer)
     state = model.state_dict()
     for module_name in (plan.conv, *plan.channelwise, *plan.producers):
         for key, value in before.items():
@@ -133,3 +126,16 @@ def widen_layer(bundle: Bundle, layer: str, width: int, *, seed: int = 0) -> tup
         "claim": "exact",
     }
     return _rebuilt(bundle, model, edit), Views(), details
+
+
+def _check_runs(model: nn.Module, bundle: Bundle, layer: str) -> None:
+    """A widened structure that no longer runs is a widening graft cannot do, not a too-small input."""
+    x = torch.zeros(2, bundle.spec.channels, *bundle.spec.size)
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    except (RuntimeError, ValueError, AssertionError) as error:
+        raise GraftError(
+            f"widening {layer} breaks the model's forward pass ({str(error).splitlines()[0][:120]}); "
+            "widen a conv inside a block instead (e.g. layer1.0.conv1 in a ResNet)"
+        ) from None
