@@ -6,7 +6,6 @@ are: `init` takes the project's settings, `add` and `redo` a round's own, `train
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +13,7 @@ import typer
 
 from graft.cli.options import config_options
 from graft.errors import GraftError
+from graft.io import json_text
 
 rounds_app = typer.Typer(
     name="rounds",
@@ -192,4 +192,4 @@ def rounds_status_command(
     from graft.rounds.run import status, status_lines
 
     summary = status(directory)
-    print(json.dumps(summary, indent=2) if as_json else "\n".join(status_lines(summary)))
+    print(json_text(summary) if as_json else "\n".join(status_lines(summary)))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from graft.errors import GraftError
+from graft.io import json_text
 from graft.progress import console
 
 
@@ -110,4 +110,4 @@ def surgery_command(
     if as_json:
         steps = [c.to_dict() for c in result.certificates]
         overall = result.overall.to_dict() if result.overall else None
-        print(json.dumps({"verdict": result.verdict, "steps": steps, "overall": overall}, indent=2))
+        print(json_text({"verdict": result.verdict, "steps": steps, "overall": overall}))
