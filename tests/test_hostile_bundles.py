@@ -320,3 +320,10 @@ def test_a_string_version_is_damaged_not_newer(good: Path, tmp_path: Path) -> No
     with pytest.raises(GraftError) as caught:
         load(copy_with(good, tmp_path / "b", {**record, "version": "1"}))
     assert "not a bundle version" in str(caught.value) and "newer" not in str(caught.value)
+
+
+def test_rounds_init_with_force_in_its_recipe_is_one_line(tmp_path: Path, capsys) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('data = "digits"\nforce = true\nepochs = 1\n')
+    line = one_error_line(*run_cli(["rounds", "init", str(tmp_path / "proj"), "--recipe", str(recipe)], capsys))
+    assert "'force' does not apply to a rounds project" in line  # was a TypeError traceback

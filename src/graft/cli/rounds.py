@@ -86,7 +86,13 @@ def rounds_init_command(
     from graft.training.config import recipe_settings
 
     limits = dict(max_forgetting=max_forgetting, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop)
-    init(directory, **limits, force=force, **recipe_settings(recipe, **settings))
+    chosen = recipe_settings(recipe, **settings)
+    if "force" in chosen:  # a TrainConfig key, but each round writes its own new bundle: it would mean nothing
+        raise GraftError(
+            f"{recipe}: 'force' does not apply to a rounds project (each round writes its own bundle); "
+            "to start an existing project again, pass --force to `graft rounds init`"
+        )
+    init(directory, **limits, force=force, **chosen)
     print(f"rounds project: {directory} (gate: {Thresholds(**limits).describe()}); add rounds with `graft rounds add`")
 
 
