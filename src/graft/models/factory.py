@@ -16,7 +16,7 @@ import timm
 import torch
 from torch import nn
 
-from graft.errors import GraftError, first_line
+from graft.errors import GraftError
 from graft.models.edits import apply_edits
 from graft.models.input_modes import FlattenHead, GrayStem, apply_fold, find_first_conv, set_input_channels
 from graft.models.weights import TransferReport, transfer_weights
@@ -157,18 +157,6 @@ def _build_timm_model(arch: Architecture, spec: InputSpec) -> GraftModel:
 
 
 register_backbone_kind("timm", _build_timm_model)
-
-
-def hub_state_dict(name: str, kwargs: dict) -> dict[str, torch.Tensor]:
-    """timm's ImageNet weights for `name` from the hub (needs internet)."""
-    try:
-        model = timm.create_model(name, pretrained=True, **kwargs)
-    except Exception as error:
-        raise GraftError(
-            f"could not fetch ImageNet weights for {name} from the hub ({first_line(error, 160)}); "
-            "offline? pass --weights FILE"
-        ) from None
-    return model.state_dict()
 
 
 def create_model(

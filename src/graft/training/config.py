@@ -198,7 +198,12 @@ def validate(settings: dict, origin: str = "settings") -> TrainConfig:
 def recipe_settings(recipe: str | Path | None = None, **overrides: object) -> dict:
     """The recipe's settings, then explicit overrides on top (None means 'not given'); not yet validated."""
     settings = read_recipe(recipe) if recipe else {}
-    settings.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    # The starting weights are one choice: a flag naming one source replaces the recipe's other source, as flags win.
+    for flag, other in (("weights", "pretrained"), ("pretrained", "weights")):
+        if flag in given and other not in given:
+            settings.pop(other, None)
+    settings.update(given)
     return settings
 
 

@@ -23,6 +23,7 @@ from graft.errors import GraftError
 from graft.evaluation import EvalResult, evaluate_model, write_eval_outputs
 from graft.io import atomic_write_json
 from graft.models.factory import build_model, count_parameters
+from graft.models.hub import require_hub_weights
 from graft.models.weights import TransferReport
 from graft.record import META_FILE, Architecture, DataRecord, Provenance, TransferRecord
 from graft.spec import InputSpec
@@ -112,6 +113,8 @@ def _train(
     distributed.check_batch_size(world, config.batch_size)
     torch.set_num_threads(runtime.threads)
     _seed_everything(config.seed)
+    if origin.kind == "hub" and not resuming:
+        require_hub_weights(config.model, offline=not config.download)  # before minutes of data loading
 
     splits, train_set = _load_data(config, out, memory.splits if memory is not None else None)
     checkpoint = load_checkpoint(run_dir) if resuming else None
