@@ -20,12 +20,12 @@ from graft.data.base import ImageSet, Splits
 from graft.data.memory import InMemory
 from graft.data.sources import load_splits, normalise_source, source_label
 from graft.errors import GraftError
-from graft.evaluation import EvalResult, evaluate_model, write_eval_outputs
+from graft.evaluation import EvalResult, calibrate_confidence, confidence_sample, evaluate_model, write_eval_outputs
 from graft.io import atomic_write_json
 from graft.models.factory import build_model, count_parameters
 from graft.models.hub import require_hub_weights
 from graft.models.weights import TransferReport
-from graft.record import META_FILE, Architecture, DataRecord, Provenance, TransferRecord
+from graft.record import META_FILE, Architecture, ConfidenceRecord, DataRecord, Provenance, TransferRecord
 from graft.spec import InputSpec
 from graft.training import distributed
 from graft.training.checkpoint import checkpoint_path, load_checkpoint, remove_checkpoint
@@ -185,6 +185,7 @@ def _finish(
             console=out,
             device=session.ctx.runtime.device,
         )
+    confidence = _calibrate(session, final_model)
     final_model.to("cpu")
     if test is not None:
         out.print(f"test: loss {test.loss:.4f}  accuracy {test.accuracy:.2%} on {len(splits.test)} images")
@@ -198,13 +199,40 @@ def _finish(
         recorded = json.loads(json.dumps(memory.record))
         data = {**provenance.data.model_dump(mode="json"), "source": None, "data_root": None, "in_memory": recorded}
         provenance = provenance.updated(data=DataRecord.model_validate(data))
-    bundle = Bundle(final_model, session.arch, session.spec, list(splits.classes), final, provenance)
+    bundle = Bundle(
+        final_model, session.arch, session.spec, list(splits.classes), final, provenance, confidence=confidence
+    )
     bundle.save(bundle_dir, overwrite=config.force or resuming)
     remove_checkpoint(run_dir)
     eval_files = write_eval_outputs(test, splits.test, run_dir, title=f"{config.data} test") if test else {}
     _write_report(run_dir, config, final, session.history, session.report, eval_files, bundle_dir)
     out.print(f"bundle: {bundle_dir}   run: {run_dir} (report.html, curves.png, metrics.jsonl)")
     return TrainResult(bundle, run_dir, session.history)
+
+
+def _calibrate(session: Session, final_model: nn.Module) -> ConfidenceRecord | None:
+    """The bundle's "not sure" threshold, from the kept weights' predictions on (a sample of) validation."""
+    config, splits = session.config, session.splits
+    if not len(splits.valid):
+        return None
+    valid = evaluate_model(
+        final_model,
+        session.spec,
+        confidence_sample(splits.valid, config.seed),
+        classes=splits.classes,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        console=session.out,
+        device=session.ctx.runtime.device,
+    )
+    confidence = calibrate_confidence(valid)
+    if confidence.source == "validation":
+        session.out.print(
+            f"confidence: below {confidence.threshold:.1%} the top class is 'not sure' (at or above it: "
+            f"{confidence.answered:.0%} of {confidence.images} validation images, "
+            f"right {confidence.answered_accuracy or 0:.1%})"
+        )
+    return confidence
 
 
 def _model_from_checkpoint(
