@@ -38,7 +38,11 @@ def surgery_command(
         typer.Option(help="Insert an identity-initialised block after this stage (repeatable), e.g. layer2."),
     ] = None,
     block: Annotated[
-        str, typer.Option(help="relu (Conv+BN+ReLU, exact after a ReLU) or residual (x+BN(Conv x), exact anywhere).")
+        str,
+        typer.Option(
+            metavar="<relu|residual>",
+            help="relu (Conv+BN+ReLU, exact after a ReLU) or residual (x+BN(Conv x), exact anywhere).",
+        ),
     ] = "relu",
     widen: Annotated[
         list[str] | None, typer.Option(help="LAYER=WIDTH: more output channels for a conv (repeatable).")
@@ -60,7 +64,10 @@ def surgery_command(
     ] = None,
     probe_count: Annotated[int, typer.Option(min=1, help="How many probe images.")] = 64,
     require: Annotated[
-        str | None, typer.Option(help="exact or approximate: write nothing unless every step reaches it.")
+        str | None,
+        typer.Option(
+            metavar="<exact|approximate>", help="exact or approximate: write nothing unless every step reaches it."
+        ),
     ] = None,
     data_root: Annotated[str | None, typer.Option(help="Where data sets are looked for.")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never download data.")] = False,
