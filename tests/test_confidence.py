@@ -87,3 +87,14 @@ def test_training_calibrates_and_the_model_info_serves_it(tiny_run, tmp_path):
     (old / record.META_FILE).write_text(json.dumps(data))
     with TestClient(create_app(old, engine="torch")) as client:
         assert client.get("/v1/model").json()["confidence"] == {**record.DEFAULT_CONFIDENCE.model_dump(mode="json")}
+
+
+def test_an_exact_surgery_keeps_the_threshold_and_an_inexact_one_drops_it(tiny_run, tmp_path):
+    from graft.surgery import reshape
+
+    calibrated = record.read(tiny_run.bundle.path).confidence
+    assert calibrated is not None
+    exact = reshape(tiny_run.bundle.path, tmp_path / "rgb", channels=3)
+    assert exact.verdict == "exact" and record.read(tmp_path / "rgb").confidence == calibrated
+    resized = reshape(tiny_run.bundle.path, tmp_path / "big", size=32, probe="digits", probe_count=8)
+    assert resized.verdict != "exact" and record.read(tmp_path / "big").confidence is None
