@@ -96,7 +96,7 @@ def test_predict_top_k_sums_and_orders(tmp_path):
         (lambda d: (d / "graft.json").unlink(), "graft.json is missing"),
         (lambda d: (d / "model.safetensors").unlink(), "model.safetensors is missing"),
         (lambda d: (d / "graft.json").write_text("{not json"), "damaged"),
-        (lambda d: (d / "model.safetensors").write_bytes(b"garbage"), "does not fit"),
+        (lambda d: (d / "model.safetensors").write_bytes(b"garbage"), "model.safetensors is damaged: not a safetens"),
         (lambda d: (d / "graft.json").write_text(json.dumps({"format": "other"})), "not a graft bundle description"),
         (lambda d: _edit_meta(d, version=99), "newer than this graft reads"),
         (lambda d: _edit_meta(d, architecture="resnet"), "damaged"),

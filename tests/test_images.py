@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from graft.data.images import IMAGE_EXTENSIONS, _to_array, decode_image
+from graft.data.images import IMAGE_EXTENSIONS, ImageLimits, _to_array, decode_image
 from graft.errors import GraftError
 
 
@@ -175,9 +175,9 @@ def test_exif_orientation_is_applied(tmp_path: Path, orientation: int, bright: t
 
 def test_max_pixels_refuses_before_decoding() -> None:
     data = encode(Image.fromarray(noise(100, 100)))
-    assert decode_image(data, max_pixels=10_000).shape == (100, 100, 3)
+    assert decode_image(data, limits=ImageLimits(max_pixels=10_000)).shape == (100, 100, 3)
     with pytest.raises(GraftError) as excinfo:
-        decode_image(data, max_pixels=9_999, name="upload.png")
+        decode_image(data, limits=ImageLimits(max_pixels=9_999), name="upload.png")
     message = assert_one_line_error(excinfo, "upload.png")
     assert "100x100" in message and "9999" in message
 

@@ -63,7 +63,7 @@ def test_serve_parses_the_record_once_per_load(serve_bundle, parses):
 
     from graft.serve import create_app
 
-    with TestClient(create_app(serve_bundle)) as client:
+    with TestClient(create_app(serve_bundle), base_url="http://127.0.0.1") as client:  # a Host graft answers
         assert client.get("/v1/model").status_code == 200
         assert client.get("/v1/model").status_code == 200
     assert _bundle_parses(parses, serve_bundle) == 1

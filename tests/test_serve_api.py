@@ -77,7 +77,8 @@ def test_model_health_ready_docs_and_page(server, serve_bundle):
     assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{server}/readyz").json()
     assert ready["status"] == "ready" and ready["model"] == info["model"]
-    assert httpx.get(f"{server}/docs").status_code == 200
+    assert httpx.get(f"{server}/docs").status_code == 404  # --docs is off by default (CDN scripts)
+    assert httpx.get(f"{server}/openapi.json").status_code == 200
     paths = httpx.get(f"{server}/openapi.json").json()["paths"]
     assert {"/v1/predict", "/v1/model", "/v1/reload", "/healthz", "/readyz"} <= set(paths)
     assert "multipart/form-data" in paths["/v1/predict"]["post"]["requestBody"]["content"]
@@ -140,7 +141,7 @@ def test_token_is_required_for_predict_model_and_reload(serve_bundle, digit_png)
         assert _post(url, content=data, headers=good).status_code == 200
         assert httpx.get(f"{url}/v1/model", headers=good).json()["limits"]["token"] is True
         assert httpx.post(f"{url}/v1/reload", headers=good, timeout=30).status_code == 200
-        for open_path in ("/", "/healthz", "/readyz", "/docs"):
+        for open_path in ("/", "/healthz", "/readyz", "/openapi.json"):
             assert httpx.get(f"{url}{open_path}").status_code == 200
 
 
@@ -149,7 +150,7 @@ def test_reload_from_another_machine_needs_a_token(serve_bundle):
 
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=app, client=("192.168.1.20", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://phone") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://192.168.1.10:8000") as client:
             return await client.post("/v1/reload")
 
     _assert_problem(asyncio.run(go()), 403, "forbidden", "--token")
@@ -221,7 +222,7 @@ def _perturbed_copy(source, target) -> graft.Bundle:
 def test_reload_keeps_every_in_flight_request(serve_bundle, tmp_path, digit_png):
     data, _ = digit_png
     _perturbed_copy(serve_bundle, tmp_path / "round2")
-    app = create_app(serve_bundle, engine="torch", max_batch=4, max_delay_ms=20)
+    app = create_app(serve_bundle, engine="torch", max_batch=4, max_delay_ms=20, reload_root=tmp_path)
     app.state.holder.current.batcher.run = slow(app.state.holder.current.batcher.run, 0.05)
 
     async def go(url: str) -> tuple[list[httpx.Response], httpx.Response, list[httpx.Response]]:

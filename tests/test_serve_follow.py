@@ -53,7 +53,7 @@ def _served(url: str, changed_from: str, seconds: float = 15) -> str:
 
 def test_serving_a_project_follows_its_promotions(serve_bundle, tmp_path):
     project = _project(tmp_path, serve_bundle)
-    app = create_app(project, engine="torch", watch_s=0.05)
+    app = create_app(project, engine="torch", watch_s=0.05, reload_root=serve_bundle.parent)
     pixels, label = digit(3)
     with live_server(app) as url:
         info = httpx.get(f"{url}/v1/model").json()

@@ -48,7 +48,7 @@ def token_app(serve_bundle):
 def _request(app, method: str, path: str, **kwargs) -> httpx.Response:
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=app, client=("192.168.1.20", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://phone") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://192.168.1.10:8000") as client:
             return await client.request(method, path, **kwargs)
 
     return asyncio.run(go())

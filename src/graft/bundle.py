@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from graft.data.image_limits import DEFAULT_LIMITS, ImageLimits
 from graft.data.preprocess import hwc_to_tensor, to_model_input
 from graft.errors import GraftError, first_line
 from graft.io import atomic_directory
@@ -106,23 +108,29 @@ class Bundle:
         return path
 
     # ---- inference ---------------------------------------------------------------------------------------
-    def model_input(self, image: ImageInput, *, max_pixels: int | None = None, name: str | None = None) -> torch.Tensor:
+    def model_input(
+        self, image: ImageInput, *, limits: ImageLimits = DEFAULT_LIMITS, name: str | None = None
+    ) -> torch.Tensor:
         """One image (file, encoded bytes or HxWxC uint8 array) → a (1, C, H, W) float tensor per the spec.
 
         Decoded images are reduced to the model's size at once, so many large photos never sit in memory together.
-        `max_pixels` refuses larger images before decoding them (the server's decompression-bomb guard); `name`
+        `limits` refuses images whose header is too large before decoding them (graft.data.image_limits); `name`
         labels errors.
         """
         from graft.data.images import decode_image
 
         if isinstance(image, np.ndarray):
-            array = _check_array(image)
-        else:
-            array = decode_image(image, max_pixels=max_pixels, name=name)
+            return to_model_input(hwc_to_tensor(_check_array(image)), self.spec)
+        array = decode_image(image, limits=limits, name=name)
         return to_model_input(hwc_to_tensor(array), self.spec)
 
     def predict(
-        self, images: ImageInput | Sequence[ImageInput], top_k: int = 5, *, batch_size: int = 64
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        top_k: int = 5,
+        *,
+        batch_size: int = 64,
+        limits: ImageLimits = DEFAULT_LIMITS,
     ) -> list[Prediction]:
         """Top-k classes for image files, encoded bytes or HxWxC uint8 arrays, in the order given.
 
@@ -130,7 +138,10 @@ class Bundle:
         """
         if isinstance(images, str | Path | bytes | np.ndarray):
             images = [images]
-        inputs = [self.model_input(image) for image in images]
+        return self.predict_inputs([self.model_input(image, limits=limits) for image in images], top_k, batch_size)
+
+    def predict_inputs(self, inputs: list[torch.Tensor], top_k: int = 5, batch_size: int = 64) -> list[Prediction]:
+        """Top-k classes for `model_input` tensors (1, C, H, W), run in batches."""
         predictions = []
         for start in range(0, len(inputs), batch_size):
             predictions += self.rank(self.logits(torch.cat(inputs[start : start + batch_size])), top_k)
@@ -147,6 +158,8 @@ class Bundle:
 
         Shared by `predict` and the server, so both report probabilities the same way.
         """
+        if not bool(torch.isfinite(logits).all()):
+            raise GraftError("the model gave non-finite scores (NaN or infinity) for this image; no prediction")
         k = max(1, min(top_k, len(self.classes)))
         values, indices = torch.softmax(logits, dim=1).topk(k, dim=1)
         return [
@@ -184,12 +197,16 @@ def load(path: str | Path, *, record: BundleRecord | None = None) -> Bundle:
     if not weights_path.is_file():
         raise GraftError(f"{path} is not a graft bundle: {WEIGHTS_FILE} is missing")
     arch, spec = record.arch, record.spec
+    header = _weights_header(weights_path)
+    _check_fit(_expected_shapes(arch, spec), header, weights_path)
     model = build_model(arch, spec)
+    _check_fit({name: tuple(t.shape) for name, t in model.state_dict().items()}, header, weights_path)
     try:
         state = load_file(str(weights_path))
         model.load_state_dict(state, strict=True)
     except Exception as error:
         raise GraftError(f"{weights_path} does not fit the architecture in {META_FILE}: {first_line(error)}") from None
+    _check_finite(state, weights_path)
     model.eval()
     return Bundle(
         model,
@@ -202,3 +219,49 @@ def load(path: str | Path, *, record: BundleRecord | None = None) -> Bundle:
         dict(record.exports),
         record.confidence,
     )
+
+
+def _weights_header(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from the safetensors header, without reading the tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+    except Exception as error:
+        raise GraftError(f"{path} is damaged: not a safetensors file ({first_line(error, 120)})") from None
+
+
+def _expected_shapes(arch: Architecture, spec: InputSpec) -> dict[str, tuple[int, ...]] | None:
+    """The state dict's shapes, from the model built on the meta device (no memory, no init): a record claiming a
+    huge model is refused against the weights file before anything is allocated. None where a model cannot be
+    built on meta (the real build is then checked instead)."""
+    try:
+        with torch.device("meta"):
+            return {name: tuple(t.shape) for name, t in build_model(arch, spec).state_dict().items()}
+    except GraftError:
+        raise
+    except Exception:
+        return None
+
+
+def _check_fit(expected: dict[str, tuple[int, ...]] | None, header: dict[str, tuple[int, ...]], path: Path) -> None:
+    """One line naming the first tensor that the weights file and the architecture disagree on (and how many)."""
+    if expected is None:
+        return
+    problems = [f"{name} is missing" for name in expected if name not in header]
+    problems += [f"{name} is not in the architecture" for name in header if name not in expected]
+    problems += [
+        f"{name} is {list(header[name])} in the file but {list(shape)} in the architecture"
+        for name, shape in expected.items()
+        if name in header and header[name] != shape
+    ]
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise GraftError(f"{path} does not fit the architecture in {META_FILE}: {problems[0]}{more}")
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinities: such a model answers NaN for every image."""
+    broken = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        raise GraftError(f"{path} holds NaN or infinite weights ({broken[0]}{more}); the model cannot be used")

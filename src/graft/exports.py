@@ -154,9 +154,19 @@ def _max_abs(delta: torch.Tensor) -> float:
     return value if math.isfinite(value) else math.inf
 
 
-def _session(data: bytes):
+def onnx_runtime():
+    """The onnxruntime module with its telemetry events turned off for this process: graft never lets it record
+    paths or errors for its vendor (used by export checks and by graft serve)."""
     import onnxruntime
 
+    disable = getattr(onnxruntime, "disable_telemetry_events", None)
+    if disable is not None:
+        disable()
+    return onnxruntime
+
+
+def _session(data: bytes):
+    onnxruntime = onnx_runtime()
     try:
         return onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     except Exception as error:

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -37,8 +38,24 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(data: Any, *, indent: int | None = 2) -> str:
+    """Strict JSON text: NaN and infinities (a diverged loss, a broken model's score) become null, never the bare
+    `NaN` that Python writes by default and other JSON readers refuse."""
+    return json.dumps(_finite(data), indent=indent, allow_nan=False, default=str)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    return atomic_write_text(path, json_text(data) + "\n")
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -68,6 +85,9 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
     os.chmod(tmp, 0o755)
     try:
         yield tmp
+        for item in tmp.rglob("*"):  # as atomic_write_bytes: some writers (safetensors) create files 0600
+            if item.is_file() and not item.is_symlink():
+                os.chmod(item, 0o644)
         if not path.exists():
             os.replace(tmp, path)
         elif _exchange(tmp, path):

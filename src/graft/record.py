@@ -32,12 +32,46 @@ WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"
 DEFAULT_VALID_FRACTION = 0.2
 HEADS: tuple[str, ...] = ("pool", "flatten")
-# timm keyword arguments that would load files, fetch weights or change what graft itself sets: a record that
-# names them is refused rather than letting a hand-edited bundle read an arbitrary checkpoint at load time.
-FORBIDDEN_TIMM_KWARGS = frozenset(
-    {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir", "num_classes",
-     "in_chans", "features_only", "scriptable", "exportable"}
+# Bounds that keep a hand-edited record from making graft allocate without limit before the weights file is
+# compared with it (graft.bundle checks every tensor's shape against model.safetensors).
+MAX_RECORD_BYTES = 64 * 2**20
+MAX_INPUT_SIDE = 4096
+MAX_CHANNELS = 64
+MAX_CLASSES = 100_000
+MAX_WIDTH = 65_536
+# timm keyword arguments a record (or a recipe's `model_kwargs`) may carry: architecture hyper-parameters only.
+# An allow-list, because timm.create_model also takes arguments that read files (`checkpoint_path`,
+# `pretrained_cfg_overlay`) or fetch weights, and a bundle must never make graft read a file it does not hold.
+ALLOWED_TIMM_KWARGS = frozenset(
+    {"drop_rate", "drop_path_rate", "drop_block_rate", "proj_drop_rate", "attn_drop_rate", "pos_drop_rate",
+     "patch_drop_rate", "img_size", "patch_size", "global_pool", "channel_multiplier", "depth_multiplier",
+     "pad_type", "bn_eps", "act_layer", "norm_layer", "output_stride", "stem_type", "stem_width", "embed_dim",
+     "depth", "depths", "dims", "num_heads", "mlp_ratio", "window_size", "class_token", "no_embed_class",
+     "reg_tokens", "qkv_bias", "init_values", "ls_init_value", "layer_scale_init_value", "fix_stem",
+     "head_hidden_size", "conv_mlp", "dynamic_img_size", "dynamic_img_pad", "zero_init_last", "se_layer",
+     "block_args", "kernel_size", "width", "widths", "growth_rate", "block_config", "bn_size", "stem_chs"}
 )  # fmt: skip
+_KWARG_SCALARS = (str, int, float, bool, type(None))
+
+
+def check_timm_kwargs(kwargs: dict) -> dict:
+    """ValueError unless `kwargs` are allow-listed timm options with plain values (numbers, short strings, flags,
+    or short lists of them)."""
+    unknown = sorted(set(kwargs) - ALLOWED_TIMM_KWARGS)
+    if unknown:
+        raise ValueError(
+            f"{', '.join(map(repr, unknown))} {'is not a timm option' if len(unknown) == 1 else 'are not timm options'}"
+            " graft accepts (architecture hyper-parameters only; see graft.record.ALLOWED_TIMM_KWARGS)"
+        )
+    for key, value in kwargs.items():
+        items = value if isinstance(value, list) else [value]
+        plain = len(items) <= 64 and all(isinstance(item, _KWARG_SCALARS) for item in items)
+        bounded = all(
+            not isinstance(item, int | float) or (abs(item) <= MAX_WIDTH and item == item) for item in items
+        ) and all(not isinstance(item, str) or len(item) <= 100 for item in items)
+        if not (plain and bounded):
+            raise ValueError(f"timm option {key!r} must be a plain number, flag or short string (got {value!r:.60})")
+    return kwargs
 
 
 @dataclass(frozen=True)
@@ -67,14 +101,14 @@ class Architecture:
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class _Architecture(_Record):
     """The validated form of `Architecture` (the dataclass stays a plain value the model builders take)."""
 
-    timm_name: Annotated[str, Field(min_length=1)]
-    num_classes: Annotated[int, Field(ge=1)]
+    timm_name: Annotated[str, Field(min_length=1, max_length=200)]
+    num_classes: Annotated[int, Field(ge=1, le=MAX_CLASSES)]
     head: Literal["pool", "flatten"] = "pool"
     timm_kwargs: dict[str, JsonValue] = {}
     edits: list[Edit] = []
@@ -83,10 +117,7 @@ class _Architecture(_Record):
     @field_validator("timm_kwargs")
     @classmethod
     def _safe_kwargs(cls, kwargs: dict) -> dict:
-        forbidden = sorted(FORBIDDEN_TIMM_KWARGS & set(kwargs))
-        if forbidden:
-            raise ValueError(f"timm_kwargs may not set {', '.join(forbidden)}")
-        return kwargs
+        return check_timm_kwargs(kwargs)
 
 
 class InsertEdit(_Record):
@@ -95,7 +126,7 @@ class InsertEdit(_Record):
     op: Literal["insert"]
     after: str
     block: str
-    channels: Annotated[int, Field(ge=1)]
+    channels: Annotated[int, Field(ge=1, le=MAX_WIDTH)]
     name: str
 
 
@@ -104,15 +135,15 @@ class WidenEdit(_Record):
 
     op: Literal["widen"]
     layer: str
-    width: Annotated[int, Field(ge=1)]
+    width: Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 
 
 Edit = Annotated[InsertEdit | WidenEdit, Field(discriminator="op")]
 
 
 class _Input(_Record):
-    size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]
-    channels: Annotated[int, Field(ge=1)]
+    size: tuple[Annotated[int, Field(ge=1, le=MAX_INPUT_SIDE)], Annotated[int, Field(ge=1, le=MAX_INPUT_SIDE)]]
+    channels: Annotated[int, Field(ge=1, le=MAX_CHANNELS)]
     mode: Literal["replicate", "stem", "fold"] = "replicate"
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -134,7 +165,7 @@ class _Input(_Record):
 class _Open(BaseModel):
     """Provenance parts: typed where graft reads them, open to keys other graft versions or tools add."""
 
-    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True, allow_inf_nan=False)
 
 
 class DataRecord(_Open):
@@ -220,7 +251,7 @@ class Provenance(_Open):
 class ExportRecord(_Record):
     """`exports.onnx`: how far ONNX Runtime's logits are from PyTorch's, and which weights the file was made from."""
 
-    file: str
+    file: str  # a file inside the bundle, by name (`_inside`)
     sha256: str
     weights_sha256: str
     opset: int
@@ -233,6 +264,13 @@ class ExportRecord(_Record):
     passed: bool
     probe: str
     created: str
+
+    @field_validator("file")
+    @classmethod
+    def _inside(cls, name: str) -> str:
+        if not name or name in (".", "..") or any(c in name for c in "/\\\x00") or len(name) > 200:
+            raise ValueError(f"must name a file inside the bundle, not {name[:80]!r}")
+        return name
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -405,9 +443,19 @@ def read(bundle_dir: str | Path) -> BundleRecord:
 
 
 def _parse(path: Path) -> Any:
-    """The one function that parses `graft.json` (tests count its calls: a command parses the record once)."""
+    """The one function that parses `graft.json` (tests count its calls: a command parses the record once).
+
+    NaN and infinities (which Python's json writes and reads, but JSON has not) are read as null: a metric of a
+    diverged run becomes "unknown", and a field that needs a number refuses it.
+    """
+    if path.exists() and not path.is_file():
+        raise GraftError(f"{path} is damaged: not a regular file")
     try:
-        return json.loads(path.read_bytes())
+        with path.open("rb") as handle:
+            text = handle.read(MAX_RECORD_BYTES + 1)
+        if len(text) > MAX_RECORD_BYTES:
+            raise GraftError(f"{path} is damaged: larger than {MAX_RECORD_BYTES // 2**20} MB")
+        return json.loads(text, parse_constant=lambda _: None)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise GraftError(f"{path} is damaged: not JSON ({first_line(error)})") from None
     except OSError as error:

@@ -6,7 +6,7 @@ Each takes a bundle directory or a rounds project, whose promoted bundle is mean
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,6 +15,7 @@ from rich.table import Table
 
 from graft.cli.common import _bundle_dir, _pct
 from graft.errors import GraftError
+from graft.io import json_text
 from graft.progress import console
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def eval_command(
         console=console(),
     )
     if as_json:
-        print(json.dumps({**result.to_dict(), "output": str(out_dir)}, indent=2))
+        print(json_text({**result.to_dict(), "output": str(out_dir)}))
         return
     table = Table(title=f"{bundle} on {source} ({split}): accuracy {result.accuracy:.2%}, loss {result.loss:.4f}")
     for column in ("class", "precision", "recall", "support"):
@@ -87,25 +88,82 @@ def eval_command(
 
 def predict_command(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory, or a rounds project (its promoted bundle).")],
-    images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, WebP, BMP).")],
+    images: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Image files (JPEG, PNG, WebP, BMP, GIF, TIFF), or folders: their images, sub-folders included.",
+            metavar="IMAGES...",
+        ),
+    ],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+    skip_bad: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad",
+            help="Go on past files that cannot be read: results for the others, one line per bad one on stderr, "
+            "exit 1. On by default when a folder is given; otherwise a bad file stops the command before any output.",
+        ),
+    ] = False,
+    no_limits: Annotated[
+        bool,
+        typer.Option(
+            "--no-limits",
+            help="Decode images of any size (by default, as in graft serve, images over 50 M pixels or 16384 "
+            "pixels on a side are refused from their header).",
+        ),
+    ] = False,
 ) -> None:
     """Top-k classes with probabilities, preprocessed exactly as in training (from the bundle's spec)."""
     from graft.bundle import load
+    from graft.data.image_limits import DEFAULT_LIMITS, NO_LIMITS
 
-    predictions = load(_bundle_dir(bundle)).predict(images, top_k=top_k)  # every file is checked before any output
+    files = _image_files(images)
+    skip_bad = skip_bad or any(path.is_dir() for path in images)
+    loaded = load(_bundle_dir(bundle))
+    limits = NO_LIMITS if no_limits else DEFAULT_LIMITS
+    inputs, failures = {}, {}
+    for path in files:  # every file is decoded before the first output, so a bad one fails the call early
+        try:
+            inputs[path] = loaded.model_input(path, limits=limits, name=str(path))
+        except GraftError as error:
+            if not skip_bad:
+                raise
+            failures[path] = str(error)
+    ranked = dict(zip(inputs, loaded.predict_inputs(list(inputs.values()), top_k), strict=True))
     if as_json:
-        print(
-            json.dumps(
-                [{"image": str(p), **pred.to_dict()} for p, pred in zip(images, predictions, strict=True)],
-                indent=2,
-            )
-        )
-        return
-    for path, pred in zip(images, predictions, strict=True):
-        ranked = ", ".join(f"{c} ({p:.1%})" for c, p in zip(pred.classes, pred.probabilities, strict=True))
-        print(f"{path}: {ranked}")
+        results = [
+            {"image": str(p), **ranked[p].to_dict()} if p in ranked else {"image": str(p), "error": failures[p]}
+            for p in files
+        ]
+        print(json_text(results))
+    else:
+        for path in files:
+            if path in ranked:
+                pred = ranked[path]
+                shown = ", ".join(f"{c} ({p:.1%})" for c, p in zip(pred.classes, pred.probabilities, strict=True))
+                print(f"{path}: {shown}")
+            else:
+                print(failures[path], file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} of {len(files)} images could not be read", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+def _image_files(paths: list[Path]) -> list[Path]:
+    """The files given, with each folder replaced by its images (by extension, sorted, sub-folders included)."""
+    from graft.data.images import IMAGE_EXTENSIONS
+
+    files: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
+        if not found:
+            raise GraftError(f"{path}: no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        files += found
+    return files
 
 
 def info_command(
@@ -130,7 +188,7 @@ def info_command(
     loaded = load(bundle)
     meta = bundle_info(loaded)
     if as_json:
-        print(json.dumps(meta, indent=2, default=str))
+        print(json_text(meta))
         return
     print("\n".join(_describe(loaded, meta.get("export_status", ""))))
 
@@ -200,4 +258,4 @@ def schema_command() -> None:
     """The JSON Schema of graft.json (the bundle record), for tools that read bundles (docs/bundle.schema.json)."""
     from graft.record import json_schema
 
-    print(json.dumps(json_schema(), indent=2))
+    print(json_text(json_schema()))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +10,9 @@ import typer
 
 from graft.cli.common import _bundle_dir
 from graft.errors import GraftError
+from graft.io import json_text
 from graft.progress import console
+from graft.serve.settings import RANGES, ServeSettings
 
 
 def export_command(
@@ -31,13 +32,15 @@ def export_command(
     Examples:
       graft export runs/x/bundle --format onnx
     """
+    from graft.bundle import load
     from graft.exports import export
 
     bundle = _bundle_dir(bundle)
+    loaded = load(bundle)  # a damaged bundle is one line, before anything is announced
     console().print(f"exporting {bundle} to {format} and checking it against PyTorch…", markup=False)
-    record = export(bundle, format, opset=opset, tolerance=tolerance)
+    record = export(loaded, format, opset=opset, tolerance=tolerance)
     if as_json:
-        print(json.dumps(record.to_dict(), indent=2))
+        print(json_text(record.to_dict()))
     verdict = "passed" if record.passed else "FAILED"
     print(
         f"wrote {bundle / record.file} (opset {record.opset}, onnxruntime {record.onnxruntime_version}): "
@@ -49,6 +52,11 @@ def export_command(
             f"the ONNX export differs from PyTorch by {record.max_abs_logit_delta:.2e} > {record.tolerance:g}; "
             "graft serve will keep using PyTorch for this bundle"
         )
+
+
+def _r(name: str) -> str:
+    """A flag's accepted range for its help, from the settings that check it."""
+    return f"[{RANGES[name].text()}]"
 
 
 def serve_command(
@@ -66,31 +74,71 @@ def serve_command(
             help="auto (ONNX Runtime when a checked export exists, else PyTorch), onnx or torch.",
         ),
     ] = "auto",
-    max_batch: Annotated[int, typer.Option(min=1, help="Images per forward pass; 1 turns batching off.")] = 16,
+    max_batch: Annotated[
+        int, typer.Option(help=f"Images per forward pass; 1 turns batching off. {_r('max_batch')}")
+    ] = 16,
     max_delay_ms: Annotated[
-        float, typer.Option(min=0, help="How long the first request of a batch waits for others (ms).")
+        float, typer.Option(help=f"How long the first request of a batch waits for others. {_r('max_delay_ms')}")
     ] = 5.0,
     token: Annotated[
         str | None,
         typer.Option(envvar="GRAFT_TOKEN", help="Require 'Authorization: Bearer TOKEN' for predict, model, reload."),
     ] = None,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted (413 above).")] = 20.0,
+    max_upload_mb: Annotated[
+        float, typer.Option(help=f"Largest upload accepted (413 above). {_r('max_upload_mb')}")
+    ] = 20.0,
     max_pixels: Annotated[
-        int, typer.Option(help="Largest image in pixels, checked before decoding (413 above).")
+        int, typer.Option(help=f"Largest image in pixels, checked before decoding (413 above). {_r('max_pixels')}")
     ] = 50_000_000,
+    max_side: Annotated[
+        int, typer.Option(help=f"Longest image side in pixels, checked before decoding (413 above). {_r('max_side')}")
+    ] = 16_384,
     max_queue: Annotated[
-        int, typer.Option(min=1, help="Predict requests held at once; more get 503 with Retry-After.")
+        int, typer.Option(help=f"Predict requests held at once; more get 503 with Retry-After. {_r('max_queue')}")
     ] = 64,
-    timeout: Annotated[float, typer.Option(help="Seconds a predict request may take (504 after).")] = 30.0,
-    threads: Annotated[int | None, typer.Option(min=1, help="Threads for the model. [default: all cores]")] = None,
-    decode_threads: Annotated[int, typer.Option(min=1, help="Threads decoding uploads.")] = 2,
-    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    timeout: Annotated[
+        float, typer.Option(help=f"Seconds a predict request may take (504 after). {_r('timeout_s')}")
+    ] = 30.0,
+    threads: Annotated[
+        int | None, typer.Option(help=f"Threads for the model. {_r('threads')} [default: all cores]")
+    ] = None,
+    decode_threads: Annotated[int, typer.Option(help=f"Threads decoding uploads. {_r('decode_threads')}")] = 2,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            help=f"Seconds a connection has to send a request's headers; then it is closed. {_r('header_timeout_s')}"
+        ),
+    ] = 10.0,
+    max_connections: Annotated[
+        int, typer.Option(help=f"Open connections at most; more get 503 and are closed. {_r('max_connections')}")
+    ] = 256,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Host name to answer besides IP addresses, localhost and this computer's name (repeatable; "
+            "'*': any). Other names get 421: a DNS rebinding guard."
+        ),
+    ] = None,
+    reload_root: Annotated[
+        Path | None,
+        typer.Option(
+            help='POST /v1/reload {"bundle": PATH} loads only bundles under this directory. '
+            "[default: the rounds project, or the directory of the served run: runs/ for runs/x/bundle]"
+        ),
+    ] = None,
+    docs: Annotated[
+        bool,
+        typer.Option("--docs", help="Serve interactive API docs at /docs and /redoc (they load scripts from a CDN)."),
+    ] = False,
+    access_log: Annotated[
+        bool, typer.Option("--access-log", help="Log every request (tokens in URLs redacted).")
+    ] = False,
     watch: Annotated[
         float,
-        typer.Option(min=0, help="For a rounds project: seconds between checks for a newly promoted round (0: off)."),
+        typer.Option(help=f"For a rounds project: seconds between checks for a newly promoted round. {_r('watch_s')}"),
     ] = 2.0,
 ) -> None:
-    """Serve a bundle over HTTP: a phone page at /, the API at /v1/predict, docs at /docs.
+    """Serve a bundle over HTTP: a phone page at /, the API at /v1/predict (schema at /openapi.json).
 
     \b
     Examples:
@@ -101,7 +149,6 @@ def serve_command(
     POST /v1/reload or SIGHUP loads the bundle again (e.g. after a new round) without dropping requests.
     """
     from graft.serve.run import serve
-    from graft.serve.settings import ServeSettings
 
     settings = ServeSettings(
         engine=engine,  # type: ignore[arg-type]
@@ -110,10 +157,16 @@ def serve_command(
         max_queue=max_queue,
         max_upload_mb=max_upload_mb,
         max_pixels=max_pixels,
+        max_side=max_side,
         timeout_s=timeout,
         token=token,
         threads=threads,
         decode_threads=decode_threads,
         watch_s=watch,
+        header_timeout_s=header_timeout,
+        max_connections=max_connections,
+        allowed_hosts=tuple(allowed_host or ()),
+        reload_root=reload_root,
+        docs=docs,
     )
     serve(bundle, host=host, port=port, settings=settings, access_log=access_log)

@@ -10,7 +10,11 @@ the same pixels, and hence the same prediction, offline and served. The rules:
   transparent pixels are what a viewer shows on a page, and a fixed rule keeps training and serving equal.
 - 16-bit gray is scaled to 8 bit as round(value / 257), so 65535 becomes 255; 32-bit integer gray by the
   file's bit depth; float gray is read as [0, 1] when it lies there, else as 0-255, 16-bit or its own range.
-- Every failure (not an image, empty, truncated, too many pixels, unsupported) is a `GraftError` with one line
+- Before a pixel is decoded, the header is held to `graft.data.image_limits`: an allow-list of formats, at most
+  `max_pixels` pixels and `max_side` per side (on by default everywhere; `ImageLimits(None, None)` lifts them), and
+  a JPEG's data must be long enough for the size it claims.
+- Only regular files are opened (a FIFO or device would block or never end).
+- Every failure (not an image, empty, truncated, corrupt, too large, unsupported) is a `GraftError` with one line
   naming the file; a truncated file always fails because pixels are fully loaded, never lazily.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import threading
 import warnings
 from pathlib import Path
@@ -26,7 +31,17 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from graft.data.image_limits import (
+    DEFAULT_LIMITS,
+    ImageLimits,
+    ImageTooLarge,
+    accepted_formats,
+    check_jpeg_data,
+    format_refusal,
+)
 from graft.errors import GraftError
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageLimits", "ImageTooLarge", "decode_image"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -42,42 +57,51 @@ _OPEN_LOCK = threading.Lock()
 _BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)  # Pillow's own limit, ~89 M pixels
 
 
-class ImageTooLarge(GraftError):
-    """An image with more pixels than allowed, refused before its pixels are decoded (the server answers 413)."""
-
-
-def decode_image(source: str | Path | bytes, *, max_pixels: int | None = None, name: str | None = None) -> np.ndarray:
+def decode_image(
+    source: str | Path | bytes, *, limits: ImageLimits = DEFAULT_LIMITS, name: str | None = None
+) -> np.ndarray:
     """Decode a file path or encoded bytes into an HxWxC uint8 array (C is 1 or 3), by the module's rules.
 
-    `max_pixels` refuses images with more pixels before any pixel is decoded. `name` is used in error messages
-    (default: the file's name, or "image" for bytes).
+    `limits` bounds the header before any pixel is decoded. `name` is used in error messages (default: the file's
+    name, or "image" for bytes).
     """
     if isinstance(source, bytes):
         label = name or "image"
         if not source:
             raise GraftError(f"{label}: cannot decode image (empty file)")
-        return _decode(io.BytesIO(source), label, max_pixels)
+        return _decode(io.BytesIO(source), label, limits)
     path = Path(source)
     label = name or path.name or str(path)
     try:
-        handle = path.open("rb")
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise GraftError(f"{label}: cannot read file ({exc.strerror or type(exc).__name__})") from None
-    with handle:
-        if os.fstat(handle.fileno()).st_size == 0:
+    status = os.fstat(descriptor)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(descriptor)
+        kind = "a directory" if stat.S_ISDIR(status.st_mode) else "not a regular file"
+        raise GraftError(f"{label}: cannot read file ({kind})")
+    with os.fdopen(descriptor, "rb") as handle:
+        if status.st_size == 0:
             raise GraftError(f"{label}: cannot decode image (empty file)")
-        return _decode(handle, label, max_pixels)
+        return _decode(handle, label, limits)
 
 
-def _decode(stream: BinaryIO, label: str, max_pixels: int | None) -> np.ndarray:
+def _decode(stream: BinaryIO, label: str, limits: ImageLimits) -> np.ndarray:
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream)
+            try:
+                image = Image.open(stream, formats=accepted_formats())
+            except UnidentifiedImageError:
+                stream.seek(0)
+                raise format_refusal(label, stream.read(64)) from None
         with image:
             width, height = image.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise ImageTooLarge(f"{label}: image is {width}x{height} pixels, more than the limit of {max_pixels}")
+            limits.check(width, height, label)
+            if image.format in ("JPEG", "MPO"):
+                check_jpeg_data(stream, label)
             image.load()
             array = _to_array(_upright(image))
         # Pillow's buffers are read-only; callers (torch.from_numpy) need an array of their own.

@@ -8,6 +8,7 @@ bundle): where weights come from is decided above this layer (`graft.training.st
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -15,7 +16,7 @@ import timm
 import torch
 from torch import nn
 
-from graft.errors import GraftError
+from graft.errors import GraftError, first_line
 from graft.models.catalog import matching, suggest
 from graft.models.edits import apply_edits
 from graft.models.input_modes import FlattenHead, GrayStem, apply_fold, find_first_conv, set_input_channels
@@ -149,17 +150,21 @@ def _build_timm_model(arch: Architecture, spec: InputSpec) -> GraftModel:
         apply_edits(GraftModel(backbone, stem), arch.edits)
     try:
         shape = _forward_features_shape(backbone, stem, spec, flatten)
-    except (RuntimeError, ValueError, AssertionError):
+    except (RuntimeError, ValueError, AssertionError) as error:
         smallest = _minimum_size(
             lambda s: _forward_features_shape(
                 backbone, stem, InputSpec(size=(s, s), channels=spec.channels, mode=spec.mode), flatten
             ),
         )
+        if smallest is not None and smallest <= min(spec.size):  # it runs on smaller images: size is not why
+            raise GraftError(
+                f"{arch.timm_name} cannot run on {spec.size[0]}×{spec.size[1]} inputs ({first_line(error, 120)})"
+            ) from None
         hint = f"; use --size {smallest} or more" if smallest else ""
         raise GraftError(
             f"input size {spec.size[0]}×{spec.size[1]} is below what {arch.timm_name} accepts{hint}"
         ) from None
-    head = FlattenHead(int(torch.tensor(shape[1:]).prod()), arch.num_classes) if flatten else None
+    head = FlattenHead(math.prod(shape[1:]), arch.num_classes) if flatten else None
     return GraftModel(backbone, stem, head).train()
 
 

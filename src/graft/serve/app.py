@@ -1,7 +1,8 @@
-"""The FastAPI app serving a bundle, with OpenAPI docs at /docs; the routes are in `graft.serve.api`.
+"""The FastAPI app serving a bundle (OpenAPI schema at /openapi.json, docs at /docs with --docs); routes in `api`.
 
 `create_app` loads the model and builds the state the routes reach through dependencies (`api.deps`), then
-includes the routers, the upload limit, the error handlers and the lifespan (rounds watcher, clean shutdown).
+includes the routers, the upload limit, the Host check and security headers (`guards`), the error handlers
+and the lifespan (rounds watcher, clean shutdown).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from graft._version import __version__
 from graft.bundle import Bundle
 from graft.serve.api import ROUTERS
 from graft.serve.api.deps import attach_state
+from graft.serve.guards import HostCheck, SecurityHeaders
 from graft.serve.handlers import install_error_handlers
 from graft.serve.limits import Admission, BodyLimit
 from graft.serve.models import ModelHolder, load_model, resolve
@@ -42,10 +44,15 @@ def create_app(bundle: Bundle | str | Path, settings: ServeSettings | None = Non
         version=__version__,
         description="Image classification with a graft bundle. Send a photo, get its most likely classes.",
         lifespan=lifespan,
+        docs_url="/docs" if settings.docs else None,  # they load scripts from a CDN: off unless asked for
+        redoc_url="/redoc" if settings.docs else None,
     )
     decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="graft-decode")
     attach_state(app, holder, settings, Admission(settings.max_queue), decoder)
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    # predict's own --timeout covers its upload (504); the body deadline, a second later, covers every other route
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes, timeout_s=settings.timeout_s + 1)
+    app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
+    app.add_middleware(SecurityHeaders)  # outermost: every refusal above gets the headers too
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

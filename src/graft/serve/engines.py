@@ -16,7 +16,7 @@ import torch
 
 from graft.bundle import Bundle
 from graft.errors import GraftError, first_line
-from graft.exports import NO_EXPORT, onnx_export
+from graft.exports import NO_EXPORT, onnx_export, onnx_runtime
 
 log = logging.getLogger("graft.serve")
 
@@ -32,10 +32,9 @@ def onnx_engine(path: Path, threads: int | None = None) -> Engine:
     """An ONNX Runtime session on the CPU.
 
     Spinning is off: ONNX Runtime's threads otherwise busy-wait between runs and take the cores that decode
-    uploads.
+    uploads. Telemetry is off: ONNX Runtime may otherwise record events (paths, errors) for its vendor.
     """
-    import onnxruntime
-
+    onnxruntime = onnx_runtime()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or 0
     options.inter_op_num_threads = 1

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from graft.serve.limits import Problem, problem_response
 
@@ -37,6 +38,14 @@ async def on_http_error(_: Request, error: StarletteHTTPException) -> Response:
     return problem_response(error.status_code, code, str(error.detail), getattr(error, "headers", None))
 
 
+async def on_disconnect(request: Request, _: ClientDisconnect) -> Response:
+    """The client hung up while sending its request (flaky Wi-Fi): one quiet line, no traceback; the answer
+    goes nowhere."""
+    client = request.client.host if request.client else "a client"
+    log.info("%s hung up while sending %s %s", client, request.method, request.url.path)
+    return problem_response(400, "client_disconnected", "the client closed the connection during the request")
+
+
 async def on_crash(_: Request, error: Exception) -> Response:
     """A bug: logged with its traceback; the client gets a JSON 500 that leaks nothing."""
     log.exception("unexpected error", exc_info=error)
@@ -46,6 +55,7 @@ async def on_crash(_: Request, error: Exception) -> Response:
 def install_error_handlers(app: FastAPI) -> None:
     """Handlers by exception type; `Exception` goes to Starlette's outermost middleware, so it catches the rest."""
     app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(RequestValidationError, on_invalid)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_crash)

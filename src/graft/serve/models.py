@@ -90,6 +90,44 @@ def resolve(source: Bundle | str | Path) -> tuple[Bundle | Path, Path | None]:
     return resolved.bundle, resolved.project
 
 
+def reload_root(loaded: Loaded, settings: ServeSettings, project: Path | None) -> Path | None:
+    """Where `POST /v1/reload {"bundle": PATH}` may load from: --reload-root, else the rounds project, else the
+    directory holding the served bundle's run (`runs/` for `runs/x/bundle`, as `graft train` writes it; the
+    bundle's parent otherwise), so sibling runs can be loaded; None for an unsaved bundle without --reload-root."""
+    if settings.reload_root is not None:
+        return Path(settings.reload_root).resolve()
+    if project is not None:
+        return project.resolve()
+    if loaded.bundle.path is None:
+        return None
+    path = Path(loaded.bundle.path).resolve()
+    return path.parent.parent if path.name == "bundle" else path.parent
+
+
+class NotReloadable(GraftError):
+    """A reload path that is outside the reload root or is not a loadable bundle; deliberately one message."""
+
+
+def reload_target(root: Path | None, given: str) -> Path:
+    """The bundle directory `given` names (a relative path is taken from the server's working directory, as on
+    its command line), if it lies under `root`.
+
+    One neutral error for every way it can fail (outside the root, missing, not a directory, no graft.json, an
+    unreadable name), so that a client cannot map the file system through reload's answers.
+    """
+    refusal = NotReloadable(f"cannot reload from that path: give a bundle directory under --reload-root ({root})")
+    if root is None or not given or "\x00" in given or len(given) > 4096:
+        raise refusal
+    try:
+        target = Path(given).resolve()
+        inside = target.is_relative_to(root) and (target / "graft.json").is_file()
+    except (OSError, ValueError, RuntimeError):
+        raise refusal from None
+    if not inside:
+        raise refusal
+    return target
+
+
 class ModelHolder:
     """The current model, swapped by `reload` while requests keep going.
 
@@ -98,6 +136,7 @@ class ModelHolder:
 
     def __init__(self, loaded: Loaded, settings: ServeSettings, project: Path | None = None) -> None:
         self.current, self.settings, self.project = loaded, settings, project
+        self.reload_root = reload_root(loaded, settings, project)
         self.closing = False
         self._reload_lock: asyncio.Lock | None = None
         self._retiring: set[asyncio.Task] = set()

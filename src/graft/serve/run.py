@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from graft.bundle import Bundle
-from graft.errors import GraftError
+from graft.errors import GraftError, first_line
 from graft.serve.limits import is_loopback
 from graft.serve.settings import ServeSettings
 
@@ -29,7 +30,7 @@ def serve(
     access_log: bool = False,
     say: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve `bundle` over HTTP until interrupted: the API, its docs at /docs and the phone page at /.
+    """Serve `bundle` over HTTP until interrupted: the API, the phone page at /, and docs at /docs with --docs.
 
     The port is bound before the model loads, so a port in use is a one-line error and nothing else happens.
     Torch and ONNX Runtime use `settings.threads` (default: every core) for the forward pass.
@@ -52,18 +53,52 @@ def serve(
         if holder.project is not None:
             when = f"within {settings.watch_s:g} s" if settings.watch_s > 0 else "on SIGHUP or POST /v1/reload"
             say(f"following rounds project {holder.project}: a newly promoted round replaces this model {when}")
-        for line in where_to_open(host, sock.getsockname()[1], settings.token is not None):
+        for line in where_to_open(host, sock.getsockname()[1], settings.token is not None, docs=settings.docs):
             say(line)
-        config = uvicorn.Config(
-            app,
-            log_level="info" if access_log else "warning",
-            access_log=access_log,
-            timeout_graceful_shutdown=max(5, int(settings.timeout_s)),
-        )
+        config = uvicorn_config(app, settings, access_log=access_log)
         server = uvicorn.Server(config)
         asyncio.run(_run(server, sock, app.state.holder))
     finally:
         sock.close()
+
+
+def uvicorn_config(app, settings: ServeSettings, *, access_log: bool = False, **extra):
+    """uvicorn's configuration for `app`: its h11 protocol with a header deadline and a connection cap
+    (`connections`), and an access log, when on, with tokens in query strings redacted."""
+    import uvicorn
+
+    from graft.serve.connections import guarded_protocol
+
+    config = uvicorn.Config(
+        app,
+        http=guarded_protocol(settings),
+        log_level="info" if access_log else "warning",
+        access_log=access_log,
+        timeout_graceful_shutdown=max(5, int(settings.timeout_s)),
+        **extra,
+    )
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactTokens) for f in access.filters):
+        access.addFilter(RedactTokens())
+    return config
+
+
+_TOKEN_IN_QUERY = re.compile(r"([?&](?:token|access_token)=)[^&#\s]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """A request line or URL with the values of `token=` query parameters replaced (the page's ?token= link)."""
+    return _TOKEN_IN_QUERY.sub(r"\1REDACTED", text)
+
+
+class RedactTokens(logging.Filter):
+    """Keeps secrets out of the access log: uvicorn logs the path with its query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
+        record.msg = redact(str(record.msg))
+        return True
 
 
 async def _run(server, sock: socket.socket, holder) -> None:
@@ -79,8 +114,10 @@ def on_sighup(holder) -> asyncio.Task:
     async def reload() -> None:
         try:
             await holder.reload()
-        except GraftError as error:
-            log.error("reload failed, still serving %s: %s", holder.current.model_id, error)
+        except (GraftError, OSError) as error:
+            log.error("reload failed, still serving %s: %s", holder.current.model_id, first_line(error))
+        except Exception:  # a bug: logged here, not left as "Task exception was never retrieved"
+            log.exception("reload failed, still serving %s", holder.current.model_id)
 
     return asyncio.get_running_loop().create_task(reload())
 
@@ -106,12 +143,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def where_to_open(host: str, port: int, has_token: bool) -> list[str]:
+def where_to_open(host: str, port: int, has_token: bool, *, docs: bool = False) -> list[str]:
     """The lines that tell a person which address to open, and who else can reach it."""
     token = "?token=TOKEN" if has_token else ""
+    api_docs = " (API docs: /docs)" if docs else ""
     if is_loopback(host):
         return [
-            f"open http://{_url_host(host)}:{port}/ on this computer (API docs: /docs)",
+            f"open http://{_url_host(host)}:{port}/ on this computer{api_docs}",
             "only this computer can reach it; for a phone on the same Wi-Fi use --host 0.0.0.0 with --token SECRET",
         ]
     lines = []
@@ -123,7 +161,7 @@ def where_to_open(host: str, port: int, has_token: bool) -> list[str]:
             f"open http://<this computer's address on your network>:{port}/{token} on a phone on the same network "
             "(the address was not found here: see your network settings)"
         )
-    lines.append(f"on this computer: http://127.0.0.1:{port}/ (API docs: /docs)")
+    lines.append(f"on this computer: http://127.0.0.1:{port}/{api_docs}")
     if has_token:
         lines.append("predict, model and reload need the token (the page keeps it after the ?token= link)")
     else:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+from graft.data.image_limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageLimits
 from graft.errors import GraftError
 
 EngineChoice = Literal["auto", "onnx", "torch"]
@@ -12,16 +15,72 @@ ENGINES: tuple[str, ...] = ("auto", "onnx", "torch")
 
 
 @dataclass(frozen=True)
+class Range:
+    """The accepted values of one numeric setting: `low`..`high` inclusive (and 0 when `zero_means` says what)."""
+
+    flag: str
+    low: float
+    high: float
+    unit: str = ""
+    zero_means: str = ""
+
+    def text(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        span = f"{self.low:g} to {self.high:g}{unit}"
+        return f"0 ({self.zero_means}) or {span}" if self.zero_means else span
+
+    def check(self, value: float | None) -> None:
+        """GraftError in one line when `value` is outside the range (NaN and infinity always are)."""
+        if value is None:
+            return
+        if isinstance(value, float) and not math.isfinite(value):
+            raise GraftError(f"{self.flag} must be {self.text()}, got {value}")
+        if self.zero_means and value == 0:
+            return
+        if not self.low <= value <= self.high:
+            raise GraftError(f"{self.flag} must be {self.text()}, got {value:g}")
+
+
+# Each numeric setting's range; `docs/serve.md` lists the same ones. The bounds are generous: they refuse values
+# that cannot be meant (a 0-byte upload limit, an infinite timeout, a busy-looping watcher), not unusual ones.
+RANGES: dict[str, Range] = {
+    "max_batch": Range("--max-batch", 1, 1024, "images"),
+    "max_delay_ms": Range("--max-delay-ms", 0, 10_000, "ms"),
+    "max_queue": Range("--max-queue", 1, 100_000, "requests"),
+    "max_upload_mb": Range("--max-upload-mb", 0.001, 4096, "MB"),
+    "max_pixels": Range("--max-pixels", 1, 2_000_000_000, "pixels"),
+    "max_side": Range("--max-side", 1, 1_000_000, "pixels"),
+    "timeout_s": Range("--timeout", 0.1, 3600, "s"),
+    "threads": Range("--threads", 1, 1024),
+    "decode_threads": Range("--decode-threads", 1, 256),
+    "top_k": Range("--top-k", 1, 100_000),
+    "watch_s": Range("--watch", 0.01, 86_400, "s", zero_means="off"),
+    "header_timeout_s": Range("--header-timeout", 0.1, 600, "s"),
+    "max_connections": Range("--max-connections", 1, 100_000),
+}
+
+
+@dataclass(frozen=True)
 class ServeSettings:
-    """Engine, batching and limits of one server.
+    """Engine, batching and limits of one server (ranges: `RANGES`).
 
     - `max_batch` 1 turns batching off; otherwise requests that arrive within `max_delay_ms` of the first waiting
       one share a forward pass, up to `max_batch` images.
     - `max_queue` bounds the predict requests held at once (reading, decoding, waiting or running): one more gets
       503 with Retry-After instead of growing memory. With `max_upload_mb` it bounds what uploads can occupy.
-    - `max_pixels` refuses larger images from their header, before a pixel is decoded (decompression bombs).
+      A request that timed out keeps its place until its decoding has really stopped.
+    - `max_pixels` and `max_side` refuse larger images from their header, before a pixel is decoded
+      (decompression bombs, and thin images that are cheap to send but costly to resize).
     - `timeout_s` bounds a whole predict request (upload, decoding, queue, inference): past it, 504.
+    - `header_timeout_s`: a connection must send a request's complete headers within it (after connecting, or
+      after its previous response), else it is closed; `max_connections` caps open connections (more are
+      answered 503 and closed at once). Together they stop idle or trickling clients from holding the server.
     - `token`, when set, is required as `Authorization: Bearer TOKEN` by /v1/predict, /v1/model and /v1/reload.
+    - `allowed_hosts`: `Host` names accepted besides IP addresses, `localhost` and this machine's own name
+      (DNS rebinding); `*` accepts any.
+    - `reload_root`: `POST /v1/reload {"bundle": PATH}` loads only bundles under it (default: the
+      rounds project, or the directory holding the served run: `runs/` for `runs/x/bundle`).
+    - `docs`: serve the interactive /docs and /redoc pages (they load scripts from a CDN); off by default.
     - `watch_s`: serving a rounds project, how often its `current.json` is checked so that a newly promoted
       round is served without a restart; 0 leaves that to SIGHUP and POST /v1/reload.
     """
@@ -31,13 +90,23 @@ class ServeSettings:
     max_delay_ms: float = 5.0
     max_queue: int = 64
     max_upload_mb: float = 20.0
-    max_pixels: int = 50_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_side: int = DEFAULT_MAX_SIDE
     timeout_s: float = 30.0
     token: str | None = None
     threads: int | None = None
     decode_threads: int = 2
     top_k: int = 5
     watch_s: float = 2.0
+    header_timeout_s: float = 10.0
+    max_connections: int = 256
+    allowed_hosts: tuple[str, ...] = ()
+    reload_root: Path | None = None
+    docs: bool = False
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.max_pixels, self.max_side)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -47,24 +116,14 @@ class ServeSettings:
         """GraftError naming the first setting that makes no sense; the settings themselves otherwise."""
         if self.engine not in ENGINES:
             raise GraftError(f"unknown engine {self.engine!r}; choose {', '.join(ENGINES)}")
-        positive = {
-            "--max-batch": self.max_batch,
-            "--max-queue": self.max_queue,
-            "--max-upload-mb": self.max_upload_mb,
-            "--max-pixels": self.max_pixels,
-            "--timeout": self.timeout_s,
-            "--decode-threads": self.decode_threads,
-            "--top-k": self.top_k,
-        }
-        if self.threads is not None:
-            positive["--threads"] = self.threads
-        for flag, value in positive.items():
-            if not value > 0:
-                raise GraftError(f"{flag} must be positive, got {value}")
-        if not self.watch_s >= 0:
-            raise GraftError(f"--watch must be 0 or more seconds, got {self.watch_s}")
-        if not self.max_delay_ms >= 0:
-            raise GraftError(f"--max-delay-ms must be 0 or more, got {self.max_delay_ms}")
+        for name, allowed in RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float | None):
+                raise GraftError(f"{allowed.flag} must be a number, got {value!r}")
+            allowed.check(value)
         if self.token is not None and not self.token.strip():
             raise GraftError("--token is empty; give a secret, or leave --token out")
+        for host in self.allowed_hosts:
+            if not host or host != host.strip() or any(c in host for c in "/@ ?#"):
+                raise GraftError(f"--allowed-host takes a host name such as phone-server.local, got {host!r}")
         return self

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from graft.errors import GraftError
+from graft.errors import GraftError, first_line
 from graft.io import atomic_write_bytes
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -43,8 +43,13 @@ def load_checkpoint(run_dir: Path) -> dict | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a damaged file: say so rather than dump an unpickling traceback
-        raise GraftError(f"{path} cannot be read ({type(error).__name__}: {error})") from None
+    except Exception as error:  # damaged, or not ours: one line, and never torch's advice to allow pickled code
+        text = first_line(error, 100)
+        why = type(error).__name__ if "weights_only" in str(error) or "pickle" in text.lower() else text
+        raise GraftError(
+            f"{path} cannot be read: damaged, or not a graft checkpoint ({why}); graft reads checkpoints as "
+            "tensors only and never runs code stored in them"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise GraftError(f"{path} is not a graft checkpoint of format {FORMAT}")
     return state

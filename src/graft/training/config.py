@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from graft.errors import GraftError
+from graft.record import check_timm_kwargs
 from graft.spec import InputMode
 
 
@@ -108,6 +109,11 @@ class TrainConfig(BaseModel):
         if value is not None and not value.strip():
             raise ValueError("must not be empty")
         return value
+
+    @field_validator("model_kwargs")
+    @classmethod
+    def _allowed_kwargs(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else check_timm_kwargs(value)  # the rule a bundle's record is held to
 
 
 ARCHITECTURE_DEFAULTS = {

@@ -21,11 +21,12 @@ from graft.data.memory import InMemory
 from graft.data.sources import load_splits, normalise_source, source_label
 from graft.errors import GraftError
 from graft.evaluation import EvalResult, calibrate_confidence, confidence_sample, evaluate_model, write_eval_outputs
-from graft.io import atomic_write_json
+from graft.io import atomic_write_json, json_text
 from graft.models.factory import build_model, count_parameters
 from graft.models.hub import require_hub_weights
 from graft.models.weights import TransferReport
 from graft.record import META_FILE, Architecture, ConfidenceRecord, DataRecord, Provenance, TransferRecord
+from graft.record import read as read_record
 from graft.spec import InputSpec
 from graft.training import distributed
 from graft.training.checkpoint import checkpoint_path, load_checkpoint, remove_checkpoint
@@ -76,11 +77,13 @@ def resumed_config(run_dir: Path, overrides: dict) -> TrainConfig:
     if not path.is_file():
         raise GraftError(f"{run_dir} is not a graft run directory: config.json is missing")
     given = {key: value for key, value in overrides.items() if value is not None}
-    changed = sorted(set(given) - RESUME_MAY_CHANGE)
+    changed = sorted(set(given) - RESUME_MAY_CHANGE - {"force"})
     if changed:
         flags = ", ".join("--" + key.replace("_", "-") for key in changed)
         raise GraftError(f"--resume continues {run_dir} with its own settings; {flags} cannot change")
     settings = json.loads(path.read_text())
+    # The first start's --force replaced what was there then; replacing a bundle made since needs a new --force.
+    settings["force"] = False
     settings.update(given)
     return validate(settings, origin=str(path))
 
@@ -109,6 +112,8 @@ def _train(
         raise GraftError(f"{run_dir} has finished; its bundle is {bundle_dir}")
     if not resuming:
         _check_outputs(bundle_dir, run_dir, config.force)
+    else:
+        _check_resumed_output(bundle_dir, run_dir, config.force)
     check_strategy(config)
     distributed.check_batch_size(world, config.batch_size)
     torch.set_num_threads(runtime.threads)
@@ -145,7 +150,7 @@ def _train(
     if checkpoint is not None:
         session.restore(checkpoint)
     if world.is_main:
-        session.metrics_path.write_text("".join(json.dumps(record) + "\n" for record in session.history))
+        session.metrics_path.write_text("".join(json_text(record, indent=None) + "\n" for record in session.history))
     if on_session is not None:
         on_session(session)
     session.started = time.perf_counter()
@@ -202,6 +207,8 @@ def _finish(
     bundle = Bundle(
         final_model, session.arch, session.spec, list(splits.classes), final, provenance, confidence=confidence
     )
+    if resuming:  # again: another bundle may have appeared there while this run trained (its checkpoint stays)
+        _check_resumed_output(bundle_dir, run_dir, config.force)
     bundle.save(bundle_dir, overwrite=config.force or resuming)
     remove_checkpoint(run_dir)
     eval_files = write_eval_outputs(test, splits.test, run_dir, title=f"{config.data} test") if test else {}
@@ -260,6 +267,21 @@ def _start_run_dir(run_dir: Path, config: TrainConfig, report: TransferReport | 
 def _saved_report(run_dir: Path) -> TransferReport | None:
     path = run_dir / "transfer.json"
     return TransferReport(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def _check_resumed_output(bundle_dir: Path, run_dir: Path, force: bool) -> None:
+    """A resumed run replaces only its own bundle (one it wrote before a crash); any other needs --force."""
+    if force or not bundle_dir.exists() or (bundle_dir.is_dir() and not any(bundle_dir.iterdir())):
+        return
+    try:
+        written_by = read_record(bundle_dir).provenance.run_dir
+    except GraftError:
+        written_by = None
+    if written_by is None or Path(written_by).resolve() != run_dir.resolve():
+        raise GraftError(
+            f"{bundle_dir} holds a bundle this run did not write; resume with --force to replace it, "
+            "or move it away first"
+        )
 
 
 def _check_outputs(bundle_dir: Path, run_dir: Path, force: bool) -> None:

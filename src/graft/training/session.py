@@ -9,7 +9,6 @@ lives here, in one place, so `save` and `restore` stay each other's mirror.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from graft.data.base import ImageSet, Splits
 from graft.data.loader import count_batches
 from graft.errors import Interrupted
 from graft.evaluation import EvalResult, evaluate_model
+from graft.io import json_text
 from graft.models.weights import TransferReport
 from graft.record import Architecture
 from graft.spec import InputSpec
@@ -229,7 +229,7 @@ class Session:
             self.best = {"epoch": epoch, "valid_acc": record["valid_acc"], "state": state}
         if self.world.is_main:
             with self.metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json_text(record, indent=None) + "\n")
             _plot_curves(self.history, self.run_dir, self.config)
         return record, valid
 

@@ -63,6 +63,27 @@ def detect(nodes: list[Node]) -> str | None:
     return None
 
 
+# Keras Applications that import as layer graphs, by the layer names they spell → the preprocess_input mode their
+# weights expect (their Keras preprocessing is outside the model, so the file does not say it otherwise).
+_GRAPH_APPLICATIONS = (
+    ("VGG", {"block1_conv1", "block5_conv3", "block5_pool"}, set(), "caffe"),
+    ("ResNetV2", {"conv1_conv", "post_bn"}, set(), "tf"),
+    ("ResNet", {"conv1_conv", "conv5_block3_3_bn"}, {"post_bn"}, "caffe"),
+    ("Xception", {"block1_conv1", "block14_sepconv2"}, set(), "tf"),
+    ("InceptionV3", {"mixed9", "mixed10"}, set(), "tf"),
+    ("InceptionResNetV2", {"conv_7b", "conv_7b_bn"}, set(), "tf"),
+)
+
+
+def application_preprocessing(nodes: list[Node]) -> tuple[str, str] | None:
+    """(application, preprocess_input mode) of a Keras Application that has no timm mapping; None otherwise."""
+    names = {_norm(n.name) for n in nodes}
+    for application, needed, absent, mode in _GRAPH_APPLICATIONS:
+        if needed <= names and not absent & names:
+            return application, mode
+    return None
+
+
 class _Mapper:
     """Collects timm tensors from Keras layers, remembering which Keras weights were used."""
 
@@ -214,8 +235,11 @@ _MAPPERS = {"MobileNet": _mobilenet_v1, "MobileNetV2": _mobilenet_v2, "ResNet50"
 _FIRST_CONV = {"MobileNet": "conv_stem", "MobileNetV2": "conv_stem", "ResNet50": "conv1", "DenseNet": "features.conv0"}
 
 
-def map_application(source: KerasFile, family: str) -> MappedApplication:
-    """The timm name, kwargs and state dict of a Keras Application; GraftError when the file does not fit it."""
+def map_application(source: KerasFile, family: str, *, bgr: bool) -> MappedApplication:
+    """The timm name, kwargs and state dict of a Keras Application; GraftError when the file does not fit it.
+
+    `bgr`: the model takes BGR (caffe preprocessing): the first conv's input channels are swapped so the bundle
+    takes RGB. With another preprocessing the user said the model takes RGB, and nothing is swapped."""
     assert source.config is not None
     nodes = parse_nodes(source.config)[0]
     mapper = _Mapper(source, nodes)
@@ -226,7 +250,7 @@ def map_application(source: KerasFile, family: str) -> MappedApplication:
     unused = mapper.unused()
     if unused:
         raise GraftError(f"not a standard Keras {family}: extra weighted layers {', '.join(unused[:5])}")
-    if mapped.preprocess == "caffe":  # the model expects BGR: swap the first conv's input channels to take RGB
+    if bgr:  # the model expects BGR: swap the first conv's input channels to take RGB
         key = f"{_FIRST_CONV[family]}.weight"
         mapper.state[key] = mapper.state[key].flip(1).contiguous()
     mapped.state = mapper.state

@@ -51,6 +51,8 @@ class KerasFile:
 def read_keras_file(path: str | Path, architecture: str | Path | None = None) -> KerasFile:
     """Read a .h5 / .keras file; `architecture` (a model JSON, or a full model file) supplies a missing config."""
     path = Path(path)
+    if path.is_dir():
+        raise GraftError(_directory_message(path))
     if not path.is_file():
         raise GraftError(f"Keras file not found: {path}")
     try:
@@ -69,6 +71,17 @@ def read_keras_file(path: str | Path, architecture: str | Path | None = None) ->
     _name_positional(result)
     _split_nested(result)
     return result
+
+
+def _directory_message(path: Path) -> str:
+    if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
+        return (
+            f"{path} is a TensorFlow SavedModel directory, which holds a traced graph, not a Keras model graft can "
+            'read; load it in Keras and save it as a Keras file: model.save("model.keras")'
+        )
+    if (path / "config.json").is_file() and (path / "model.weights.h5").is_file():
+        return f"{path} is an unzipped .keras archive; zip it back (or pass the original .keras file)"
+    return f"{path} is a directory, not a Keras model file (.keras, .h5 or .weights.h5)"
 
 
 def read_architecture(path: str | Path) -> dict:
@@ -162,19 +175,51 @@ def _split_nested(result: KerasFile) -> None:
         name = layer.get("name") or layer["config"].get("name")
         if not isinstance(layer["config"].get("layers"), list) or not result.weights.get(name):
             continue
+        inner_layers = [path.split("/") for path in _inner_paths(layer["config"]["layers"], name)]
         for weight_name, array in result.weights.pop(name):
-            parts = weight_name.split("/")
-            inner = parts[-2] if len(parts) >= 2 else weight_name
-            result.weights.setdefault(f"{name}/{inner}", []).append((weight_name, array))
+            owner = _owner(weight_name.split(":")[0].split("/")[:-1], inner_layers, name)
+            result.weights.setdefault(owner, []).append((weight_name, array))
+
+
+# Top-level groups of a Keras weights file that hold training state, not the model's weights: the optimizer's
+# slots (Keras 3 and 2.15 `.keras`) and compiled metrics' counters (Keras 2.15 `.keras` after `fit`).
+TRAINING_STATE = ("optimizer", "metrics", "compile_metrics")
+# A Keras 3 random layer's (RandomFlip, Dropout, GaussianNoise…) generator seed: RNG state, not a weight.
+SEED_STATE = "seed_generator"
+
+
+def _inner_paths(layers: list[dict], prefix: str) -> list[str]:
+    """The inlined names ('base/inner/c1') of every layer inside a nested model, however deep."""
+    out: list[str] = []
+    for layer in layers:
+        full = f"{prefix}/{layer.get('name') or layer['config'].get('name')}"
+        out.append(full)
+        if isinstance(layer["config"].get("layers"), list):
+            out += _inner_paths(layer["config"]["layers"], full)
+    return out
+
+
+def _owner(tokens: list[str], inner_layers: list[list[str]], model: str) -> str:
+    """The inner layer a legacy weight name ('inner/c1/kernel': owning model, layer; Keras 2: 'c1/kernel:0') belongs
+    to: the one layer whose inlined path ends with the name's layer tokens."""
+    for start in range(len(tokens)):
+        suffix = tokens[start:]
+        matches = [path for path in inner_layers if path[-len(suffix) :] == suffix]
+        if len(matches) == 1:
+            return "/".join(matches[0])
+    raise GraftError(f"the weight {'/'.join(tokens)!r} of nested model {model!r} belongs to no layer inside it")
 
 
 def _positional_layers(handle) -> list[tuple[str, WeightList]]:
     """Keras 3 layout: (path, arrays) for every `…/vars` group with arrays; the path is tagged with the recorded
-    layer name when there is one (`path@name`)."""
+    layer name when there is one (`path@name`). Training state (TRAINING_STATE) and seed state are skipped."""
     found: list[tuple[str, WeightList]] = []
 
     def visit(name: str, obj) -> None:
         if not name.endswith("/vars") or not hasattr(obj, "keys") or not len(obj):
+            return
+        parts = name.split("/")
+        if parts[0] in TRAINING_STATE or any(p == SEED_STATE or p.startswith(f"{SEED_STATE}_") for p in parts):
             return
         arrays = [(None, np.asarray(obj[key][()])) for key in sorted(obj.keys(), key=int)]
         recorded = _text(obj.attrs["name"]) if "name" in obj.attrs else ""

@@ -1,9 +1,11 @@
-"""Fine-tuning an imported Keras layer graph: the same graph with its final Dense resized to the new classes.
+"""Fine-tuning an imported Keras layer graph: the same graph with its logits layer resized to the new classes.
 
 `graft.training.start` hands bundles whose architecture is a layer graph to `create_graph_model`, with the record and
 weights it has read.
-Everything but the final Dense loads by name; the final Dense keeps its weights when the class count is unchanged
-and starts fresh otherwise. The graph keeps its own input channels and normalisation (input mode `replicate`).
+Everything but the logits layer (the Dense or 1×1 conv that makes the class logits, wherever it sits before the
+output) loads by name; it keeps its weights when the class count is unchanged and starts fresh otherwise. A
+graph imported at a non-square size continues at that size. The graph keeps its own input channels and
+normalisation (input mode `replicate`).
 """
 
 from __future__ import annotations
@@ -14,23 +16,41 @@ import torch
 
 from graft.errors import GraftError
 from graft.models.factory import GraftModel, build_model
+from graft.models.keras.graph_module import logits_layer
 from graft.models.weights import TransferReport, transfer_weights
 from graft.record import Architecture
 from graft.spec import InputSpec
 
 
 def retarget(graph: dict, num_classes: int) -> dict:
-    """A copy of the graph whose output layer (a Dense) has `num_classes` units."""
+    """A copy of the graph whose logits layer (`logits_layer`: a Dense or 1×1 conv, wherever it sits before the
+    output) makes `num_classes` logits; a Reshape between it and the output follows the new count."""
     graph = copy.deepcopy(graph)
     last = next((layer for layer in graph["layers"] if layer["name"] == graph["output"]), None)
     if last is not None and last["type"] == "BinaryLogits":  # a sigmoid classifier gets an ordinary softmax head
         graph["layers"].remove(last)
         graph["output"] = last["inputs"][0]
-        last = next((layer for layer in graph["layers"] if layer["name"] == graph["output"]), None)
-    if last is None or last["type"] != "Dense":
-        kind = last["type"] if last else "nothing"
-        raise GraftError(f"the imported model ends in {kind}, not a Dense layer; graft can only resize a final Dense")
-    last["config"]["units"] = num_classes
+    logits = logits_layer(graph)
+    if logits is None:
+        raise GraftError(
+            "the imported model has no layer that makes its class logits (a Dense or 1×1 Conv2D that the output "
+            "reaches through activations, reshapes, pooling or dropout): graft cannot give it new classes"
+        )
+    key = "units" if logits["type"] == "Dense" else "filters"
+    old = int(logits["config"][key])
+    logits["config"][key] = num_classes
+    by_name = {layer["name"]: layer for layer in graph["layers"]}
+    layer = by_name[graph["output"]]
+    while layer is not logits:
+        if layer["type"] == "Reshape":
+            shape = layer["config"]["target_shape"]
+            if not shape or shape[-1] != old:
+                raise GraftError(
+                    f"the reshape {layer['name']!r} after the logits layer gives {shape}, not (…, {old} classes): "
+                    "graft cannot give it new classes"
+                )
+            layer["config"]["target_shape"] = [*shape[:-1], num_classes]
+        layer = by_name[layer["inputs"][0]]
     return graph
 
 
@@ -51,6 +71,8 @@ def create_graph_model(
             "--input-mode replicate"
         )
     size2 = (size, size) if isinstance(size, int) else tuple(size)
+    if size2 == (saved.size[0], saved.size[0]):  # the recorded size (training sizes are square): keep its width
+        size2 = tuple(saved.size)
     spec = InputSpec(
         size=size2,
         channels=saved.channels,

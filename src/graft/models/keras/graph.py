@@ -19,13 +19,73 @@ import torch
 from graft.errors import GraftError
 from graft.models.keras.files import KerasFile, WeightList, short_name
 from graft.models.keras.layers import ACTIVATIONS, KERAS_CLASSES, LAYER_KINDS
+from graft.models.keras.layers.operations import KWARGS, OPERANDS, is_number
 
 GRAPH_FORMAT = "graft.keras-graph"
 GRAPH_VERSION = 1
 
-SUPPORTED = ("InputLayer", *(kind.type for kind in LAYER_KINDS.values() if kind.keras_names))  # InputLayer: the input
+_KINDS = [kind.type for kind in LAYER_KINDS.values() if kind.keras_names]
+SUPPORTED = ("InputLayer", *sorted(_KINDS, key=lambda t: t.startswith("ops.")))  # InputLayer: the input; ops last
 _ALIASES = {name: kind.type for name, kind in KERAS_CLASSES.items() if name != kind.type}  # old spellings → type
 _NESTED = ("Functional", "Sequential", "Model")
+# Layers Keras Applications define themselves, accepted only with the config they are built with.
+_APPLICATION_LAYERS = {"LayerScale": {"init_values", "projection_dim"}}
+
+
+def _is_keras_module(module: str) -> bool:
+    return module in ("keras", "keras.layers", "keras.models") or module.startswith(
+        ("keras.src.layers", "keras.src.models", "keras.src.engine", "keras.layers.", "keras.engine")
+    )
+
+
+def layer_kind(layer: dict) -> str:
+    """The type a layer entry is read as; an entry that is not Keras's own layer keeps a name it cannot share.
+
+    - `ops.<Class>`: a Keras 3 operation (`x + 3.0`, `ops.mean`), recognised by its module, or in Keras 3's legacy
+      .h5 (which drops the module) by a config without the `trainable` and `dtype` every layer has;
+    - `package>Class`: a registered custom layer, in .keras (its `registered_name`) as in .h5 (its class name);
+    - `module.Class`: a class from another module (a custom layer that merely shares a Keras name);
+    - else the Keras class name (old spellings mapped onto today's).
+    """
+    cls, module, config = layer["class_name"], layer.get("module"), layer.get("config")
+    if isinstance(module, str) and module.startswith("keras.src.ops."):
+        return f"ops.{cls}"
+    if (
+        module is None
+        and isinstance(config, dict)
+        and not {"trainable", "dtype", "layers"} & set(config)
+        and cls != "InputLayer"
+    ):
+        return f"ops.{cls}"  # (a Keras 2 nested model's config has neither either, but it lists its layers)
+    if cls in _APPLICATION_LAYERS and isinstance(config, dict):
+        if _APPLICATION_LAYERS[cls] <= set(config) and (module is None or module.startswith("keras.src.applications")):
+            return cls
+        return f"{module or 'custom'}.{cls}"
+    registered = layer.get("registered_name")
+    if isinstance(registered, str) and ">" in registered:
+        return registered
+    if isinstance(module, str) and not _is_keras_module(module):
+        return f"{module}.{cls}"
+    return _ALIASES.get(cls, cls)
+
+
+def _operands(args: list, kwargs: dict) -> tuple[list[str], dict]:
+    """(tensor sources, the config entries of an operation): its operands in call order and its keyword args."""
+    sources: list[str] = []
+    operands: list[dict] = []
+    for item in args:
+        names = _history(item)
+        if isinstance(item, dict) and names:
+            operands.append({"input": len(sources)})
+            sources += names
+        elif isinstance(item, list | tuple) and item and all(isinstance(i, dict) and _history(i) for i in item):
+            operands.append({"inputs": list(range(len(sources), len(sources) + len(item)))})
+            sources += [_history(i)[0] for i in item]
+        elif is_number(item):
+            operands.append({"const": float(item)})
+        else:
+            operands.append({"bad": repr(item)[:60]})
+    return sources, {OPERANDS: operands, KWARGS: dict(kwargs or {})}
 
 
 @dataclass
@@ -95,7 +155,7 @@ def _sequential(layers: list[dict], config: dict, nested: bool) -> tuple[list[No
     input_name = previous
     for layer in layers:
         name = layer["config"]["name"]
-        nodes.append(Node(name, _ALIASES.get(layer["class_name"], layer["class_name"]), layer["config"], [previous]))
+        nodes.append(Node(name, layer_kind(layer), layer["config"], [previous]))
         previous = name
     return nodes, input_name, shape, previous
 
@@ -139,9 +199,13 @@ def _functional(layers: list[dict], config: dict, nested: bool) -> tuple[list[No
             continue
         node = inbound[0] if inbound else []
         args = node.get("args", []) if isinstance(node, dict) else node
-        sources = _history(args)
-        kind = _ALIASES.get(layer["class_name"], layer["class_name"])
-        nodes.append(Node(name, kind, layer["config"], sources))
+        kind, layer_config = layer_kind(layer), layer["config"]
+        if kind.startswith("ops."):
+            sources, entries = _operands(args, node.get("kwargs", {}) if isinstance(node, dict) else {})
+            layer_config = {**layer_config, **entries}
+        else:
+            sources = _history(args)
+        nodes.append(Node(name, kind, layer_config, sources))
     if shape is None and not nested:
         raise GraftError("the model records no input shape")
     return _topological(nodes, inputs[0]), inputs[0], shape, outputs[0]
@@ -178,8 +242,7 @@ def check_supported(nodes: list[Node]) -> None:
         kind = KERAS_CLASSES.get(n.kind)
         bad += [f"{n.kind} with {problem} ({n.name})" for problem in (kind.problems(n.config) if kind else [])]
     if bad:
-        shown = ", ".join(bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
-        raise GraftError(f"unsupported Keras layers: {shown}; supported: {', '.join(SUPPORTED[1:])}")
+        raise GraftError(f"unsupported Keras layers: {', '.join(bad)}; supported: {', '.join(SUPPORTED[1:])}")
 
 
 def _fmt(node: Node) -> str:
@@ -262,7 +325,8 @@ def _strip_softmax(nodes: list[Node], output: str) -> tuple[list[Node], str, lis
     if last is None:
         raise GraftError(f"the output layer {output!r} is not among the model's layers")
     act = last.config.get("activation") if last.kind == "Activation" else None
-    if (last.kind == "Softmax" or act == "softmax") and len(last.inputs) == 1:
+    final_op_softmax = last.kind == "ops.Softmax" and last.config.get("axis", -1) in (-1, [-1])
+    if (last.kind == "Softmax" or act == "softmax" or final_op_softmax) and len(last.inputs) == 1:
         kept = [n for n in nodes if n.name != output]
         return kept, last.inputs[0], [f"removed the final softmax layer {output!r}: graft bundles output logits"]
     if last.config.get("activation") == "softmax" and last.kind in ("Dense", "Conv2D"):

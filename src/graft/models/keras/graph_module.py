@@ -13,6 +13,38 @@ from torch import nn
 from graft.errors import GraftError
 from graft.models.keras.graph import GRAPH_FORMAT, GRAPH_VERSION
 from graft.models.keras.layers import LAYER_KINDS
+from graft.models.keras.layers.weightless import INFERENCE_IDENTITY
+
+# Layers that pass class scores through without mixing classes: the logits layer may sit before them.
+PASS_THROUGH = (
+    "Activation",
+    "Softmax",
+    "Reshape",
+    "Flatten",
+    "Dropout",
+    "SpatialDropout2D",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
+    "BinaryLogits",
+    *INFERENCE_IDENTITY,
+)
+
+
+def logits_layer(graph: dict) -> dict | None:
+    """The layer that makes the class logits: the Dense or 1×1 Conv2D the output reaches back to through
+    PASS_THROUGH layers (MobileNet's conv_preds → Reshape → Activation); None when there is none."""
+    by_name = {layer["name"]: layer for layer in graph["layers"]}
+    layer = by_name.get(graph["output"])
+    while layer is not None:
+        if layer["type"] == "Dense":
+            return layer
+        cfg = layer["config"]
+        if layer["type"] == "Conv2D" and cfg.get("kernel_size") == [1, 1] and cfg.get("groups", 1) == 1:
+            return layer
+        if layer["type"] not in PASS_THROUGH or len(layer["inputs"]) != 1:
+            return None
+        layer = by_name.get(layer["inputs"][0])
+    return None
 
 
 def build_layer(kind: str, cfg: dict) -> nn.Module:
@@ -31,6 +63,8 @@ class KerasGraphModule(nn.Module):
         if graph.get("format") != GRAPH_FORMAT or int(graph.get("version", 0)) > GRAPH_VERSION:
             raise GraftError(f"not a graft layer graph this version reads (format {graph.get('format')!r})")
         self.input_name = graph["input"]["name"]
+        logits = logits_layer(graph)
+        self.classifier_key = logits["key"] if logits is not None else None
         self.output_name = graph["output"]
         self.bgr = graph.get("input_order", "rgb") == "bgr"
         self.layers = nn.ModuleDict()
@@ -57,13 +91,11 @@ class KerasGraphModule(nn.Module):
                 self.release[step].append(name)
 
     def get_classifier(self) -> nn.Module:
-        """The output layer (timm's name for it): what trains under `--strategy transfer`.
-
-        A graph without a layer of its own at the output (e.g. one ending in an activation) has no classifier to
-        train alone; the whole graph is then the classifier, so transfer trains everything.
+        """The layer that makes the logits (`logits_layer`; timm's name for it): what trains under
+        `--strategy transfer`. A graph without one has no classifier to train alone: the whole graph is then the
+        classifier, so transfer trains everything.
         """
-        key = next((key for name, key, _ in self.plan if name == self.output_name), None)
-        return self.layers[key] if key is not None else self
+        return self.layers[self.classifier_key] if self.classifier_key is not None else self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bgr:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 
-from graft.errors import GraftError
+from graft.errors import GraftError, first_line
 from graft.record import DEFAULT_CONFIDENCE
 from graft.serve.api.auth import require_local_or_token
 from graft.serve.api.deps import HolderDep, SettingsDep
 from graft.serve.api.schemas import ReloadRequest, errors
 from graft.serve.limits import Problem
+from graft.serve.models import NotReloadable, reload_target
+
+log = logging.getLogger("graft.serve")
 
 router = APIRouter()
 
@@ -41,6 +45,7 @@ async def model_info(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]
         "limits": {
             "max_upload_mb": settings.max_upload_mb,
             "max_pixels": settings.max_pixels,
+            "max_side": settings.max_side,
             "max_queue": settings.max_queue,
             "timeout_s": settings.timeout_s,
             "token": settings.token is not None,
@@ -55,11 +60,15 @@ async def model_info(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]
     dependencies=[require_local_or_token],
 )
 async def reload(holder: HolderDep, body: Annotated[ReloadRequest | None, Body()] = None) -> dict[str, Any]:
-    """Load the bundle again (a rounds project's newest promoted one) or another one; requests in flight finish
-    on the model they started with. Needs the token; without a token set, only clients on this machine may
-    reload."""
+    """Load the bundle again (a rounds project's newest promoted one) or another one under the reload root;
+    requests in flight finish on the model they started with. Needs the token; without a token set, only
+    clients on this machine may reload."""
     try:
-        old, new = await holder.reload(body.bundle if body else None)
-    except GraftError as error:
+        target = reload_target(holder.reload_root, body.bundle) if body and body.bundle is not None else None
+        old, new = await holder.reload(target)
+    except NotReloadable as error:
         raise Problem(422, "bad_bundle", f"{error}; still serving {holder.current.model_id}") from None
+    except (GraftError, OSError) as error:
+        log.error("reload failed, still serving %s: %s", holder.current.model_id, first_line(error))
+        raise Problem(422, "bad_bundle", f"{first_line(error)}; still serving {holder.current.model_id}") from None
     return {"model": new.model_id, "engine": new.engine_name, "previous": old.model_id}

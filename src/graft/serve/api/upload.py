@@ -6,10 +6,14 @@ read inside the route's timeout, admission and batching ticket (see `predict`); 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from fastapi import Request
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from graft.serve.limits import Problem
+from graft.serve.settings import RANGES
 
 FILE_FIELD = "file"
 
@@ -22,7 +26,7 @@ UPLOAD_DOC = {
                     "type": "object",
                     "properties": {
                         FILE_FIELD: {"type": "string", "format": "binary"},
-                        "top_k": {"type": "integer", "minimum": 1},
+                        "top_k": {"type": "integer", "minimum": 1, "maximum": int(RANGES["top_k"].high)},
                     },
                     "required": [FILE_FIELD],
                 }
@@ -38,13 +42,14 @@ async def read_upload(request: Request) -> tuple[bytes, int | None]:
     """The uploaded image's bytes, from multipart field `file` or the raw body; and a form's top_k.
 
     Any other content type is taken as the image itself (curl's --data-binary says form-urlencoded), and
-    decoding decides whether it is one.
+    decoding decides whether it is one. Nothing is written to disk: the body is held in memory (BodyLimit
+    bounds it) and a multipart body is parsed from it in memory.
     """
     body = await request.body()  # BodyLimit stops it at --max-upload-mb (413)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     top_k = None
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=8)
+        form = await _parse_multipart(request, body)
         upload = form.get(FILE_FIELD)
         if not isinstance(upload, UploadFile):
             fields = ", ".join(sorted(form.keys())) or "none"
@@ -52,11 +57,36 @@ async def read_upload(request: Request) -> tuple[bytes, int | None]:
             raise Problem(422, "missing_file", detail)
         raw_k = form.get("top_k")
         if isinstance(raw_k, str) and raw_k:
-            if not raw_k.isdigit() or int(raw_k) < 1:
-                raise Problem(422, "invalid_request", f"top_k must be a positive integer, got {raw_k!r}")
-            top_k = int(raw_k)
+            top_k = parse_top_k(raw_k)
         body = await upload.read()
     if not body:
         detail = f"empty upload: send an image as the body or as the multipart field '{FILE_FIELD}'"
         raise Problem(400, "empty_upload", detail)
     return body, top_k
+
+
+def parse_top_k(raw: str) -> int:
+    """A form's top_k: ASCII digits only (int() also takes '²'-like digits and 5000-digit numbers), in range."""
+    top = RANGES["top_k"]
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9 and top.low <= int(raw) <= top.high):
+        shown = raw if len(raw) <= 20 else raw[:20] + "…"
+        raise Problem(422, "invalid_request", f"top_k must be a whole number from 1 to {top.high:g}, got {shown!r}")
+    return int(raw)
+
+
+async def _parse_multipart(request: Request, body: bytes) -> FormData:
+    """Starlette's multipart parser over the body already in memory, with its file spool sized above the body.
+
+    `request.form()` spools a file part over 1 MB to a temporary file on disk; a spool larger than the whole
+    body never rolls over, so the upload stays in memory.
+    """
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    parser = MultiPartParser(request.headers, chunks(), max_files=1, max_fields=8, max_part_size=4096)
+    parser.spool_max_size = len(body) + 1
+    try:
+        return await parser.parse()
+    except MultiPartException as error:
+        raise Problem(400, "bad_request", f"malformed multipart body: {error.message}") from None

@@ -130,8 +130,8 @@ _ACTIVATION_FUNCTIONS = {
     "softsign": lambda x, major: F.softsign(x),
     "swish": lambda x, major: F.silu(x),
     "silu": lambda x, major: F.silu(x),
-    # Keras 3 defaults to the tanh approximation, Keras 2 to the exact form
-    "gelu": lambda x, major: F.gelu(x, approximate="tanh" if major >= 3 else "none"),
+    # the activation named "gelu" is the exact form in Keras 2 and 3 (only `ops.gelu` defaults to the tanh form)
+    "gelu": lambda x, major: F.gelu(x),
     "exponential": lambda x, major: torch.exp(x),
     # Keras 3: relu6(x + 3) / 6; Keras 2: clip(0.2x + 0.5, 0, 1)
     "hard_sigmoid": lambda x, major: F.relu6(x + 3.0) / 6.0 if major >= 3 else torch.clamp(0.2 * x + 0.5, 0.0, 1.0),

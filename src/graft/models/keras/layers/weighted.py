@@ -2,8 +2,8 @@
 
 Conv2D (kh, kw, in, out) → (out, in, kh, kw); DepthwiseConv2D (kh, kw, in, m) → (in·m, 1, kh, kw), output channel
 c·m + j as in Keras; Dense (in, out) → (out, in). Settings record channel counts, so a module can be rebuilt (and
-its shapes checked) before its weights are loaded. `keras_major` goes with every activation: gelu and hard_sigmoid
-changed between Keras 2 and 3.
+its shapes checked) before its weights are loaded. `keras_major` goes with every activation: hard_sigmoid changed
+between Keras 2 and 3.
 """
 
 from __future__ import annotations
@@ -161,6 +161,167 @@ class BatchNormalizationKind(LayerKind):
 
     def build(self, cfg: dict) -> nn.Module:
         return KBatchNorm(cfg)
+
+
+def _channel_only(config: dict, layer: str, what: str) -> int:
+    """The single Keras axis a per-channel layer acts on, which must be the last (channels-last) one."""
+    axis = config.get("axis", -1)
+    axis = axis[0] if isinstance(axis, list | tuple) and len(axis) == 1 else axis
+    if not isinstance(axis, int) or axis not in (-1, 3):
+        raise GraftError(f"layer {layer!r}: {what} over axis {axis} is not supported (only the channel axis, -1)")
+    return -1
+
+
+@register("Normalization")
+class NormalizationKind(LayerKind):
+    """(x − mean) / max(√variance, 1e-7) per channel (Keras's formula); mean and variance from the weights, or from
+    the config when the model was built with them (`Normalization(mean=…, variance=…)`, EfficientNetV2)."""
+
+    weight_order = ("mean", "variance", "count")
+
+    def problems(self, config: dict) -> list[str]:
+        return ["invert=True"] if config.get("invert") else []
+
+    def convert(self, config: dict, weights: Weights, major: int, layer: str) -> Converted:
+        _channel_only(config, layer, "Normalization")
+        mean, variance = weights.get("mean"), weights.get("variance")
+        if mean is None or variance is None:
+            mean, variance = config.get("mean"), config.get("variance")
+        if mean is None or variance is None:
+            raise GraftError(f"layer {layer!r}: Normalization without a mean and variance (it was never adapted)")
+        mean = np.asarray(mean, dtype=np.float32).reshape(-1)
+        variance = np.asarray(variance, dtype=np.float32).reshape(-1)
+        if mean.shape != variance.shape:
+            raise GraftError(f"layer {layer!r}: Normalization mean {mean.shape} and variance {variance.shape} differ")
+        return {"channels": int(mean.shape[0])}, {"mean": tensor(mean), "variance": tensor(variance)}
+
+    def build(self, cfg: dict) -> nn.Module:
+        return KNormalization(cfg)
+
+
+@register("LayerNormalization")
+class LayerNormalizationKind(LayerKind):
+    """Mean and variance over the given Keras axes, then gamma/beta (on the last axis): Keras's formula."""
+
+    def weight_names(self, config: dict) -> list[str]:
+        return [*(["gamma"] if config.get("scale", True) else []), *(["beta"] if config.get("center", True) else [])]
+
+    def problems(self, config: dict) -> list[str]:
+        return ["rms_scaling=True"] if config.get("rms_scaling") else []
+
+    def convert(self, config: dict, weights: Weights, major: int, layer: str) -> Converted:
+        axis = config.get("axis", -1)
+        axes = [int(a) for a in axis] if isinstance(axis, list | tuple) else [int(axis)]
+        settings = {"axis": axes, "epsilon": float(config.get("epsilon", 1e-3))}
+        params = {}
+        for name in ("gamma", "beta"):
+            if name in weights:
+                if weights[name].ndim != 1 or axes not in ([-1], [3]):
+                    raise GraftError(
+                        f"layer {layer!r}: LayerNormalization with {name} over axes {axes} is not supported"
+                    )
+                params[name] = tensor(weights[name])
+        settings |= {"channels": int(next(iter(params.values())).shape[0]) if params else 0}
+        settings |= {"scale": "gamma" in params, "center": "beta" in params}
+        return settings, params
+
+    def build(self, cfg: dict) -> nn.Module:
+        return KLayerNormalization(cfg)
+
+
+@register("PReLU")
+class PReLUKind(LayerKind):
+    """max(x, 0) − alpha·max(−x, 0); alpha has the shape of one NHWC sample (1 on `shared_axes`)."""
+
+    weight_order = ("alpha",)
+
+    def needs(self, weights: Weights) -> list[str]:
+        return ["alpha"]
+
+    def convert(self, config: dict, weights: Weights, major: int, layer: str) -> Converted:
+        alpha = weights["alpha"]
+        return {"alpha_shape": list(alpha.shape)}, {"alpha": tensor(alpha)}
+
+    def build(self, cfg: dict) -> nn.Module:
+        return KPReLU(cfg)
+
+
+@register("LayerScale")
+class LayerScaleKind(LayerKind):
+    """ConvNeXt's LayerScale (keras.applications.convnext): x · gamma on the channel axis."""
+
+    weight_order = ("gamma",)  # Keras 3 leaves it unnamed: legacy .h5 files call it "variable"
+
+    def convert(self, config: dict, weights: Weights, major: int, layer: str) -> Converted:
+        if len(weights) != 1:
+            raise GraftError(f"layer {layer!r}: LayerScale has {len(weights)} weight arrays, expected its one scale")
+        gamma = next(iter(weights.values())).reshape(-1)
+        if gamma.shape[0] != int(config.get("projection_dim", gamma.shape[0])):
+            raise GraftError(f"layer {layer!r}: LayerScale gamma has {gamma.shape[0]} values, not projection_dim")
+        return {"channels": int(gamma.shape[0])}, {"gamma": tensor(gamma)}
+
+    def build(self, cfg: dict) -> nn.Module:
+        return KLayerScale(cfg)
+
+
+def _last_axis(x: torch.Tensor) -> torch.Tensor:
+    """NCHW → NHWC (Keras's layout, where the per-channel layers act on the last axis); other ranks as they are."""
+    return x.permute(0, 2, 3, 1) if x.ndim == 4 else x
+
+
+def _back(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2) if x.ndim == 4 else x
+
+
+class KNormalization(nn.Module):
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(cfg["channels"]))
+        self.register_buffer("variance", torch.ones(cfg["channels"]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        std = torch.clamp(torch.sqrt(self.variance), min=1e-7)
+        return _back((_last_axis(x) - self.mean) / std)
+
+
+class KLayerNormalization(nn.Module):
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        self.axes, self.eps = tuple(cfg["axis"]), cfg["epsilon"]
+        if cfg.get("scale"):
+            self.gamma = nn.Parameter(torch.ones(cfg["channels"]))
+        if cfg.get("center"):
+            self.beta = nn.Parameter(torch.zeros(cfg["channels"]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _last_axis(x)
+        mean = y.mean(dim=self.axes, keepdim=True)
+        variance = y.var(dim=self.axes, keepdim=True, unbiased=False)
+        y = (y - mean) * torch.rsqrt(variance + self.eps)
+        if hasattr(self, "gamma"):
+            y = y * self.gamma
+        if hasattr(self, "beta"):
+            y = y + self.beta
+        return _back(y)
+
+
+class KPReLU(nn.Module):
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(cfg["alpha_shape"]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _last_axis(x)
+        return _back(torch.relu(y) - self.alpha * torch.relu(-y))
+
+
+class KLayerScale(nn.Module):
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(cfg["channels"]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _back(_last_axis(x) * self.gamma)
 
 
 class KConv2d(nn.Conv2d):

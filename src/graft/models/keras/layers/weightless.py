@@ -66,6 +66,64 @@ class DropoutKind(LayerKind):
         return dropout(cfg.get("rate", 0.0))
 
 
+# Random augmentation and noise layers act only in training: at inference each returns its input.
+INFERENCE_IDENTITY = (
+    "Identity",
+    "RandomFlip",
+    "RandomRotation",
+    "RandomZoom",
+    "RandomTranslation",
+    "RandomContrast",
+    "RandomBrightness",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+)
+
+
+@register(*INFERENCE_IDENTITY)
+class InferenceIdentityKind(LayerKind):
+    """Identity at inference (graft bundles predict; fine-tuning uses graft's own augmentation, not these)."""
+
+    def build(self, cfg: dict) -> nn.Module:
+        return nn.Identity()
+
+
+@register("Cropping2D")
+class Cropping2DKind(LayerKind):
+    def convert(self, config: dict, weights: Weights, major: int, layer: str) -> Converted:
+        crop = config.get("cropping", ((0, 0), (0, 0)))
+        if isinstance(crop, int):
+            crop = [[crop, crop], [crop, crop]]
+        return {"cropping": [[c, c] if isinstance(c, int) else [int(v) for v in c] for c in crop]}, {}
+
+    def build(self, cfg: dict) -> nn.Module:
+        return KCropping2d(cfg)
+
+
+@register("UpSampling2D")
+class UpSampling2DKind(LayerKind):
+    def problems(self, config: dict) -> list[str]:
+        method = config.get("interpolation", "nearest")
+        return [] if method in ("nearest", "bilinear") else [f"interpolation {method!r}"]
+
+    def convert(self, config: dict, weights: Weights, major: int, layer: str) -> Converted:
+        return {"size": pair(config.get("size") or 2), "interpolation": config.get("interpolation", "nearest")}, {}
+
+    def build(self, cfg: dict) -> nn.Module:
+        return KUpSampling2d(cfg)
+
+
+@register("ELU")
+class ELUKind(LayerKind):
+    def convert(self, config: dict, weights: Weights, major: int, layer: str) -> Converted:
+        return {"alpha": float(config.get("alpha", 1.0))}, {}
+
+    def build(self, cfg: dict) -> nn.Module:
+        return KELU(cfg)
+
+
 @register("Activation")
 class ActivationKind(LayerKind):
     def convert(self, config: dict, weights: Weights, major: int, layer: str) -> Converted:
@@ -298,6 +356,39 @@ class KMerge(nn.Module):
             else:
                 out = torch.minimum(out, x)
         return out / len(xs) if self.kind == "Average" else out
+
+
+class KCropping2d(nn.Module):
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        (self.top, self.bottom), (self.left, self.right) = cfg["cropping"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        return x[..., self.top : height - self.bottom, self.left : width - self.right]
+
+
+class KUpSampling2d(nn.Module):
+    """Keras repeats pixels ("nearest") or resizes with half-pixel centres, no antialiasing ("bilinear")."""
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        self.size, self.mode = tuple(cfg["size"]), cfg["interpolation"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "nearest":
+            return x.repeat_interleave(self.size[0], dim=-2).repeat_interleave(self.size[1], dim=-1)
+        out = (x.shape[-2] * self.size[0], x.shape[-1] * self.size[1])
+        return F.interpolate(x, size=out, mode="bilinear", align_corners=False, antialias=False)
+
+
+class KELU(nn.Module):
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        self.alpha = cfg["alpha"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.elu(x, self.alpha)
 
 
 class KBinaryLogits(nn.Module):
