@@ -75,7 +75,7 @@ def test_training_calibrates_and_the_model_info_serves_it(tiny_run, tmp_path):
     assert saved.confidence is not None and saved.confidence.source == "validation"
     assert saved.confidence.images == saved.provenance.data.valid
     assert record.DEFAULT_CONFIDENCE_THRESHOLD <= saved.confidence.threshold <= 1
-    with TestClient(create_app(tiny_run.bundle.path, engine="torch")) as client:
+    with TestClient(create_app(tiny_run.bundle.path, engine="torch"), base_url="http://127.0.0.1") as client:
         info = client.get("/v1/model").json()
     assert info["confidence"] == saved.confidence.model_dump(mode="json")
     assert info["test_accuracy"] == saved.metrics["test_acc"] and info["classes"] == saved.classes
@@ -85,7 +85,7 @@ def test_training_calibrates_and_the_model_info_serves_it(tiny_run, tmp_path):
     data = json.loads((old / record.META_FILE).read_text())
     del data["confidence"]
     (old / record.META_FILE).write_text(json.dumps(data))
-    with TestClient(create_app(old, engine="torch")) as client:
+    with TestClient(create_app(old, engine="torch"), base_url="http://127.0.0.1") as client:
         assert client.get("/v1/model").json()["confidence"] == {**record.DEFAULT_CONFIDENCE.model_dump(mode="json")}
 
 
