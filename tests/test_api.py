@@ -31,3 +31,14 @@ def test_import_graft_loads_no_torch():
     code = "import sys, graft; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_subpackages_resolve_after_a_plain_import_graft():
+    """docs/rounds.md: `graft.rounds.init(...)` after `import graft` (a fresh interpreter: nothing imported yet)."""
+    code = (
+        "import graft\n"
+        "print(callable(graft.rounds.init), callable(graft.rounds.add), callable(graft.data.load_splits))\n"
+        "print(hasattr(graft, 'nosuch'), 'rounds' in dir(graft))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "True", "False", "True"]

@@ -73,3 +73,23 @@ def test_recipe_offline_key_means_no_download(tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text("offline = true\n")
     assert make_config(recipe).download is False
+
+
+def test_a_weights_flag_replaces_the_recipes_hub_weights(tmp_path):
+    """The reference recipes name `pretrained = "imagenet"`; offline, `--weights FILE` is the way out (flags win)."""
+    config = make_config("recipes/reference-densenet121-stem.toml", weights=str(tmp_path / "densenet121.safetensors"))
+    assert (config.pretrained, config.weights) == (None, str(tmp_path / "densenet121.safetensors"))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('weights = "w.safetensors"\n')
+    assert make_config(recipe, pretrained="imagenet").weights is None
+
+
+def test_every_recipe_is_in_the_docs_recipe_table():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    table = (root / "docs" / "training.md").read_text().split("## Recipes", 1)[1].split("\n## ", 1)[0]
+    recipes = sorted(path.name for path in (root / "recipes").glob("*.toml"))
+    assert recipes and [name for name in recipes if f"| `{name}` |" not in table] == []
+    for name in recipes:
+        make_config(root / "recipes" / name)  # each one is a valid recipe

@@ -56,6 +56,23 @@ def test_missing_mnist_offline_names_files_and_variable(tmp_path):
     assert "\n" not in message
 
 
+def test_offline_error_lists_only_the_missing_files(tmp_path):
+    def idx(values: np.ndarray) -> bytes:
+        dims = b"".join(int(d).to_bytes(4, "big") for d in values.shape)
+        return bytes([0, 0, 8, values.ndim]) + dims + values.tobytes()
+
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    (folder / "train-images-idx3-ubyte").write_bytes(idx(np.zeros((2, 28, 28), np.uint8)))
+    (folder / "train-labels-idx1-ubyte").write_bytes(idx(np.zeros(2, np.uint8)))
+    with pytest.raises(GraftError) as caught:
+        load_source("fashion-mnist", tmp_path, download=False)
+    message = str(caught.value)
+    assert "t10k-images-idx3-ubyte.gz" in message and "t10k-labels-idx1-ubyte.gz" in message
+    assert "train-images" not in message and "train-labels" not in message
+    assert "2 of the 4 files are there" in message
+
+
 def test_corrupt_local_file_is_refused(tmp_path):
     (tmp_path / "mnist").mkdir()
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):

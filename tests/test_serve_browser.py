@@ -84,6 +84,7 @@ def test_phone_page_with_a_token_link(browser, serve_bundle, tmp_path):
         context, page = _phone(browser)
         page.goto(f"{url}/")  # no token yet: the page asks for one
         expect(page.locator("#model")).to_contain_text("needs a token")
+        assert page.locator("#settings").is_visible()
         page.goto(f"{url}/?token=s3cret")  # the link `graft serve --token` prints
         expect(page.locator("#model")).to_contain_text("10 classes")
         assert "token" not in page.url  # kept in the browser, not in the address bar or history
@@ -93,4 +94,68 @@ def test_phone_page_with_a_token_link(browser, serve_bundle, tmp_path):
         page.reload()
         page.set_input_files("#file", str(path))
         expect(page.locator("#status")).to_contain_text("needs a token")
+        context.close()
+
+
+def _bundle_with_threshold(serve_bundle: Path, tmp_path: Path, threshold: float) -> Path:
+    """A copy of the served bundle whose stored "not sure" threshold is `threshold`."""
+    import shutil
+
+    from graft import record
+
+    path = tmp_path / "bundle"
+    shutil.copytree(serve_bundle, path)
+    confidence = record.ConfidenceRecord(threshold=threshold, source="validation", target_accuracy=0.95, images=100)
+    record.update(path, lambda r: r.model_copy(update={"confidence": confidence}))
+    return path
+
+
+def test_phone_page_says_not_sure_below_the_bundles_threshold(browser, serve_bundle, tmp_path):
+    import graft
+
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(blank)
+    unsure = graft.load(serve_bundle).predict(str(blank), top_k=1)[0]
+    threshold = min(1.0, unsure.probabilities[0] + 0.02)  # the blank photo's answer is just below it
+    with live_server(create_app(_bundle_with_threshold(serve_bundle, tmp_path, threshold))) as url:
+        context, page = _phone(browser)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{url}/")
+        knows = page.locator("#knows")
+        expect(knows).to_contain_text("Knows only: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9")
+        expect(knows).to_contain_text("right on ")  # the bundle's test accuracy
+        expect(knows).to_contain_text(f"below {threshold * 100:.1f}\u00a0%")
+        assert page.locator("#settings").is_hidden(), "no token section on a server without a token"
+        page.set_input_files("#file", str(blank))
+        expect(page.locator("#answer")).to_contain_text(f"Not sure: maybe {unsure.classes[0]}")
+        expect(page.locator("#results li")).to_have_count(5)
+        assert page.locator("#results").get_attribute("class") == "unsure"
+        assert knows.is_visible() and page.locator("#answer").is_visible()
+        page.screenshot(path=str(tmp_path / "phone-not-sure.png"), full_page=True)
+        # An upload the browser cannot show: an error line, and the preview hidden rather than a broken image.
+        junk = tmp_path / "not-a-photo.png"
+        junk.write_bytes(b"this is text, not a PNG")
+        page.set_input_files("#file", str(junk))
+        expect(page.locator("#status")).to_have_class("error")
+        expect(page.locator("#preview")).to_be_hidden()
+        expect(page.locator("#answer")).to_have_text("")
+        context.close()
+        assert errors == []
+
+
+def test_phone_page_gives_a_sure_answer_as_the_answer(browser, serve_bundle, tmp_path):
+    import graft
+
+    path, label = _digit_file(tmp_path, 2)
+    sure = graft.load(serve_bundle).predict(str(path), top_k=1)[0]
+    assert sure.classes[0] == label
+    threshold = max(0.0, sure.probabilities[0] - 0.02)
+    with live_server(create_app(_bundle_with_threshold(serve_bundle, tmp_path, threshold))) as url:
+        context, page = _phone(browser)
+        page.goto(f"{url}/")
+        expect(page.locator("#knows")).to_contain_text("Knows only")
+        page.set_input_files("#file", str(path))
+        expect(page.locator("#answer")).to_have_text(f"{label} · {sure.probabilities[0] * 100:.1f}\u00a0%")
+        assert page.locator("#answer").get_attribute("class") == ""
         context.close()

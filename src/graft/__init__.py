@@ -21,6 +21,7 @@ Names load on first use, so `import graft` (and `graft --help`) stays quick and 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 from graft._version import __version__
@@ -71,15 +72,22 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str):
-    """Public names, and `graft.serve`, on first use."""
+    """Public names, and subpackages (`graft.rounds`, `graft.serve`, `graft.surgery`, ...), on first use.
+
+    A subpackage resolves as after `import graft.rounds`, so the documented `graft.rounds.init(...)` works after a
+    plain `import graft`.
+    """
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
-    if name in ("serve", "surgery"):  # packages: the HTTP server, and surgery's single operations
+    if not name.startswith("_") and importlib.util.find_spec(f"graft.{name}") is not None:
         return importlib.import_module(f"graft.{name}")
     raise AttributeError(f"module 'graft' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS, "serve", "surgery"})
+    return sorted({*globals(), *_EXPORTS, *_SUBPACKAGES})
+
+
+_SUBPACKAGES = ("data", "models", "rounds", "serve", "surgery", "training")

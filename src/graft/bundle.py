@@ -27,6 +27,7 @@ from graft.record import (
     WEIGHTS_FILE,
     Architecture,
     BundleRecord,
+    ConfidenceRecord,
     Provenance,
     is_bundle,
     make_record,
@@ -61,6 +62,7 @@ class Bundle:
     provenance: Provenance = field(default_factory=Provenance)
     path: Path | None = None
     exports: dict = field(default_factory=dict)  # `graft.json` → exports as read (graft.record.export_record types it)
+    confidence: ConfidenceRecord | None = None  # when the top class is an answer (None: the default threshold)
 
     def __post_init__(self) -> None:
         if not isinstance(self.provenance, Provenance):  # a plain dict from a caller: validated once, here
@@ -76,6 +78,7 @@ class Bundle:
             parameters=count_parameters(self.model),
             metrics=self.metrics,
             provenance=self.provenance,
+            confidence=self.confidence,
         )
 
     def metadata(self) -> dict:
@@ -214,6 +217,7 @@ def load(path: str | Path, *, record: BundleRecord | None = None) -> Bundle:
         record.provenance,
         path,
         dict(record.exports),
+        record.confidence,
     )
 
 

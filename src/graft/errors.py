@@ -11,9 +11,19 @@ class GraftError(Exception):
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (or its type name), short enough for a one-line error."""
+    """The first line of an exception's message (or its type name), short enough for a one-line error.
+
+    A longer line is cut at a word boundary and ends with "…", so a message never stops mid-word.
+    """
     text = str(error).strip()
-    return text.splitlines()[0][:limit] if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    line = text.splitlines()[0]
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:(") + "…"
 
 
 class Interrupted(GraftError):

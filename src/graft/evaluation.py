@@ -20,6 +20,7 @@ from graft.data.preprocess import to_model_input
 from graft.errors import GraftError, Interrupted
 from graft.io import atomic_write_json
 from graft.progress import LOG_EVERY_S, batch_progress
+from graft.record import DEFAULT_CONFIDENCE, DEFAULT_CONFIDENCE_THRESHOLD, ConfidenceRecord
 from graft.spec import InputSpec
 
 THUMBNAIL_SIZE = 128  # pixels, the longest side of a misclassified example in the grid
@@ -178,3 +179,46 @@ def write_eval_outputs(result: EvalResult, images: ImageSet, out_dir: str | Path
         ),
     }
     return {k: str(v) for k, v in paths.items()}
+
+
+CONFIDENCE_TARGET = 0.95  # the accuracy an answer shown as an answer should have had on validation
+CONFIDENCE_MIN_IMAGES = 30  # fewer validation images than this calibrate nothing: the default threshold applies
+CONFIDENCE_MAX_IMAGES = 2000  # a seeded sample of validation is enough to place the threshold, and quick
+
+
+def calibrate_confidence(result: EvalResult, target: float = CONFIDENCE_TARGET) -> ConfidenceRecord:
+    """The "not sure" threshold from validation predictions: the lowest top probability `t` such that the
+    predictions at or above `t` were right at least `target` of the time, never below the default (even odds).
+
+    A model that never reaches the target gets a threshold above all its validation confidences, so nothing it
+    says is shown as an answer; too few images calibrate nothing and the documented default applies.
+    """
+    n = len(result.labels)
+    if n < CONFIDENCE_MIN_IMAGES:
+        return DEFAULT_CONFIDENCE.model_copy(update={"images": n})
+    confidence = result.confidence.astype(np.float64)
+    correct = (result.predicted == result.labels).astype(np.float64)
+    order = np.argsort(-confidence, kind="stable")
+    ranked, right = confidence[order], np.cumsum(correct[order])
+    # Only the last position of a run of equal confidences is a threshold: "at or above t" takes the whole run.
+    ends = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))
+    accurate = ends[right[ends] / (ends + 1) >= target]
+    threshold = float(ranked[accurate.max()]) if len(accurate) else min(1.0, float(ranked[0]) + 1e-6)
+    threshold = max(threshold, DEFAULT_CONFIDENCE_THRESHOLD)
+    answered = confidence >= threshold
+    return ConfidenceRecord(
+        threshold=threshold,
+        source="validation",
+        target_accuracy=target,
+        images=n,
+        answered=float(answered.mean()),
+        answered_accuracy=float(correct[answered].mean()) if answered.any() else None,
+    )
+
+
+def confidence_sample(images: ImageSet, seed: int = 0) -> ImageSet:
+    """At most CONFIDENCE_MAX_IMAGES of `images`, drawn with a fixed seed."""
+    if len(images) <= CONFIDENCE_MAX_IMAGES:
+        return images
+    positions = np.sort(np.random.default_rng(seed).choice(len(images), CONFIDENCE_MAX_IMAGES, replace=False))
+    return images.subset(positions)

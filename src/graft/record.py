@@ -283,6 +283,28 @@ class ExportRecord(_Record):
         return self.model_dump(mode="json")
 
 
+DEFAULT_CONFIDENCE_THRESHOLD = 0.5  # below even odds the top class is "not sure" unless validation calibrated it
+
+
+class ConfidenceRecord(_Record):
+    """When the top class is an answer: below `threshold` (top probability) it is shown as "not sure".
+
+    `source` says how the threshold was chosen: "validation" (the lowest top probability at which validation
+    predictions were still right `target_accuracy` of the time, never below the default) or "default".
+    `answered` and `answered_accuracy` describe the validation images at or above the threshold.
+    """
+
+    threshold: Annotated[float, Field(ge=0, le=1)]
+    source: Literal["validation", "default"]
+    target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = None
+    images: Annotated[int, Field(ge=0)] | None = None
+    answered: Annotated[float, Field(ge=0, le=1)] | None = None
+    answered_accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
+DEFAULT_CONFIDENCE = ConfidenceRecord(threshold=DEFAULT_CONFIDENCE_THRESHOLD, source="default")
+
+
 class BundleRecord(_Record):
     """The whole `graft.json`. `architecture` and `input` are exposed as the plain values the builders take."""
 
@@ -294,6 +316,8 @@ class BundleRecord(_Record):
     parameters: Annotated[int, Field(ge=0)] | None = None
     metrics: dict[str, JsonValue] = {}
     provenance: Provenance = Provenance()
+    # Absent in bundles written before graft calibrated it (and after a surgery that changed the outputs).
+    confidence: ConfidenceRecord | None = None
     # Kept as recorded and typed on use (`export`): a damaged export record disables that export, not the bundle.
     exports: dict[str, JsonValue] = {}
 
@@ -322,6 +346,10 @@ class BundleRecord(_Record):
     def to_json(self) -> dict:
         return self.model_dump(mode="json", exclude_none=False)
 
+    def confidence_or_default(self) -> ConfidenceRecord:
+        """The calibrated "not sure" threshold, else the documented default."""
+        return self.confidence or DEFAULT_CONFIDENCE
+
     def export(self, name: str) -> tuple[ExportRecord | None, str | None]:
         """The typed record of export `name`, or None and why not (none recorded, or damaged)."""
         return export_record(self.exports, name)
@@ -346,6 +374,7 @@ def make_record(
     metrics: dict | None = None,
     provenance: Provenance | dict | None = None,
     exports: dict | None = None,
+    confidence: ConfidenceRecord | None = None,
 ) -> BundleRecord:
     """The record of a bundle in memory, validated exactly as a file is (so nothing invalid is ever written)."""
     data = {
@@ -356,6 +385,7 @@ def make_record(
         "metrics": metrics or {},
         "provenance": _plain(provenance),
         "exports": {k: _plain(v) for k, v in (exports or {}).items()},
+        "confidence": confidence.model_dump(mode="json") if confidence is not None else None,
     }
     return _validate(data, "the bundle record")
 

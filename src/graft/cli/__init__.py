@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import signal
 import sys
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
+from graft._version import __version__
+from graft.cli import help_format
 from graft.cli.bundle import eval_command, info_command, predict_command, schema_command
 from graft.cli.data import data_app
 from graft.cli.keras import import_keras_command
+from graft.cli.models import models_command
 from graft.cli.rounds import rounds_app
 from graft.cli.serve import export_command, serve_command
 from graft.cli.surgery import surgery_command
@@ -26,6 +30,8 @@ from graft.progress import console
 
 __all__ = ["app", "main"]
 
+help_format.install()
+
 app = typer.Typer(
     name="graft",
     help="Fine-tune pretrained image classifiers, reshape trained models, train in rounds, serve to phones.",
@@ -34,15 +40,35 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-app.command("train")(train_command)
-app.command("eval")(eval_command)
-app.command("predict")(predict_command)
-app.command("surgery")(surgery_command)
-app.command("info")(info_command)
-app.command("schema")(schema_command)
-app.command("import-keras")(import_keras_command)
-app.command("export")(export_command)
-app.command("serve")(serve_command)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        print(f"graft {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print graft's version and exit."),
+    ] = False,
+) -> None:
+    """Options before the command (`graft --version`)."""
+
+
+# One-line summaries for `graft --help`: click would cut the docstrings' first sentences mid-phrase to fit.
+app.command("train", short_help="Fine-tune a timm model on data and write a bundle.")(train_command)
+app.command("eval", short_help="Accuracy, per-class metrics and confusion of a bundle.")(eval_command)
+app.command("predict", short_help="Top-k classes of image files, as the bundle sees them.")(predict_command)
+app.command("surgery", short_help="Change a model's channels, size, depth, width, classes.")(surgery_command)
+app.command("info", short_help="A bundle's architecture, classes, metrics and history.")(info_command)
+app.command("schema", short_help="Print the JSON Schema of graft.json.")(schema_command)
+app.command("models", short_help="List timm models matching a pattern.")(models_command)
+app.command("import-keras", short_help="Import a Keras .h5/.keras model, same logits.")(import_keras_command)
+app.command("export", short_help="Export a bundle to ONNX, checked against PyTorch.")(export_command)
+app.command("serve", short_help="Serve a bundle: a phone page and an HTTP API.")(serve_command)
 app.add_typer(data_app)
 app.add_typer(rounds_app)
 

@@ -29,7 +29,11 @@ def eval_command(
         typer.Option("--data", "-d", help="Data source. [default: the one the bundle was trained on]"),
     ] = None,
     split: Annotated[
-        str, typer.Option(help="test, valid, train, or all (every labelled image: for new data such as a folder).")
+        str,
+        typer.Option(
+            metavar="<test|valid|train|all>",
+            help="test, valid, train, or all (every labelled image: for new data such as a folder).",
+        ),
     ] = "test",
     data_root: Annotated[str | None, typer.Option(help="Where data sets are looked for.")] = None,
     output: Annotated[

@@ -7,25 +7,38 @@ from typing import Annotated
 
 import typer
 
+from graft.errors import GraftError
 from graft.progress import console
 
 data_app = typer.Typer(
     name="data",
     help="Make data sets: frames from phone videos, the clutter benchmark.",
+    short_help="Make data sets: video frames, clutter benchmark.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
 
 
-@data_app.command("frames")
+@data_app.command("frames", short_help="Extract upright PNG frames from phone videos.")
 def frames_command(
     videos: Annotated[
-        list[Path], typer.Argument(help="Video files (MP4, MOV, WebM, …); frames of all go to one class.")
+        list[Path],
+        typer.Argument(
+            help="Video files (MP4, MOV, WebM, …), or folders of them with one sub-folder per class.",
+            show_default=False,
+        ),
     ],
-    label: Annotated[str, typer.Option("--label", "-l", help="Class name: frames go to OUTPUT/LABEL/.")],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Data set folder (e.g. photos/train); created when missing.")
     ],
+    label: Annotated[
+        str | None,
+        typer.Option(
+            "--label",
+            "-l",
+            help="Class name: frames of every video go to OUTPUT/LABEL/. Without it, each class sub-folder's name.",
+        ),
+    ] = None,
     every: Annotated[int | None, typer.Option(help="Keep every Nth frame. [default: 1, all]")] = None,
     fps: Annotated[float | None, typer.Option(help="Keep about F frames per second of video instead.")] = None,
     size: Annotated[
@@ -34,33 +47,92 @@ def frames_command(
             "--size", "-s", help="Shorter side in pixels, aspect kept; with --crop center, S×S. [default: as recorded]"
         ),
     ] = None,
-    crop: Annotated[str, typer.Option(help="none, or center: the largest centred square.")] = "none",
+    crop: Annotated[
+        str, typer.Option(metavar="<none|center>", help="none, or center: the largest centred square.")
+    ] = "none",
     limit: Annotated[int | None, typer.Option(help="At most this many frames per video.")] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace frames an earlier run wrote for these videos.")
     ] = False,
 ) -> None:
-    """Extract frames from phone videos into a class folder, upright, as PNG (VIDEO-f000123.png).
+    """Extract frames from phone videos into class folders, upright, as PNG (VIDEO-f000123.png).
+
+    Several classes in one call: without --label, give folders with one sub-folder of videos per class
+    (videos/cup/a.mp4 → OUTPUT/cup/a-f000000.png, videos/ball/b.mov → OUTPUT/ball/…).
 
     \b
     Examples:
       graft data frames cup1.mp4 cup2.mov --label cup -o photos/train --every 10 --size 128
+      graft data frames videos/ -o photos/train --fps 2 --size 128   # videos/cup/*.mp4, videos/ball/*.mov, …
       graft data frames cup3.mp4 --label cup -o photos/test --fps 2 --size 128 --crop center
     """
     from graft.data.video import extract_frames
 
-    result = extract_frames(
-        videos,
-        label=label,
-        out=output,
-        every=every,
-        fps=fps,
-        size=size,
-        crop=crop,
-        limit=limit,
-        overwrite=force,
-        console=console(),
-    )
+    by_class = videos_by_class(videos, label)
+    results = [
+        extract_frames(
+            files,
+            label=name,
+            out=output,
+            every=every,
+            fps=fps,
+            size=size,
+            crop=crop,
+            limit=limit,
+            overwrite=force,
+            console=console(),
+        )
+        for name, files in by_class.items()
+    ]
+    for result in results:
+        _print_frames(result)
+    if len(results) > 1:
+        total = sum(result.written for result in results)
+        print(f"{total} frames written into {len(results)} class folders: {', '.join(by_class)}")
+
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".3gp"})
+
+
+def _videos_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def videos_by_class(paths: list[Path], label: str | None) -> dict[str, list[Path]]:
+    """Class name → its videos. With `label`, every video (and every video in a folder given) is that class;
+    without, each path must be a folder with one sub-folder of videos per class, as a `folder:` data set is laid
+    out. A loose video without a label is refused rather than named after whatever folder it happens to be in.
+    Every path is checked before any frame is written."""
+    groups: dict[str, list[Path]] = {}
+    for path in paths:
+        if not path.exists():
+            raise GraftError(f"video not found: {path}")
+        if label is not None:
+            found = _videos_in(path) if path.is_dir() else [path]
+            if not found:
+                raise GraftError(f"{path} holds no videos ({', '.join(sorted(VIDEO_SUFFIXES))})")
+            groups.setdefault(label, []).extend(found)
+            continue
+        if not path.is_dir():
+            raise GraftError(
+                f"which class is {path}? give --label CLASS, or a folder with one sub-folder of videos per class"
+            )
+        loose = _videos_in(path)
+        if loose:
+            raise GraftError(
+                f"{len(loose)} videos directly in {path} ({loose[0].name}, …) have no class: move them into a "
+                "sub-folder named after their class, or give --label"
+            )
+        classes = {sub.name: _videos_in(sub) for sub in sorted(path.iterdir()) if sub.is_dir()}
+        classes = {name: found for name, found in classes.items() if found}
+        if not classes:
+            raise GraftError(f"{path} has no sub-folders with videos ({', '.join(sorted(VIDEO_SUFFIXES))})")
+        for name, found in classes.items():
+            groups.setdefault(name, []).extend(found)
+    return groups
+
+
+def _print_frames(result) -> None:
     for video in result.videos:
         applied = [f"turned {video.rotation}°"] * bool(video.rotation) + ["mirrored"] * video.flipped
         print(
@@ -74,7 +146,7 @@ def frames_command(
     print(f"class folder: {result.folder}")
 
 
-@data_app.command("clutter")
+@data_app.command("clutter", short_help="Build the clutter benchmark: busier backgrounds.")
 def clutter_command(
     source: Annotated[str, typer.Argument(help="Digit source: digits, mnist, fashion-mnist, kmnist or folder:PATH.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Benchmark folder: level-1 … level-L inside.")],

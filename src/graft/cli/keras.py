@@ -21,7 +21,10 @@ def import_keras_command(
     ] = None,
     preprocess: Annotated[
         str | None,
-        typer.Option(help="tf, torch, caffe, raw (pixels 0-255) or unit (0-1). [default: the application's]"),
+        typer.Option(
+            metavar="<tf|torch|caffe|raw|unit>",
+            help="tf, torch, caffe, raw (pixels 0-255) or unit (0-1). [default: the application's]",
+        ),
     ] = None,
     size: Annotated[
         int | None, typer.Option("--size", "-s", min=1, help="Input size for models without a fixed one.")

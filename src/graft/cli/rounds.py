@@ -18,6 +18,7 @@ from graft.io import json_text
 rounds_app = typer.Typer(
     name="rounds",
     help="Train in rounds: warm-started rounds on growing data, accuracy matrix, forgetting, promotion gate.",
+    short_help="Train in rounds, with a forgetting gate.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -43,7 +44,7 @@ _PROJECT_HELP = {
 }
 
 
-@rounds_app.command("init")
+@rounds_app.command("init", short_help="Create a rounds project: settings and gate.")
 @config_options(*PROJECT_SETTINGS, before="max_forgetting", help_for=_PROJECT_HELP)
 def rounds_init_command(
     directory: Annotated[Path, typer.Argument(help="Project directory (created).")],
@@ -100,7 +101,7 @@ def rounds_init_command(
 RoundRecipe = Annotated[Path | None, typer.Option(help="TOML recipe with this round's own training settings.")]
 
 
-@rounds_app.command("add")
+@rounds_app.command("add", short_help="Add a round: its data and how it trains.")
 @config_options(*ROUND_SETTINGS, shown_default="the project's")
 def rounds_add_command(
     directory: Annotated[Path, typer.Argument(help="Rounds project directory.")],
@@ -126,7 +127,7 @@ def rounds_add_command(
     print(f"round {len(state['rounds'])}: {entry['name']} ({entry['mode']}) {entry['data']}")
 
 
-@rounds_app.command("redo")
+@rounds_app.command("redo", short_help="Train a round (and every later one) again.")
 @config_options(*ROUND_SETTINGS, shown_default="the project's")
 def rounds_redo_command(
     directory: Annotated[Path, typer.Argument(help="Rounds project directory.")],
@@ -160,7 +161,7 @@ def rounds_redo_command(
     print(f"train them with `graft rounds train {directory}`")
 
 
-@rounds_app.command("train")
+@rounds_app.command("train", short_help="Train every pending round in order.")
 @config_options(*WORK_SETTINGS)
 def rounds_train_command(
     directory: Annotated[Path, typer.Argument(help="Rounds project directory.")],
@@ -189,7 +190,7 @@ def rounds_train_command(
     print("\n".join(status_lines(summary)))
 
 
-@rounds_app.command("status")
+@rounds_app.command("status", short_help="Rounds, accuracy matrix, metrics, current bundle.")
 def rounds_status_command(
     directory: Annotated[Path, typer.Argument(help="Rounds project directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

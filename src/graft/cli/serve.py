@@ -19,7 +19,7 @@ def export_command(
     bundle: Annotated[
         Path, typer.Argument(help="Bundle directory (or a rounds project: its promoted bundle); model.onnx goes in it.")
     ],
-    format: Annotated[str, typer.Option("--format", "-f", help="Export format: onnx.")] = "onnx",
+    format: Annotated[str, typer.Option("--format", "-f", metavar="<onnx>", help="Export format: onnx.")] = "onnx",
     opset: Annotated[int | None, typer.Option(min=7, help="ONNX opset. [default: the exporter's]")] = None,
     tolerance: Annotated[
         float, typer.Option(help="Largest |Δ logit| against PyTorch for the export to be used by graft serve.")
@@ -68,7 +68,11 @@ def serve_command(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
     engine: Annotated[
-        str, typer.Option(help="auto (ONNX Runtime when a checked export exists, else PyTorch), onnx or torch.")
+        str,
+        typer.Option(
+            metavar="<auto|onnx|torch>",
+            help="auto (ONNX Runtime when a checked export exists, else PyTorch), onnx or torch.",
+        ),
     ] = "auto",
     max_batch: Annotated[
         int, typer.Option(help=f"Images per forward pass; 1 turns batching off. {_r('max_batch')}")

@@ -40,8 +40,9 @@ def surgery_command(
     block: Annotated[
         str,
         typer.Option(
+            metavar="<relu|residual>",
             help="relu (ReLU(x+BN(Conv x)), exact after a ReLU) or residual (x+BN(Conv x), exact anywhere); "
-            "both start with BN at zero, so they stay identities in train mode."
+            "both start with BN at zero, so they stay identities in train mode.",
         ),
     ] = "relu",
     widen: Annotated[
@@ -69,7 +70,10 @@ def surgery_command(
     probe_count: Annotated[int, typer.Option(min=1, help="How many probe images.")] = 64,
     require: Annotated[
         str | None,
-        typer.Option(help="exact or approximate: write nothing unless every step and the whole chain reach it."),
+        typer.Option(
+            metavar="<exact|approximate>",
+            help="exact or approximate: write nothing unless every step and the whole chain reach it.",
+        ),
     ] = None,
     data_root: Annotated[str | None, typer.Option(help="Where data sets are looked for.")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never download data.")] = False,

@@ -66,8 +66,10 @@ def _fetch(root: Path, info: IdxDataset, filename: str, md5: str, download: bool
         if local.suffix == ".gz" and not check_integrity(str(local), md5):
             raise GraftError(f"{local} is corrupt (md5 differs from the published {md5}); delete it")
         return local
-    expected = ", ".join(name for name, _ in info.torchvision_class.resources)
-    where = f"put {expected} in {root / info.folder} or set ${DATA_ROOT_ENV} / --data-root"
+    missing = [name for name, _ in info.torchvision_class.resources if _find_local(root, info, name) is None]
+    present = len(info.torchvision_class.resources) - len(missing)
+    found = f" ({present} of the {len(info.torchvision_class.resources)} files are there)" if present else ""
+    where = f"put {', '.join(missing)} in {root / info.folder}{found} or set ${DATA_ROOT_ENV} / --data-root"
     if not download:
         raise GraftError(f"{info.folder} is not on disk and downloads are off: {where}")
     target = root / info.folder

@@ -8,7 +8,6 @@ bundle): where weights come from is decided above this layer (`graft.training.st
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from graft.errors import GraftError, first_line
+from graft.models.catalog import matching, suggest
 from graft.models.edits import apply_edits
 from graft.models.input_modes import FlattenHead, GrayStem, apply_fold, find_first_conv, set_input_channels
 from graft.models.weights import TransferReport, transfer_weights
@@ -72,8 +72,15 @@ class GraftModel(nn.Module):
 
 def check_model_name(name: str) -> None:
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=4, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        close = suggest(name)
+        containing = len(matching(name))
+        listing = (
+            f"`graft models {name}` lists the {containing} names that contain it" if containing > len(close) else ""
+        )
+        if close:
+            hint = f"; did you mean {', '.join(close)}?" + (f" ({listing})" if listing else "")
+        else:
+            hint = "; `graft models PATTERN` lists timm's names"
         raise GraftError(f"unknown model {name!r}{hint}")
 
 
@@ -162,18 +169,6 @@ def _build_timm_model(arch: Architecture, spec: InputSpec) -> GraftModel:
 
 
 register_backbone_kind("timm", _build_timm_model)
-
-
-def hub_state_dict(name: str, kwargs: dict) -> dict[str, torch.Tensor]:
-    """timm's ImageNet weights for `name` from the hub (needs internet)."""
-    try:
-        model = timm.create_model(name, pretrained=True, **kwargs)
-    except Exception as error:
-        raise GraftError(
-            f"could not fetch ImageNet weights for {name} from the hub ({first_line(error, 160)}); "
-            "offline? pass --weights FILE"
-        ) from None
-    return model.state_dict()
 
 
 def create_model(

@@ -184,8 +184,8 @@ class Step(Generic[D]):
     def finished(self) -> Bundle:
         """The bundle with this chain's surgery record appended to its provenance (the original is untouched).
 
-        Metrics move to `metrics_before_surgery` unless the chain is exact and kept the class list, since they
-        describe another model.
+        Metrics move to `metrics_before_surgery` (and the calibrated confidence threshold is dropped) unless the
+        chain is exact and kept the class list, since they describe another model.
         """
         overall = self.overall
         provenance = surgery_record(
@@ -195,11 +195,13 @@ class Step(Generic[D]):
             str(Path(self.original.path).resolve()) if self.original.path else None,
             self.verdict,
         )
-        metrics = self.bundle.metrics
-        if (self.verdict != "exact" or self.reclassed) and metrics:
-            provenance = provenance.updated(metrics_before_surgery=metrics)
-            metrics = {}
-        return dataclasses.replace(self.bundle, provenance=provenance, metrics=metrics)
+        metrics, confidence = self.bundle.metrics, self.bundle.confidence
+        if self.verdict != "exact" or self.reclassed:
+            confidence = None  # calibrated on another model's probabilities: the default applies until retrained
+            if metrics:
+                provenance = provenance.updated(metrics_before_surgery=metrics)
+                metrics = {}
+        return dataclasses.replace(self.bundle, provenance=provenance, metrics=metrics, confidence=confidence)
 
     def save(self, path: str | Path, *, overwrite: bool = False, require: str | None = None) -> Bundle:
         """Write the finished bundle to `path` and return it; `require="exact"` writes nothing unless every step

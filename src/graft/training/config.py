@@ -5,6 +5,7 @@ Precedence: built-in defaults < recipe file < flags. Unknown keys and wrong type
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,13 +179,20 @@ FLAGS: dict[str, Flag] = {
 NOT_FLAGS = frozenset({"download", "model_kwargs"})
 
 
-def _first_error(error: ValidationError, origin: str) -> GraftError:
-    problem = error.errors()[0]
-    key = ".".join(str(p) for p in problem["loc"]) or "recipe"
-    if problem["type"] == "extra_forbidden":
-        known = ", ".join(TrainConfig.model_fields)
-        return GraftError(f"{origin}: unknown key {key!r} (known keys: {known})")
-    return GraftError(f"{origin}: {key}: {problem['msg']} (got {problem.get('input')!r})")
+def _all_errors(error: ValidationError, origin: str) -> GraftError:
+    """Every problem of a recipe in one line (fix them all at once), an unknown key with its likely meaning."""
+    known = list(TrainConfig.model_fields)
+    problems, unmatched = [], False
+    for problem in error.errors():
+        key = ".".join(str(p) for p in problem["loc"]) or "recipe"
+        if problem["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            unmatched |= not close
+            problems.append(f"unknown key {key!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+        else:
+            problems.append(f"{key}: {problem['msg']} (got {problem.get('input')!r})")
+    listing = f" (known keys: {', '.join(known)})" if unmatched else ""
+    return GraftError(f"{origin}: {'; '.join(problems)}{listing}")
 
 
 def read_recipe(path: str | Path) -> dict:
@@ -220,13 +228,18 @@ def validate(settings: dict, origin: str = "settings") -> TrainConfig:
     try:
         return TrainConfig(**settings)
     except ValidationError as error:
-        raise _first_error(error, origin) from None
+        raise _all_errors(error, origin) from None
 
 
 def recipe_settings(recipe: str | Path | None = None, **overrides: object) -> dict:
     """The recipe's settings, then explicit overrides on top (None means 'not given'); not yet validated."""
     settings = read_recipe(recipe) if recipe else {}
-    settings.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    # The starting weights are one choice: a flag naming one source replaces the recipe's other source, as flags win.
+    for flag, other in (("weights", "pretrained"), ("pretrained", "weights")):
+        if flag in given and other not in given:
+            settings.pop(other, None)
+    settings.update(given)
     return settings
 
 

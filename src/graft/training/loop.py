@@ -21,11 +21,12 @@ from graft.data.memory import InMemory
 from graft.data.sources import load_splits, normalise_source, source_label
 from graft.data.split import stratified_split
 from graft.errors import GraftError
-from graft.evaluation import EvalResult, evaluate_model, write_eval_outputs
+from graft.evaluation import EvalResult, calibrate_confidence, confidence_sample, evaluate_model, write_eval_outputs
 from graft.io import atomic_write_json, json_text
 from graft.models.factory import build_model, count_parameters
+from graft.models.hub import require_hub_weights
 from graft.models.weights import TransferReport
-from graft.record import META_FILE, Architecture, DataRecord, Provenance, TransferRecord
+from graft.record import META_FILE, Architecture, ConfidenceRecord, DataRecord, Provenance, TransferRecord
 from graft.record import read as read_record
 from graft.spec import InputSpec
 from graft.training import distributed
@@ -120,6 +121,8 @@ def _train(
     distributed.check_batch_size(world, config.batch_size)
     torch.set_num_threads(runtime.threads)
     _seed_everything(config.seed)
+    if origin.kind == "hub" and not resuming:
+        require_hub_weights(config.model, offline=not config.download)  # before minutes of data loading
 
     splits, train_set = _load_data(config, out, memory.splits if memory is not None else None)
     checkpoint = load_checkpoint(run_dir) if resuming else None
@@ -191,6 +194,7 @@ def _finish(
             console=out,
             device=session.ctx.runtime.device,
         )
+    confidence = _calibrate(session, final_model)
     final_model.to("cpu")
     if test is not None:
         out.print(f"test: loss {test.loss:.4f}  accuracy {test.accuracy:.2%} on {len(splits.test)} images")
@@ -215,7 +219,9 @@ def _finish(
         recorded = json.loads(json.dumps(memory.record))
         data = {**provenance.data.model_dump(mode="json"), "source": None, "data_root": None, "in_memory": recorded}
         provenance = provenance.updated(data=DataRecord.model_validate(data))
-    bundle = Bundle(final_model, session.arch, session.spec, list(splits.classes), final, provenance)
+    bundle = Bundle(
+        final_model, session.arch, session.spec, list(splits.classes), final, provenance, confidence=confidence
+    )
     if resuming:  # again: another bundle may have appeared there while this run trained (its checkpoint stays)
         _check_resumed_output(bundle_dir, run_dir, config.force)
     bundle.save(bundle_dir, overwrite=config.force or resuming)
@@ -253,6 +259,31 @@ def _check_batchnorm(session: Session, model: nn.Module) -> BatchNormCheck | Non
     if check is not None:
         session.out.print(check.line(), markup=False, highlight=False)
     return check
+
+
+def _calibrate(session: Session, final_model: nn.Module) -> ConfidenceRecord | None:
+    """The bundle's "not sure" threshold, from the kept weights' predictions on (a sample of) validation."""
+    config, splits = session.config, session.splits
+    if not len(splits.valid):
+        return None
+    valid = evaluate_model(
+        final_model,
+        session.spec,
+        confidence_sample(splits.valid, config.seed),
+        classes=splits.classes,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        console=session.out,
+        device=session.ctx.runtime.device,
+    )
+    confidence = calibrate_confidence(valid)
+    if confidence.source == "validation":
+        session.out.print(
+            f"confidence: below {confidence.threshold:.1%} the top class is 'not sure' (at or above it: "
+            f"{confidence.answered:.0%} of {confidence.images} validation images, "
+            f"right {confidence.answered_accuracy or 0:.1%})"
+        )
+    return confidence
 
 
 def _model_from_checkpoint(

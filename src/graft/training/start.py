@@ -20,7 +20,8 @@ from typing import Literal
 from graft.bundle import load
 from graft.data.base import ImageSet
 from graft.errors import GraftError
-from graft.models.factory import GraftModel, create_model, hub_state_dict
+from graft.models.factory import GraftModel, create_model
+from graft.models.hub import hub_state_dict
 from graft.models.keras.finetune import create_graph_model
 from graft.models.weights import TransferReport, read_state_dict
 from graft.record import META_FILE, Architecture, BundleRecord, ParentRecord
@@ -149,7 +150,8 @@ def starting_model(
         raise GraftError(f"unknown pretrained weights {config.pretrained!r}: use 'imagenet' or --weights FILE")
     source, name, normalisation = None, "", None
     if origin.kind == "hub":
-        source, name = hub_state_dict(config.model, config.model_kwargs or {}), f"timm hub ({config.model}, ImageNet)"
+        source = hub_state_dict(config.model, config.model_kwargs or {}, offline=not config.download)
+        name = f"timm hub ({config.model}, ImageNet)"
     elif origin.path is not None:
         source, name = read_state_dict(origin.path), str(origin.path)
         if origin.record is not None:  # a bundle's weights expect the normalisation it records

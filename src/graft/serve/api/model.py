@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 
 from graft.errors import GraftError, first_line
+from graft.record import DEFAULT_CONFIDENCE
 from graft.serve.api.auth import require_local_or_token
 from graft.serve.api.deps import HolderDep, SettingsDep
 from graft.serve.api.schemas import ReloadRequest, errors
@@ -23,9 +24,12 @@ _META = ("architecture", "input", "classes", "parameters", "metrics", "provenanc
 
 @router.get("/model", summary="What is being served", responses=errors(401))
 async def model_info(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
-    """Model id, engine, input spec, classes, metrics, provenance and the server's batching and limits."""
+    """Model id, engine, input spec, classes, metrics, provenance, the server's batching and limits, and what a
+    client needs to present an answer honestly: `test_accuracy` (null when none was measured) and `confidence`
+    (below `confidence.threshold` the top class is "not sure"; the bundle's calibrated one, else the default)."""
     loaded = holder.current
     meta = loaded.meta  # validated and counted once, when the bundle was loaded
+    metrics = meta.get("metrics") or {}
     return {
         "model": loaded.model_id,
         "engine": loaded.engine_name,
@@ -34,6 +38,8 @@ async def model_info(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]
         "project": str(holder.project) if holder.project else None,
         "loaded_at": loaded.loaded_at,
         **{key: meta[key] for key in _META},
+        "test_accuracy": metrics.get("test_acc"),
+        "confidence": meta.get("confidence") or DEFAULT_CONFIDENCE.model_dump(mode="json"),
         "export": loaded.export,
         "batching": {"max_batch": settings.max_batch, "max_delay_ms": settings.max_delay_ms},
         "limits": {
