@@ -41,6 +41,12 @@ def test_a_perfect_model_keeps_the_default_floor_and_a_hopeless_one_answers_noth
     assert hopeless.threshold > 0.9 and hopeless.answered == 0.0 and hopeless.answered_accuracy is None
 
 
+def test_a_model_saturated_at_one_that_misses_the_target_is_never_sure():
+    # float32 softmax gives exactly 1.0 often: 40 right and 10 wrong at 1.0, then 50 wrong at 0.7 (80 % at 1.0)
+    saturated = calibrate_confidence(_result([1.0] * 50 + [0.7] * 50, [True] * 40 + [False] * 60))
+    assert saturated.threshold > 1.0 and saturated.answered == 0.0, "1.0 answers were right only 80 % of the time"
+
+
 def test_ties_are_answered_together_and_few_images_calibrate_nothing():
     tied = calibrate_confidence(_result([0.9] * 40 + [0.6] * 40, [True] * 40 + [True] * 20 + [False] * 20))
     assert tied.threshold == pytest.approx(0.9) and tied.answered == pytest.approx(0.5)
@@ -56,7 +62,7 @@ def test_the_record_keeps_old_bundles_readable_and_validates_the_threshold(tmp_p
     read = record.read(_write(tmp_path / "new", data))
     assert read.confidence.threshold == 0.72 and read.to_json()["confidence"]["source"] == "validation"
     (tmp_path / "bad").mkdir()
-    bad = {**_good(), "confidence": {"threshold": 1.5, "source": "validation"}}
+    bad = {**_good(), "confidence": {"threshold": 1.6, "source": "validation"}}
     with pytest.raises(GraftError, match=r"confidence\.threshold"):
         record.read(_write(tmp_path / "bad", bad))
     assert json.dumps(record.json_schema()).count("ConfidenceRecord") >= 1

@@ -158,3 +158,35 @@ def test_grouped_validation_stops_the_leak_and_a_leaking_layout_gets_a_loud_warn
     assert honest.bundle.provenance.data.group_by == "auto"
     # graft eval rebuilds the same grouped split from the bundle's record
     assert graft.evaluate(honest.bundle.path, split="valid").accuracy == pytest.approx(metrics["valid_acc"])
+
+
+def test_a_big_video_is_never_all_of_validation() -> None:
+    # One 100-frame video and one 1-frame clip per class: whatever the seed, training keeps the big video.
+    labels = np.repeat([0, 0, 1, 1], [100, 1, 100, 1])
+    groups = np.array(["a"] * 100 + ["a1"] + ["b"] * 100 + ["b1"])
+    for seed in range(6):
+        train, held = grouped_split(labels, groups, 0.2, seed)
+        assert np.bincount(labels[train], minlength=2).tolist() == [100, 100], seed
+        assert np.bincount(labels[held], minlength=2).tolist() == [1, 1], seed
+
+
+def test_a_group_name_shared_by_every_class_still_holds_out_every_class() -> None:
+    # --group-by folder with cup/monday, mug/monday, bowl/monday, …: each class is held out from its own folders.
+    labels = np.repeat([0, 1, 2], 30)
+    groups = np.array([day for _ in range(3) for day in ["monday"] * 10 + ["tuesday"] * 10 + ["friday"] * 10])
+    train, held = grouped_split(labels, groups, 0.2, seed=0)
+    assert sorted(set(labels[held].tolist())) == [0, 1, 2] and sorted(set(labels[train].tolist())) == [0, 1, 2]
+    for c in range(3):  # whole folders per class
+        held_days = set(groups[held][labels[held] == c].tolist())
+        assert not held_days & set(groups[train][labels[train] == c].tolist())
+
+
+def test_max_valid_and_max_test_keep_every_class_and_take_exactly_the_limit() -> None:
+    from graft.data.split import stratified_sample
+
+    labels = np.array([0] * 50 + [1] * 50 + [2])
+    sample = stratified_sample(labels, 60, seed=0)
+    assert len(sample) == 60 and np.bincount(labels[sample]).tolist() == [30, 29, 1]
+    one_each = np.repeat(np.arange(10), 1)
+    assert len(stratified_sample(one_each, 5, seed=0)) == 5
+    assert len(stratified_sample(labels, 1000, seed=0)) == len(labels)

@@ -182,15 +182,23 @@ def test_max_pixels_refuses_before_decoding() -> None:
     assert "100x100" in message and "9999" in message
 
 
-@pytest.mark.parametrize("side", [40, 50])  # Pillow warns above the limit and raises above twice it
-def test_pillow_decompression_bomb_is_a_graft_error(monkeypatch: pytest.MonkeyPatch, side: int) -> None:
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    data = encode(Image.fromarray(noise(side, side)))
+def test_pillow_decompression_bomb_is_a_graft_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above twice its limit
+    data = encode(Image.fromarray(noise(50, 50)))
     filters = list(warnings.filters)
     with pytest.raises(GraftError) as excinfo:
         decode_image(data, name="bomb.png")
     assert "decompression bomb" in assert_one_line_error(excinfo, "bomb.png")
     assert warnings.filters == filters
+
+
+def test_graft_limits_decide_below_pillows_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Between Pillow's warning and its error, graft's own limits decide (so --no-limits means what it says).
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    data = encode(Image.fromarray(noise(40, 40)))
+    assert decode_image(data, limits=ImageLimits(None, None)).shape == (40, 40, 3)
+    with pytest.raises(GraftError, match="more than the limit of 1500"):
+        decode_image(data, limits=ImageLimits(max_pixels=1500))
 
 
 def test_not_an_image(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from graft.data.preprocess import to_model_input
 from graft.errors import GraftError, Interrupted
 from graft.io import atomic_write_json
 from graft.progress import LOG_EVERY_S, batch_progress
-from graft.record import DEFAULT_CONFIDENCE, DEFAULT_CONFIDENCE_THRESHOLD, ConfidenceRecord
+from graft.record import DEFAULT_CONFIDENCE, DEFAULT_CONFIDENCE_THRESHOLD, NEVER_SURE, ConfidenceRecord
 from graft.spec import InputSpec
 
 THUMBNAIL_SIZE = 128  # pixels, the longest side of a misclassified example in the grid
@@ -203,7 +203,7 @@ def calibrate_confidence(result: EvalResult, target: float = CONFIDENCE_TARGET) 
     # Only the last position of a run of equal confidences is a threshold: "at or above t" takes the whole run.
     ends = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))
     accurate = ends[right[ends] / (ends + 1) >= target]
-    threshold = float(ranked[accurate.max()]) if len(accurate) else min(1.0, float(ranked[0]) + 1e-6)
+    threshold = float(ranked[accurate.max()]) if len(accurate) else NEVER_SURE
     threshold = max(threshold, DEFAULT_CONFIDENCE_THRESHOLD)
     answered = confidence >= threshold
     return ConfidenceRecord(

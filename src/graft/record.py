@@ -286,15 +286,20 @@ class ExportRecord(_Record):
 DEFAULT_CONFIDENCE_THRESHOLD = 0.5  # below even odds the top class is "not sure" unless validation calibrated it
 
 
+NEVER_SURE = 1.5  # a "not sure" threshold no probability reaches
+
+
 class ConfidenceRecord(_Record):
     """When the top class is an answer: below `threshold` (top probability) it is shown as "not sure".
 
     `source` says how the threshold was chosen: "validation" (the lowest top probability at which validation
     predictions were still right `target_accuracy` of the time, never below the default) or "default".
-    `answered` and `answered_accuracy` describe the validation images at or above the threshold.
+    `answered` and `answered_accuracy` describe the validation images at or above the threshold. A threshold above
+    1 means the model never reached the target on validation: nothing it says is shown as an answer (a float32
+    softmax often gives exactly 1.0, so 1.0 itself cannot mean "never").
     """
 
-    threshold: Annotated[float, Field(ge=0, le=1)]
+    threshold: Annotated[float, Field(ge=0, le=NEVER_SURE)]
     source: Literal["validation", "default"]
     target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = None
     images: Annotated[int, Field(ge=0)] | None = None

@@ -109,8 +109,8 @@ def predict_command(
         bool,
         typer.Option(
             "--no-limits",
-            help="Decode images of any size (by default, as in graft serve, images over 50 M pixels or 16384 "
-            "pixels on a side are refused from their header).",
+            help="Lift graft's image limits (by default, as in graft serve, images over 50 M pixels or 16384 "
+            "pixels on a side are refused from their header; Pillow's own ceiling of ~179 M pixels stays).",
         ),
     ] = False,
 ) -> None:

@@ -54,7 +54,10 @@ _COLOUR_MODES = ("RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 # `warnings.catch_warnings` swaps process-wide state; the lock keeps threads that decode at once (the folder
 # scan) from restoring each other's filters. Only header parsing runs under it, not pixel decoding.
 _OPEN_LOCK = threading.Lock()
-_BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)  # Pillow's own limit, ~89 M pixels
+# Pillow warns above MAX_IMAGE_PIXELS (~89 M) and refuses above twice that (~179 M). graft's own `limits` decide
+# below that ceiling (its header check follows at once), so the warning is silenced rather than made an error:
+# otherwise `--no-limits` or `--max-pixels 100000000` would not mean what they say.
+_BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def decode_image(
@@ -91,7 +94,7 @@ def decode_image(
 def _decode(stream: BinaryIO, label: str, limits: ImageLimits) -> np.ndarray:
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
                 image = Image.open(stream, formats=accepted_formats())
             except UnidentifiedImageError:

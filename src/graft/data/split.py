@@ -32,39 +32,78 @@ def grouped_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Like `stratified_split`, but whole groups are held out (frames of one video stay on one side).
 
-    Per class (a group counts for its most common class), groups are taken in a seeded order while that brings
-    the held-out count closer to round(n_class × fraction); at least one is held out and one kept whenever the
-    class has two. A class with a single group (one video) cannot be held out by group: its last round(n ×
-    fraction) images in file order (the end of the video) are held out instead, the least similar frames to the
-    rest, and callers warn that its validation reads high. Without groups, or when every image is a group of its
-    own, this is exactly `stratified_split`, so splits of ungrouped data did not change.
+    A group is split by class first (a folder name shared by several class folders is several groups), so every
+    class is held out from its own groups. Per class, groups are taken in a seeded order when that brings the
+    held-out count closer to round(n_class × fraction) and leaves training at least half of its share
+    (n_class × (1 − fraction) / 2); one group always stays in training. When no group fits (every one is too big),
+    the smallest that leaves training its half is held out. A class with a single group (one video), or whose
+    groups are all too big, cannot be held out by group: its largest group's last round(n × fraction) images in
+    file order (the end of the video) are held out instead, the frames least like the rest, and callers warn that
+    its validation reads high. Without groups, or when every image is a group of its own, this is exactly
+    `stratified_split`, so splits of ungrouped data did not change.
     """
     if groups is None or len(labels) == 0 or len(np.unique(groups)) == len(labels):
         return stratified_split(labels, fraction, seed)
     rng = np.random.default_rng(seed)
-    _, group_ids = np.unique(groups, return_inverse=True)
-    n_groups, n_classes = int(group_ids.max()) + 1, int(labels.max()) + 1
-    sizes = np.bincount(group_ids, minlength=n_groups)
-    majority = np.bincount(group_ids * n_classes + labels, minlength=n_groups * n_classes)
-    majority = majority.reshape(n_groups, n_classes).argmax(axis=1)
+    keys = np.array([f"{label}\x00{group}" for label, group in zip(labels.tolist(), groups.tolist(), strict=True)])
+    _, group_ids = np.unique(keys, return_inverse=True)
+    sizes = np.bincount(group_ids)
     held_groups: list[int] = []
     tails: list[np.ndarray] = [np.zeros(0, np.int64)]
     for c in np.unique(labels):
-        candidates = rng.permutation(np.flatnonzero(majority == c))
-        if len(candidates) == 1:  # one video: hold out its end
-            members = np.flatnonzero((group_ids == candidates[0]) & (labels == c))
-            count = min(round(len(members) * fraction), len(members) - 1)
-            tails.append(members[len(members) - count :])
+        candidates = rng.permutation(np.unique(group_ids[labels == c]))
+        chosen = _groups_to_hold_out(candidates, sizes, fraction)
+        if chosen:
+            held_groups += chosen
             continue
-        target, taken = fraction * sizes[candidates].sum(), 0
-        for g in candidates[:-1]:  # the last candidate always stays in training
-            if taken == 0 or abs(taken + sizes[g] - target) < abs(taken - target):
-                held_groups.append(int(g))
-                taken += sizes[g]
-            if taken >= target:
-                break
+        largest = max(candidates, key=lambda g: sizes[g])  # one video, or none small enough: the end of one
+        members = np.flatnonzero(group_ids == largest)
+        count = min(round(len(members) * fraction), len(members) - 1)
+        tails.append(members[len(members) - count :])
     held_out = np.union1d(np.flatnonzero(np.isin(group_ids, held_groups)), np.concatenate(tails))
     return np.setdiff1d(np.arange(len(labels)), held_out), held_out
+
+
+def _groups_to_hold_out(candidates: np.ndarray, sizes: np.ndarray, fraction: float) -> list[int]:
+    """One class's groups to hold out (see `grouped_split`); empty when none can be."""
+    if len(candidates) < 2:
+        return []
+    total = int(sizes[candidates].sum())
+    target, train_floor = fraction * total, total * (1 - fraction) / 2
+    chosen: list[int] = []
+    taken = 0
+    for g in candidates:
+        if len(chosen) == len(candidates) - 1 or taken >= target:
+            break
+        fits = total - taken - sizes[g] >= train_floor
+        if fits and abs(taken + sizes[g] - target) < abs(taken - target):
+            chosen.append(int(g))
+            taken += int(sizes[g])
+    if not chosen:
+        small = [int(g) for g in candidates if total - sizes[g] >= train_floor]
+        chosen = [min(small, key=lambda g: sizes[g])] if small else []
+    return chosen
+
+
+def stratified_sample(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Exactly `limit` positions (all when there are fewer), shared among classes in proportion to their size,
+    every class getting at least one when `limit` allows: `--max-valid`/`--max-test` never drop a class."""
+    if limit >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes, sizes = np.unique(labels, return_counts=True)
+    counts = np.zeros(len(classes), int)
+    if limit < len(classes):
+        counts[rng.choice(len(classes), limit, replace=False)] = 1
+    else:
+        counts += 1
+        spare = sizes - 1
+        exact = spare * (limit - len(classes)) / max(int(spare.sum()), 1)
+        counts += np.floor(exact).astype(int)
+        short = limit - int(counts.sum())
+        counts[np.argsort(-(exact - np.floor(exact)), kind="stable")[:short]] += 1
+    taken = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, counts, strict=True)]
+    return np.sort(np.concatenate(taken))
 
 
 def split_train_valid(pool: ImageSet, valid_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:

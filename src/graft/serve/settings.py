@@ -48,7 +48,7 @@ RANGES: dict[str, Range] = {
     "max_delay_ms": Range("--max-delay-ms", 0, 10_000, "ms"),
     "max_queue": Range("--max-queue", 1, 100_000, "requests"),
     "max_upload_mb": Range("--max-upload-mb", 0.001, 4096, "MB"),
-    "max_pixels": Range("--max-pixels", 1, 2_000_000_000, "pixels"),
+    "max_pixels": Range("--max-pixels", 1, 178_956_970, "pixels"),  # Pillow refuses anything larger
     "max_side": Range("--max-side", 1, 1_000_000, "pixels"),
     "timeout_s": Range("--timeout", 0.1, 3600, "s"),
     "threads": Range("--threads", 1, 1024),

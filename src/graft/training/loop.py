@@ -19,7 +19,7 @@ from graft.bundle import Bundle, check_replaceable
 from graft.data.base import ImageSet, Splits
 from graft.data.memory import InMemory
 from graft.data.sources import load_splits, normalise_source, source_label
-from graft.data.split import stratified_split
+from graft.data.split import stratified_sample
 from graft.errors import GraftError
 from graft.evaluation import EvalResult, calibrate_confidence, confidence_sample, evaluate_model, write_eval_outputs
 from graft.io import atomic_write_json, json_text
@@ -375,8 +375,7 @@ def _at_most(images: ImageSet, limit: int | None, seed: int) -> ImageSet:
     """A seeded, stratified sample of `limit` images (`--max-valid`, `--max-test`), or all of them."""
     if limit is None or limit >= len(images):
         return images
-    _, kept = stratified_split(images.labels, limit / len(images), seed)
-    return images.subset(kept)
+    return images.subset(stratified_sample(images.labels, limit, seed))
 
 
 def _final_metrics(history: list[dict], test: EvalResult | None, seconds: float, best: dict | None, keep: str) -> dict:
