@@ -151,3 +151,12 @@ def test_mix_file_errors(tmp_path):
         load_source(f"mix:{bad}")
     with pytest.raises(GraftError, match="not found"):
         load_source(f"mix:{tmp_path / 'missing.json'}")
+
+
+@pytest.mark.parametrize("field", ["own_accuracy", "average", "forgetting", "current_average"])
+def test_gate_refuses_when_a_measurement_is_not_a_number(field):
+    # An empty split gives NaN, and NaN compares false with every threshold: it must refuse, not promote.
+    good = dict(own_accuracy=0.9, classes=3, average=0.9, forgetting=0.0, current_average=0.85)
+    decision = gate.decide(gate.Evidence(**{**good, field: math.nan}), gate.Thresholds())
+    assert not decision.promoted and "could not be measured" in decision.why
+    assert gate.decide(gate.Evidence(**good), gate.Thresholds()).promoted

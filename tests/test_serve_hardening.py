@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import shutil
 import socket
 import tempfile
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cli_helpers import run_cli as cli
@@ -471,3 +473,14 @@ def test_json_answers_carry_security_headers(server, digit_png):
         assert response.headers["content-security-policy"].startswith("default-src 'none'")
         assert response.headers["referrer-policy"] == "no-referrer"
     assert "script-src 'unsafe-inline'" in page_policy  # the page keeps its own policy
+
+
+def test_non_finite_scores_are_a_422_not_a_500(serve_bundle, digit_png):
+    from fastapi.testclient import TestClient
+
+    app = create_app(serve_bundle, engine="torch")
+    loaded = app.state.holder.current
+    loaded.bundle.model.forward = lambda batch: torch.full((batch.shape[0], len(loaded.bundle.classes)), math.nan)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        answer = client.post("/v1/predict", content=digit_png)
+    assert answer.status_code == 422 and answer.json()["code"] == "no_prediction"

@@ -15,6 +15,7 @@ A pure decision: the numbers come in, (promoted, why, the rules that refused) co
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 RULES = ("min-accuracy", "max-accuracy-drop", "max-forgetting")
@@ -56,6 +57,9 @@ def decide(evidence: Evidence, thresholds: Thresholds) -> Decision:
     """Apply every rule; a round is promoted only when none refuses it, and `why` names each rule that did."""
     refusals: list[tuple[str, str]] = []
     passed: list[str] = []
+    unknown = _not_finite(evidence)
+    if unknown:  # an empty or failed measurement promotes nothing: NaN compares false with every threshold
+        return Decision(False, f"refused: {', '.join(unknown)} could not be measured (not a number)", ["measurement"])
 
     chance = 1.0 / max(evidence.classes, 1)
     if thresholds.min_accuracy is None:
@@ -111,3 +115,14 @@ def decide(evidence: Evidence, thresholds: Thresholds) -> Decision:
         )
     first = "first round: " if evidence.forgetting is None else ""
     return Decision(True, first + ", ".join(passed))
+
+
+def _not_finite(evidence: Evidence) -> list[str]:
+    """The measurements the gate needs that are NaN or infinite."""
+    values = {
+        "own test accuracy": evidence.own_accuracy,
+        "average accuracy": evidence.average,
+        "forgetting": evidence.forgetting,
+        "current bundle's average accuracy": evidence.current_average,
+    }
+    return [name for name, value in values.items() if value is not None and not math.isfinite(value)]

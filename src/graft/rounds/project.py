@@ -63,6 +63,9 @@ def read(directory: str | Path) -> dict:
         raise GraftError(f"{path}: not a rounds manifest of format {FORMAT} (found {found!r})")
     if not isinstance(state.get("settings"), dict) or not isinstance(state.get("rounds"), list):
         raise GraftError(f"{path} is damaged: it needs 'settings' and 'rounds'")
+    # Projects made before --group-by split image by image: they keep doing so, or a new round's test split would
+    # differ from the one earlier rounds were measured on. (`init` records the rule of new projects.)
+    state["settings"].setdefault("group_by", "none")
     return state
 
 
@@ -115,6 +118,7 @@ def init(
     if manifest_path(directory).exists() and not force:
         raise GraftError(f"{directory} is already a rounds project; pass --force to start it again")
     given = {key: value for key, value in settings.items() if value is not None}
+    given.setdefault("group_by", "auto")  # recorded, so that `read` can tell older projects (image by image) apart
     refused = sorted(set(given) & NOT_SETTINGS)
     if refused:
         raise GraftError(f"rounds choose their own {', '.join(refused)}; give data to `graft rounds add`")

@@ -162,7 +162,7 @@ def _measure_and_gate(
     """Row k of the accuracy matrix, its metrics, the gate's decision; `current.json` moves when promoted."""
     entry = state["rounds"][k]
     bundle = load(_paths(directory, entry)[2])
-    group_by = str(state["settings"].get("group_by", "auto"))
+    group_by = str(state["settings"]["group_by"])  # project.read fills it in for older projects
     for j in range(k + 1):
         if j not in tests:
             source = state["rounds"][j]["data"]

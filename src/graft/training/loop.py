@@ -87,6 +87,7 @@ def resumed_config(run_dir: Path, overrides: dict) -> TrainConfig:
     settings = json.loads(path.read_text())
     # The first start's --force replaced what was there then; replacing a bundle made since needs a new --force.
     settings["force"] = False
+    settings.setdefault("group_by", "none")  # runs started before --group-by split image by image: keep their split
     settings.update(given)
     return validate(settings, origin=str(path))
 

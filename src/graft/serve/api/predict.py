@@ -109,7 +109,10 @@ async def _classify(
             raise Problem(422, "not_an_image", str(error)) from None
         decoded = time.perf_counter()
         result = await loaded.batcher.submit(inputs, ticket)
-        prediction = loaded.bundle.rank(result.logits, top_k or form_top_k or settings.top_k)[0]
+        try:
+            prediction = loaded.bundle.rank(result.logits, top_k or form_top_k or settings.top_k)[0]
+        except GraftError as error:  # non-finite scores for this image: no answer, and not a server crash
+            raise Problem(422, "no_prediction", str(error)) from None
     total = time.perf_counter() - started
     return PredictResponse(
         model=loaded.model_id,
