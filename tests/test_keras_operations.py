@@ -150,10 +150,11 @@ def test_a_custom_layer_named_like_a_keras_layer_is_not_read_as_it(tmp_path):
             graft.import_keras(tmp_path / f"m.{fmt}")
 
 
-def test_a_final_ops_softmax_is_removed_like_a_softmax_layer(tmp_path):
+@pytest.mark.parametrize("axis", [-1, 1])  # on (batch, classes), axis 1 is the class axis too
+def test_a_final_ops_softmax_is_removed_like_a_softmax_layer(tmp_path, axis):
     x = keras.Input((6, 6, 3))
     logits = L.Dense(4, name="head")(L.Flatten()(L.Conv2D(2, 3)(x)))
-    model = keras.Model(x, ops.softmax(logits))
+    model = keras.Model(x, ops.softmax(logits, axis=axis))
     randomise(model, seed=4)
     model.save(tmp_path / "m.keras")
     bundle = graft.import_keras(tmp_path / "m.keras")

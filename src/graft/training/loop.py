@@ -427,7 +427,7 @@ def _provenance(
         epochs=config.epochs,
         seed=config.seed,
         transfer=TransferRecord(**report.to_dict()) if report is not None else None,
-        run_dir=str(run_dir),
+        run_dir=str(Path(run_dir).resolve()),  # absolute: a resume from anywhere recognises its own bundle
         runtime={"how": runtime.describe(), "processes": world.size, "torch": torch.__version__},
         continued_from=origin.parent(),
     )

@@ -325,7 +325,9 @@ def _strip_softmax(nodes: list[Node], output: str) -> tuple[list[Node], str, lis
     if last is None:
         raise GraftError(f"the output layer {output!r} is not among the model's layers")
     act = last.config.get("activation") if last.kind == "Activation" else None
-    final_op_softmax = last.kind == "ops.Softmax" and last.config.get("axis", -1) in (-1, [-1])
+    # Class scores are (batch, classes): axis 1 is the last axis, as -1 is (a softmax over any other would not be
+    # the final class softmax, and is kept).
+    final_op_softmax = last.kind == "ops.Softmax" and last.config.get("axis", -1) in (-1, 1, [-1], [1])
     if (last.kind == "Softmax" or act == "softmax" or final_op_softmax) and len(last.inputs) == 1:
         kept = [n for n in nodes if n.name != output]
         return kept, last.inputs[0], [f"removed the final softmax layer {output!r}: graft bundles output logits"]
