@@ -484,3 +484,18 @@ def test_non_finite_scores_are_a_422_not_a_500(serve_bundle, digit_png):
     with TestClient(app, base_url="http://127.0.0.1") as client:
         answer = client.post("/v1/predict", content=digit_png)
     assert answer.status_code == 422 and answer.json()["code"] == "no_prediction"
+
+
+def test_the_default_reload_root_is_the_runs_folder_only_for_a_real_run(tmp_path):
+    from types import SimpleNamespace
+
+    from graft.serve.models import reload_root
+
+    run_bundle, plain = tmp_path / "runs" / "x" / "bundle", tmp_path / "home" / "u" / "bundle"
+    for path in (run_bundle, plain):
+        path.mkdir(parents=True)
+    (run_bundle.parent / "config.json").write_text("{}")
+    settings = ServeSettings()
+    assert reload_root(SimpleNamespace(bundle=SimpleNamespace(path=run_bundle)), settings, None) == tmp_path / "runs"
+    # a folder merely named "bundle" does not open its grandparent (all of /home) to reloads
+    assert reload_root(SimpleNamespace(bundle=SimpleNamespace(path=plain)), settings, None) == plain.parent

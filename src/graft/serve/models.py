@@ -92,8 +92,9 @@ def resolve(source: Bundle | str | Path) -> tuple[Bundle | Path, Path | None]:
 
 def reload_root(loaded: Loaded, settings: ServeSettings, project: Path | None) -> Path | None:
     """Where `POST /v1/reload {"bundle": PATH}` may load from: --reload-root, else the rounds project, else the
-    directory holding the served bundle's run (`runs/` for `runs/x/bundle`, as `graft train` writes it; the
-    bundle's parent otherwise), so sibling runs can be loaded; None for an unsaved bundle without --reload-root."""
+    directory holding the served bundle's run (`runs/` for `runs/x/bundle`, when `runs/x` is a graft run directory
+    with its config.json; the bundle's parent otherwise), so sibling runs can be loaded; None for an unsaved bundle
+    without --reload-root."""
     if settings.reload_root is not None:
         return Path(settings.reload_root).resolve()
     if project is not None:
@@ -101,7 +102,8 @@ def reload_root(loaded: Loaded, settings: ServeSettings, project: Path | None) -
     if loaded.bundle.path is None:
         return None
     path = Path(loaded.bundle.path).resolve()
-    return path.parent.parent if path.name == "bundle" else path.parent
+    in_a_run = path.name == "bundle" and (path.parent / "config.json").is_file()
+    return path.parent.parent if in_a_run else path.parent
 
 
 class NotReloadable(GraftError):
