@@ -20,7 +20,7 @@ from graft.data.base import ImageSet, Splits
 from graft.data.memory import InMemory
 from graft.data.sources import load_splits, normalise_source, source_label
 from graft.data.split import stratified_sample
-from graft.errors import GraftError
+from graft.errors import GraftError, Interrupted
 from graft.evaluation import EvalResult, calibrate_confidence, confidence_sample, evaluate_model, write_eval_outputs
 from graft.io import atomic_write_json, json_text
 from graft.models.factory import build_model, count_parameters
@@ -163,11 +163,17 @@ def _train(
             if session.train_epoch(epoch, on_epoch):
                 break
 
-    final_model = session.final_model()
-    distributed.barrier(world)
-    if not world.is_main:
-        return TrainResult(None, run_dir, session.history)  # type: ignore[arg-type]
-    return _finish(session, final_model, bundle_dir, resuming, origin, memory)
+        final_model = session.final_model()
+        distributed.barrier(world)
+        if not world.is_main:
+            return TrainResult(None, run_dir, session.history)  # type: ignore[arg-type]
+        try:  # testing, BatchNorm check and calibration stop on Ctrl-C too; the last checkpoint stays
+            return _finish(session, final_model, bundle_dir, resuming, origin, memory)
+        except Interrupted as error:
+            raise Interrupted(
+                f"{error}; training is done and checkpointed: `graft train --resume {run_dir}` finishes the run",
+                signum=session.stop.requested,
+            ) from None
 
 
 def _finish(
@@ -194,6 +200,7 @@ def _finish(
             workers=config.workers,
             console=out,
             device=session.ctx.runtime.device,
+            should_stop=_stop_asked(session),
         )
     confidence = _calibrate(session, final_model)
     final_model.to("cpu")
@@ -239,6 +246,10 @@ def _units(images: ImageSet) -> int:
     return len(images) if groups is None else len(set(groups))
 
 
+def _stop_asked(session: Session) -> Callable[[], bool]:
+    return lambda: session.stop.requested is not None
+
+
 def _check_batchnorm(session: Session, model: nn.Module) -> BatchNormCheck | None:
     """Stale BatchNorm statistics (short runs): checked, and recalibrated when validation says it helps
     (graft.training.batchnorm). Not under `transfer`, whose backbone keeps its statistics by design."""
@@ -251,6 +262,7 @@ def _check_batchnorm(session: Session, model: nn.Module) -> BatchNormCheck | Non
         return evaluate_model(
             candidate, session.spec, session.splits.valid, classes=session.splits.classes,
             batch_size=config.batch_size, workers=config.workers, console=session.out, device=device,
+            should_stop=_stop_asked(session),
         )  # fmt: skip
 
     check = recalibrate_if_stale(
@@ -276,6 +288,7 @@ def _calibrate(session: Session, final_model: nn.Module) -> ConfidenceRecord | N
         workers=config.workers,
         console=session.out,
         device=session.ctx.runtime.device,
+        should_stop=_stop_asked(session),
     )
     confidence = calibrate_confidence(valid)
     if confidence.source == "validation":
