@@ -291,7 +291,12 @@ def _calibrate(session: Session, final_model: nn.Module) -> ConfidenceRecord | N
         should_stop=_stop_asked(session),
     )
     confidence = calibrate_confidence(valid)
-    if confidence.source == "validation":
+    if confidence.source == "validation" and confidence.threshold > 1:
+        session.out.print(
+            f"confidence: never 'sure' (no confidence level was right {confidence.target_accuracy:.0%} of the time on "
+            f"{confidence.images} validation images): every answer is shown as 'not sure'"
+        )
+    elif confidence.source == "validation":
         session.out.print(
             f"confidence: below {confidence.threshold:.1%} the top class is 'not sure' (at or above it: "
             f"{confidence.answered:.0%} of {confidence.images} validation images, "
