@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 from safetensors.numpy import load_file
 
 import graft
@@ -304,10 +306,12 @@ def test_a_round_that_fails_its_own_test_split_is_not_promoted_and_serve_keeps_t
 ):
     """The story: round 2 scored 0 % on its own test split, average accuracy 33.3 % -> 16.7 %, forgetting 0 %: a
     forgetting-only gate promoted it and the server switched to it."""
+    import subprocess
+    import sys
+
     import httpx
 
-    from graft.serve.app import create_app
-    from serve_helpers import live_server
+    from test_serve_cli import _free_port, _wait_ready
 
     project = tmp_path / "proj"
     rounds.init(project, max_forgetting=0.05, **SETTINGS)
@@ -316,12 +320,18 @@ def test_a_round_that_fails_its_own_test_split_is_not_promoted_and_serve_keeps_t
     scripted = iter([1 / 3 + 0.01, 1 / 3 + 0.01, 0.0, 1 / 3])
     monkeypatch.setattr(rounds_run, "test_accuracy", lambda bundle, images, **_: next(scripted))
     rounds.train(project)
-    with live_server(create_app(project, engine="torch", watch_s=0.1)) as url:
+    # The server is its own process, as a user runs it, watching the project while this one trains round 2.
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "graft", "serve", str(project), "--port", str(port), "--watch", "0.1"]
+    server = subprocess.Popen([*command, "--threads", "1", "--engine", "torch"], stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_ready(url, server)
         assert httpx.get(f"{url}/v1/model").json()["model"].startswith("1-plain-")
         rounds.add(project, "busy", data["inverted"])
-        code, out, err = cli(["rounds", "train", str(project), "--workers", "0"], capsys)
-        assert code == 0, err
-        assert "NOT promoted" in out + err and "refused by min-accuracy" in out + err
+        printed = io.StringIO()
+        rounds.train(project, console=Console(file=printed, width=200), workers=0)
+        assert "NOT promoted" in printed.getvalue() and "refused by min-accuracy" in printed.getvalue()
         summary = rounds.status(project)
         busy = summary["rounds"][1]
         assert busy["status"] == "rejected" and busy["metrics"]["forgetting"] == pytest.approx(0.0)
@@ -331,6 +341,9 @@ def test_a_round_that_fails_its_own_test_split_is_not_promoted_and_serve_keeps_t
         assert summary["current"]["round"] == "plain"
         time.sleep(0.5)  # the server watches current.json every 0.1 s: it had time to switch, and must not
         assert httpx.get(f"{url}/v1/model").json()["model"].startswith("1-plain-")
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
     lines = cli(["rounds", "status", str(project)], capsys)[1]
     assert "rejected" in lines and "refused by min-accuracy" in lines
     gate = "gate: own test accuracy > chance (1/classes); average accuracy drop vs current ≤ 0.00%; forgetting ≤ 5.00%"
