@@ -83,7 +83,11 @@ def test_every_exact_operation_survives_one_training_step_on_real_images(tiny_ru
     after = _accuracy(step.bundle, _one_step(step.bundle, digits, train), digits, test)
     assert abs(after - reference) <= 0.01, (operation, before, reference, after)
     assert step.verdict == "exact", step.certificate.line()
-    assert step.certificate.train_forward_delta is not None and step.certificate.step_top1_agreement is not None
+    assert step.certificate.train_forward_delta is not None
+    if operation == "classes":  # another class set: each model's loss differs, so the step is not compared
+        assert step.certificate.step_top1_agreement is None and "differs by design" in step.certificate.step_note
+    else:
+        assert step.certificate.step_top1_agreement is not None
 
 
 def test_the_relu_block_is_the_identity_in_train_mode_and_records_its_kind(tiny_run, digits):
