@@ -17,14 +17,24 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     """
     rng = np.random.default_rng(seed)
     classes, sizes = np.unique(labels, return_counts=True)
-    exact = sizes * fraction
-    counts = np.floor(exact).astype(int)
-    short = round(len(labels) * fraction) - counts.sum()
-    counts[np.argsort(-(exact - counts), kind="stable")[:short]] += 1
+    counts = _apportion(sizes * fraction, round(len(labels) * fraction))
     counts = np.minimum(counts, np.maximum(sizes - 1, 0))  # every class keeps at least one image
-    held = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, counts, strict=True)]
-    held_out = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    held_out = _draw(labels, classes, counts, rng)
     return np.setdiff1d(np.arange(len(labels)), held_out), held_out
+
+
+def _apportion(exact: np.ndarray, total: int) -> np.ndarray:
+    """Whole counts summing to `total` from real shares `exact`: floors, then the largest remainders get one more."""
+    counts = np.floor(exact).astype(int)
+    short = total - int(counts.sum())
+    counts[np.argsort(-(exact - counts), kind="stable")[:short]] += 1
+    return counts
+
+
+def _draw(labels: np.ndarray, classes: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Sorted positions: `counts[i]` of class `classes[i]`, each class's chosen by a seeded permutation."""
+    taken = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, counts, strict=True)]
+    return np.sort(np.concatenate(taken)) if taken else np.zeros(0, np.int64)
 
 
 def grouped_split(
@@ -96,14 +106,9 @@ def stratified_sample(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     if limit < len(classes):
         counts[rng.choice(len(classes), limit, replace=False)] = 1
     else:
-        counts += 1
-        spare = sizes - 1
-        exact = spare * (limit - len(classes)) / max(int(spare.sum()), 1)
-        counts += np.floor(exact).astype(int)
-        short = limit - int(counts.sum())
-        counts[np.argsort(-(exact - np.floor(exact)), kind="stable")[:short]] += 1
-    taken = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, counts, strict=True)]
-    return np.sort(np.concatenate(taken))
+        spare, rest = sizes - 1, limit - len(classes)
+        counts = 1 + _apportion(spare * rest / max(int(spare.sum()), 1), rest)
+    return _draw(labels, classes, counts, rng)
 
 
 def split_train_valid(pool: ImageSet, valid_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:

@@ -214,20 +214,23 @@ class _Pair:
     new_index: list[int]
 
 
-def _train_behaviour(pair: _Pair, targets: list[str | None]) -> dict:
-    """Train-mode logits on one batch, then one SGD step on it (cross-entropy, each model its own classes), then
-    eval-mode logits of both stepped models on that batch."""
+def _train_behaviour(pair: _Pair, targets: list[str | None], *, step: bool = True) -> dict:
+    """Train-mode logits on one batch, then (with `step`) one SGD step on it (cross-entropy, each model its own
+    classes) and eval-mode logits of both stepped models on that batch."""
     n = min(len(pair.old_inputs), TRAIN_BATCH)
     keep = [i for i in range(n) if targets[i] is not None]
     if n < 2 or not pair.old_index or not keep:
         return {}
     old_model, new_model = _trainable(pair.old), _trainable(pair.new)
-    old_before = _logits(copy.deepcopy(old_model), pair.old_inputs[:n])[:, pair.old_index]
+    old_before = _logits(copy.deepcopy(old_model), pair.old_inputs[:n])[:, pair.old_index] if step else None
     old_logits = old_model(pair.old_inputs[:n])
     new_logits = new_model(pair.new_inputs[:n])
     forward_delta, forward_agreement = _compare(
         old_logits[:, pair.old_index].detach(), new_logits[:, pair.new_index].detach()
     )
+    forward = {"train_forward_delta": forward_delta, "train_top1_agreement": forward_agreement}
+    if old_before is None:
+        return forward
     for model, logits, bundle in ((old_model, old_logits, pair.old), (new_model, new_logits, pair.new)):
         target = torch.tensor([bundle.classes.index(str(targets[i])) for i in keep])
         loss = torch.nn.functional.cross_entropy(logits[keep], target)
@@ -241,9 +244,8 @@ def _train_behaviour(pair: _Pair, targets: list[str | None]) -> dict:
     step_delta, step_agreement = _compare(old_after, new_after)
     moved = float((old_after - old_before).abs().max())
     return {
+        **forward,
         "step_ratio": step_delta / moved if moved > 0 else (0.0 if step_delta == 0 else float("inf")),
-        "train_forward_delta": forward_delta,
-        "train_top1_agreement": forward_agreement,
         "step_delta": step_delta,
         "step_top1_agreement": step_agreement,
     }
@@ -301,13 +303,13 @@ def certify(
         label if labelled and label in shared else top if top in shared else None
         for label, top in zip(labels if labelled else old_top, old_top, strict=True)
     ]
-    train = _train_behaviour(pair, targets)
+    # Each model's loss is a softmax over its own classes, so one step differs by design when the class set
+    # changes (dropping classes most): then the step is not taken; the train-mode forward pass is still compared.
+    same_classes = set(new.classes) == set(old.classes)
+    train = _train_behaviour(pair, targets, step=same_classes)
     step_labels = "probe labels" if labelled else "the old model's predictions"
     step_note = f"one SGD step, lr {STEP_LR}, on {min(len(probe), TRAIN_BATCH)} probe images ({step_labels})"
-    if train and set(new.classes) != set(old.classes):
-        # Each model's loss is a softmax over its own classes, so one step differs by design when the class set
-        # changes (dropping classes most): the step is not compared; the train-mode forward pass still is.
-        train = {k: v for k, v in train.items() if not k.startswith("step_")}
+    if not same_classes:
         step_note = "train-mode forward only: with another class set, one optimizer step differs by design"
     old_class_agreement, old_class_images = None, 0
     if new.classes != old.classes:
