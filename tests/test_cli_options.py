@@ -200,7 +200,8 @@ def test_rounds_commands_take_their_subsets_with_their_defaults():
     assert _shown_default(init["epochs"].help) == "5" and _shown_default(init["lr"].help) == "0.004"
     assert init["pretrained"].help.startswith("Round 1 starts")
     assert set(_options("rounds train")) == {
-        "max_forgetting", "min_accuracy", "max_accuracy_drop", "threads", "workers", "device"
+        "max_forgetting", "min_accuracy", "max_accuracy_drop", "max_forgetting_per_round", "threads", "workers",
+        "device",
     }  # fmt: skip
 
 
@@ -226,8 +227,8 @@ def test_rounds_flags_reach_the_project(monkeypatch, capsys, tmp_path):
     code, _, err = run(["rounds", "init", str(tmp_path / "p"), "-m", "resnet10t", "--size", "16", "-e", "2"], capsys)
     assert code == 0, err
     assert seen == {
-        "max_forgetting": 0.05, "min_accuracy": None, "max_accuracy_drop": 0.0, "force": False,
-        "model": "resnet10t", "size": 16, "epochs": 2,
+        "max_forgetting": 0.05, "min_accuracy": None, "max_accuracy_drop": 0.0, "max_forgetting_per_round": None,
+        "force": False, "model": "resnet10t", "size": 16, "epochs": 2,
     }  # fmt: skip
 
     def add(directory, name, data, **kwargs):

@@ -160,3 +160,79 @@ def test_gate_refuses_when_a_measurement_is_not_a_number(field):
     decision = gate.decide(gate.Evidence(**{**good, field: math.nan}), gate.Thresholds())
     assert not decision.promoted and "could not be measured" in decision.why
     assert gate.decide(gate.Evidence(**good), gate.Thresholds()).promoted
+
+
+def test_gate_per_round_forgetting_catches_one_round_the_average_hides():
+    # Ten earlier rounds: nine kept perfectly (slightly improved), one forgotten by 40 points. Average 3.1 %.
+    per_round = (-0.005,) * 4 + (0.40,) + (-0.005,) * 5
+    names = tuple(f"level-{j + 1}" for j in range(10))
+    average = sum(per_round) / len(per_round)
+    evidence = gate.Evidence(0.9, 3, 0.9, average, forgetting_per_round=per_round, earlier=names)
+    assert gate.decide(evidence, gate.Thresholds(max_forgetting=0.05)).promoted  # the average alone lets it through
+    decision = gate.decide(evidence, gate.Thresholds(max_forgetting=0.05, max_forgetting_per_round=0.10))
+    assert not decision.promoted and decision.refused_by == ["max-forgetting-per-round"]
+    assert "forgetting 40.00% of round 5 ('level-5') exceeds 10.00% for any one round" in decision.why
+    assert gate.worst_round(per_round) == (4, 0.40)
+    # At the threshold: promoted, and the worst round is named in why
+    kept = gate.decide(evidence, gate.Thresholds(max_forgetting=0.05, max_forgetting_per_round=0.40))
+    assert kept.promoted and "worst round round 5 ('level-5') forgotten 40.00%" in kept.why
+    # Both forgetting rules refusing are both named, in RULES' order
+    both = gate.decide(evidence, gate.Thresholds(max_forgetting=0.01, max_forgetting_per_round=0.1))
+    assert both.refused_by == ["max-forgetting", "max-forgetting-per-round"]
+    # Off (the default, and what projects made before the rule get): no refusal, whatever the worst round
+    assert gate.Thresholds().max_forgetting_per_round is None
+    assert "forgetting of any one round off" in gate.Thresholds().describe()
+    assert gate.decide(evidence, gate.Thresholds(max_forgetting=None)).promoted
+    # The first round has nothing to forget
+    assert gate.decide(gate.Evidence(0.9, 3, 0.9, None), gate.Thresholds(max_forgetting_per_round=0.0)).promoted
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_gate_per_round_forgetting_refuses_a_value_that_is_not_a_number(bad):
+    per_round = (0.0, bad, 0.0)
+    evidence = gate.Evidence(0.9, 3, 0.9, 0.0, forgetting_per_round=per_round, earlier=("a", "b", "c"))
+    for limits in (gate.Thresholds(max_forgetting_per_round=0.5), gate.Thresholds()):
+        decision = gate.decide(evidence, limits)
+        assert not decision.promoted and decision.refused_by == ["measurement"]
+        assert "forgetting of round 2 ('b') could not be measured" in decision.why
+    assert gate.worst_round(per_round) == (1, bad) or math.isnan(gate.worst_round(per_round)[1])
+
+
+def test_per_round_threshold_is_recorded_and_old_projects_default_to_off(tmp_path):
+    from graft.rounds import project
+
+    state = project.init(tmp_path / "p", max_forgetting_per_round=0.2, model="resnet10t", size=16)
+    assert json.loads((tmp_path / "p" / "rounds.json").read_text())["max_forgetting_per_round"] == 0.2
+    assert project.thresholds(state).max_forgetting_per_round == 0.2
+    assert project.thresholds(state, max_forgetting_per_round=0.3).max_forgetting_per_round == 0.3
+    old = {k: v for k, v in state.items() if k != "max_forgetting_per_round"}
+    assert project.thresholds(old).max_forgetting_per_round is None
+    with pytest.raises(GraftError, match="--max-forgetting-per-round is a fraction"):
+        project.thresholds(state, max_forgetting_per_round=1.5)
+    with pytest.raises(GraftError, match="--max-forgetting-per-round is a fraction"):
+        project.init(tmp_path / "q", max_forgetting_per_round=math.nan, model="resnet10t", size=16)
+
+
+def test_status_shows_the_worst_forgotten_round_in_text_and_json(tmp_path):
+    from graft.rounds import project, run
+
+    directory = tmp_path / "p"
+    state = project.init(directory, max_forgetting_per_round=0.1, model="resnet10t", size=16)
+    rows = [[0.9], [0.95, 0.85], [0.70, 0.84, 0.95], [0.89, 0.80, 0.95, 0.9]]
+    for k, row in enumerate(rows):
+        matrix = metrics.matrix_from_rows(rows[: k + 1])
+        state["rounds"].append(
+            {"name": f"r{k + 1}", "data": "digits", "mode": "union", "replay": None, "settings": {},
+             "dir": f"rounds/{k}-r{k + 1}", "status": "promoted", "accuracy": row,
+             "metrics": metrics.summary(matrix, k)}
+        )  # fmt: skip
+    project.write(directory, state)
+    summary = run.status(directory)
+    worst = [r["worst_forgotten"] for r in summary["rounds"]]
+    assert worst[0] is None  # nothing earlier to forget
+    assert worst[2] == {"round": 1, "name": "r1", "forgetting": pytest.approx(0.20)}
+    assert worst[3]["round"] == 2 and worst[3]["forgetting"] == pytest.approx(0.05)
+    assert json.loads(json.dumps(summary))["rounds"][2]["worst_forgotten"]["name"] == "r1"
+    text = "\n".join(run.status_lines(summary))
+    assert "worst forgotten: round 1 (r1) 20.0%" in text
+    assert "forgetting of any one round ≤ 10.00%" in text

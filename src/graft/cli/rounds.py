@@ -69,6 +69,13 @@ def rounds_init_command(
             "below the current bundle's (same splits) is not promoted."
         ),
     ] = 0.0,
+    max_forgetting_per_round: Annotated[
+        float | None,
+        typer.Option(
+            help="Promotion gate: a round forgetting more than this of any ONE earlier round is not promoted "
+            "(the average of --max-forgetting can hide one badly forgotten round). [default: off]"
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Start an existing project again (its old rounds move to DIR/archive/).")
     ] = False,
@@ -86,7 +93,12 @@ def rounds_init_command(
     from graft.rounds.gate import Thresholds
     from graft.training.config import recipe_settings
 
-    limits = dict(max_forgetting=max_forgetting, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop)
+    limits = dict(
+        max_forgetting=max_forgetting,
+        min_accuracy=min_accuracy,
+        max_accuracy_drop=max_accuracy_drop,
+        max_forgetting_per_round=max_forgetting_per_round,
+    )
     chosen = recipe_settings(recipe, **settings)
     if "force" in chosen:  # a TrainConfig key, but each round writes its own new bundle: it would mean nothing
         raise GraftError(
@@ -172,6 +184,10 @@ def rounds_train_command(
     max_accuracy_drop: Annotated[
         float | None, typer.Option(help="Allowed average-accuracy drop for this call instead of the project's.")
     ] = None,
+    max_forgetting_per_round: Annotated[
+        float | None,
+        typer.Option(help="Most forgetting of any one earlier round, for this call instead of the project's."),
+    ] = None,
     **settings: Any,
 ) -> None:
     """Train every pending round in order (an interrupted one is resumed), measure, gate, report.
@@ -185,6 +201,7 @@ def rounds_train_command(
         max_forgetting=max_forgetting,
         min_accuracy=min_accuracy,
         max_accuracy_drop=max_accuracy_drop,
+        max_forgetting_per_round=max_forgetting_per_round,
         **settings,
     )
     print("\n".join(status_lines(summary)))

@@ -9,6 +9,8 @@ Three rules, each with a threshold stored in the project (`rounds init`, overrid
   below the current bundle's on the same splits (default 0: no drop). The same splits on both sides, so a harder
   new round does not count against it.
 - `max-forgetting`: its average forgetting of earlier rounds (Avalanche's definition) must not exceed this.
+- `max-forgetting-per-round`: its forgetting of any ONE earlier round must not exceed this (default: off). With
+  many earlier rounds an average hides one round forgotten badly among well-kept ones; this rule does not.
 
 A pure decision: the numbers come in, (promoted, why, the rules that refused) come out.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-RULES = ("min-accuracy", "max-accuracy-drop", "max-forgetting")
+RULES = ("min-accuracy", "max-accuracy-drop", "max-forgetting", "max-forgetting-per-round")
 
 
 @dataclass(frozen=True)
@@ -26,12 +28,17 @@ class Thresholds:
     max_forgetting: float | None = 0.05  # None: no forgetting rule
     min_accuracy: float | None = None  # None: better than chance
     max_accuracy_drop: float | None = 0.0  # None: no average-accuracy rule
+    max_forgetting_per_round: float | None = None  # None: off (projects made before the rule existed too)
 
     def describe(self) -> str:
         floor = "> chance (1/classes)" if self.min_accuracy is None else f"≥ {self.min_accuracy:.2%}"
         drop = "any" if self.max_accuracy_drop is None else f"≤ {self.max_accuracy_drop:.2%}"
         forgetting = "any" if self.max_forgetting is None else f"≤ {self.max_forgetting:.2%}"
-        return f"own test accuracy {floor}; average accuracy drop vs current {drop}; forgetting {forgetting}"
+        per_round = "off" if self.max_forgetting_per_round is None else f"≤ {self.max_forgetting_per_round:.2%}"
+        return (
+            f"own test accuracy {floor}; average accuracy drop vs current {drop}; forgetting {forgetting}; "
+            f"forgetting of any one round {per_round}"
+        )
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,8 @@ class Evidence:
     forgetting: float | None  # None for the first round
     current_average: float | None = None  # the current bundle's mean over the same splits (None: no current)
     current: str | None = None  # the current round's name, for the message
+    forgetting_per_round: tuple[float, ...] = ()  # F_kj for each earlier round j (empty for the first round)
+    earlier: tuple[str, ...] = ()  # the earlier rounds' names, for the message (optional)
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,21 @@ def decide(evidence: Evidence, thresholds: Thresholds) -> Decision:
         else:
             passed.append(f"forgetting {evidence.forgetting:.2%} within {thresholds.max_forgetting:.2%}")
 
+    worst = worst_round(evidence.forgetting_per_round)
+    if worst is not None and thresholds.max_forgetting_per_round is not None:
+        j, value = worst
+        name = _round_name(evidence.earlier, j)
+        if value > thresholds.max_forgetting_per_round:
+            refusals.append(
+                (
+                    "max-forgetting-per-round",
+                    f"forgetting {value:.2%} of {name} exceeds {thresholds.max_forgetting_per_round:.2%} "
+                    "for any one round",
+                )
+            )
+        else:
+            passed.append(f"worst round {name} forgotten {value:.2%}")
+
     if refusals:
         return Decision(
             False, "; ".join(f"refused by {rule}: {text}" for rule, text in refusals), [rule for rule, _ in refusals]
@@ -117,12 +141,31 @@ def decide(evidence: Evidence, thresholds: Thresholds) -> Decision:
     return Decision(True, first + ", ".join(passed))
 
 
+def worst_round(per_round: tuple[float, ...] | list[float]) -> tuple[int, float] | None:
+    """(index, forgetting) of the earlier round forgotten most; None without earlier rounds. NaN wins (it must
+    be seen, not hidden by a comparison that is always false)."""
+    if not per_round:
+        return None
+    nan = [j for j, value in enumerate(per_round) if not math.isfinite(value)]
+    j = nan[0] if nan else max(range(len(per_round)), key=lambda i: per_round[i])
+    return j, float(per_round[j])
+
+
+def _round_name(names: tuple[str, ...], j: int) -> str:
+    return f"round {j + 1} ({names[j]!r})" if j < len(names) else f"round {j + 1}"
+
+
 def _not_finite(evidence: Evidence) -> list[str]:
     """The measurements the gate needs that are NaN or infinite."""
+    unknown = [
+        f"forgetting of {_round_name(evidence.earlier, j)}"
+        for j, value in enumerate(evidence.forgetting_per_round)
+        if not math.isfinite(value)
+    ]
     values = {
         "own test accuracy": evidence.own_accuracy,
         "average accuracy": evidence.average,
         "forgetting": evidence.forgetting,
         "current bundle's average accuracy": evidence.current_average,
     }
-    return [name for name, value in values.items() if value is not None and not math.isfinite(value)]
+    return [name for name, value in values.items() if value is not None and not math.isfinite(value)] + unknown

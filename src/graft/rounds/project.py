@@ -86,7 +86,8 @@ def check_threshold(value: float | None, flag: str = "--max-forgetting") -> floa
     return value
 
 
-GATE_KEYS = ("max_forgetting", "min_accuracy", "max_accuracy_drop")  # the gate's thresholds in rounds.json
+# The gate's thresholds in rounds.json.
+GATE_KEYS = ("max_forgetting", "min_accuracy", "max_accuracy_drop", "max_forgetting_per_round")
 
 
 def thresholds(state: dict, **overrides: float | None) -> Thresholds:
@@ -105,13 +106,15 @@ def init(
     max_forgetting: float | None = 0.05,
     min_accuracy: float | None = None,
     max_accuracy_drop: float | None = 0.0,
+    max_forgetting_per_round: float | None = None,
     force: bool = False,
     **settings: object,
 ) -> dict:
     """Create a project whose rounds all train with `settings` (any TrainConfig fields but data/run_dir/output).
 
     The gate (graft.rounds.gate): `max_forgetting` of earlier rounds, `min_accuracy` on the round's own test
-    split (None: better than chance) and `max_accuracy_drop` of average accuracy against the current bundle.
+    split (None: better than chance), `max_accuracy_drop` of average accuracy against the current bundle and
+    `max_forgetting_per_round`, the most any ONE earlier round may be forgotten (None: off).
     `force` starts an existing project again; its rounds, report and current pointer move to `DIR/archive/<time>/`.
     """
     directory = Path(directory)
@@ -129,6 +132,7 @@ def init(
         "max_forgetting": check_threshold(max_forgetting),
         "min_accuracy": check_threshold(min_accuracy, "--min-accuracy"),
         "max_accuracy_drop": check_threshold(max_accuracy_drop, "--max-accuracy-drop"),
+        "max_forgetting_per_round": check_threshold(max_forgetting_per_round, "--max-forgetting-per-round"),
         "rounds": [],
     }
     with locked(directory):

@@ -116,18 +116,25 @@ def train(
     max_forgetting: float | None = None,
     min_accuracy: float | None = None,
     max_accuracy_drop: float | None = None,
+    max_forgetting_per_round: float | None = None,
     console: Console | None = None,
     **overrides: object,
 ) -> dict:
     """Train every pending round in order (resuming an interrupted one), then measure and gate each.
 
-    `max_forgetting`, `min_accuracy` and `max_accuracy_drop` override the project's gate for this call (None: the
-    project's); `overrides` (threads, workers, device) change how the work is done, never what is trained.
+    `max_forgetting`, `min_accuracy`, `max_accuracy_drop` and `max_forgetting_per_round` override the project's
+    gate for this call (None: the project's); `overrides` (threads, workers, device) change how the work is done,
+    never what is trained.
     """
     directory = Path(directory).resolve()  # run configs hold absolute paths: resuming works from anywhere
     out = console or default_console()
     state = project.read(directory)
-    limits = dict(max_forgetting=max_forgetting, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop)
+    limits = dict(
+        max_forgetting=max_forgetting,
+        min_accuracy=min_accuracy,
+        max_accuracy_drop=max_accuracy_drop,
+        max_forgetting_per_round=max_forgetting_per_round,
+    )
     project.thresholds(state, **limits)  # checked before anything trains
     given = {key: value for key, value in overrides.items() if value is not None}
     if set(given) - RESUME_MAY_CHANGE:
@@ -179,6 +186,8 @@ def _measure_and_gate(
         forgetting=entry["metrics"]["forgetting"],
         current_average=current_average,
         current=current_name,
+        forgetting_per_round=tuple(entry["metrics"]["forgetting_per_round"]),
+        earlier=tuple(r["name"] for r in state["rounds"][:k]),
     )
     decision = gate.decide(evidence, limits)
     entry["status"] = "promoted" if decision.promoted else "rejected"
@@ -259,6 +268,7 @@ def _summary(directory: Path, state: dict) -> dict:
                 "status": status_now,
                 "accuracy": entry.get("accuracy"),
                 "metrics": entry.get("metrics"),
+                "worst_forgotten": _worst_forgotten(state["rounds"], k, entry.get("metrics")),
                 "gate": entry.get("gate"),
                 "bundle": f"{entry['dir']}/bundle" if entry["status"] != "pending" else None,
             }
@@ -277,6 +287,16 @@ def _summary(directory: Path, state: dict) -> dict:
     }
 
 
+def _worst_forgotten(entries: list[dict], k: int, measured: dict | None) -> dict | None:
+    """The earlier round round k forgot most ({"round", "name", "forgetting"}), or None: what an average hides."""
+    per_round = (measured or {}).get("forgetting_per_round") or []
+    worst = gate.worst_round(per_round)
+    if worst is None or k < len(per_round):
+        return None
+    j, value = worst
+    return {"round": j + 1, "name": entries[j]["name"], "forgetting": value if np.isfinite(value) else None}
+
+
 def status(directory: str | Path) -> dict:
     """The rounds, their state, the accuracy matrix and metrics, and which bundle is current and why."""
     directory = Path(directory)
@@ -291,6 +311,10 @@ def status_lines(summary: dict) -> list[str]:
         how += "".join(f" {key}={value}" for key, value in r.get("settings", {}).items())
         why = f" — {r['gate']['why']}" if r.get("gate") else ""
         lines.append(f"{r['round']:>2}. {r['name']:<16} {r['status']:<11} {how:<12} {r['data']}{why}")
+        worst = r.get("worst_forgotten")
+        if worst is not None:
+            value = "not measured" if worst["forgetting"] is None else f"{worst['forgetting']:.1%}"
+            lines.append(f"    worst forgotten: round {worst['round']} ({worst['name']}) {value}")
     trained = [r for r in summary["rounds"] if r["accuracy"] is not None]
     if trained:
         names = [r["name"] for r in trained]
