@@ -193,7 +193,7 @@ def test_require_exact_writes_nothing_for_an_inexact_surgery(tiny_run, tmp_path)
     ("args", "message"),
     [
         (["--insert-after", "layer9"], "no layer named 'layer9'"),
-        (["--widen", "layer1.0.conv2=99"], "addition"),
+        (["--widen", "layer1.0.bn2=99"], "not a plain convolution"),
         (["--widen", "layer1.0.conv1"], "LAYER=WIDTH"),
         (["--classes", "x,y"], "keeps none"),
         (["--drop-classes", "nope"], "no such class"),

@@ -174,8 +174,10 @@ def test_widening_is_exact(family, seed, extra):
     assert_exact("wider", old, new, random_probe(seed, old.spec.size[0], channels=1), views)
 
 
-@pytest.mark.parametrize(("family", "layer"), [("resnet", "layer1.0.conv2"), ("vit", "patch_embed.proj")])
-def test_widening_is_refused_where_channels_meet_a_sum_or_a_flatten(family, layer):
+@pytest.mark.parametrize(
+    ("family", "layer"), [("convnext", "stem.0"), ("densenet", "features.conv0"), ("vit", "patch_embed.proj")]
+)
+def test_widening_is_refused_where_channels_meet_a_norm_a_concatenation_or_tokens(family, layer):
     old = random_bundle(family, "fold")
     with pytest.raises(GraftError, match="widen"):
         widen_layer(old, layer, 999)
@@ -184,7 +186,7 @@ def test_widening_is_refused_where_channels_meet_a_sum_or_a_flatten(family, laye
 def test_transformer_stage_cannot_take_a_conv_block():
     old = random_bundle("vit", "fold")
     with pytest.raises(GraftError, match="not a feature map"):
-        insert_identity_block(old, "blocks.0", torch.rand(2, 1, 32, 32))
+        insert_identity_block(old, "blocks.0", torch.rand(2, 1, 32, 32), kind="relu")
 
 
 @pytest.mark.parametrize("family", ["resnet", "mobilenetv3", "vit"])

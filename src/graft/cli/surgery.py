@@ -38,15 +38,21 @@ def surgery_command(
         typer.Option(help="Insert an identity-initialised block after this stage (repeatable), e.g. layer2."),
     ] = None,
     block: Annotated[
-        str,
+        str | None,
         typer.Option(
-            metavar="<relu|residual>",
+            metavar="<relu|residual|transformer>",
             help="relu (ReLU(x+BN(Conv x)), exact after a ReLU) or residual (x+BN(Conv x), exact anywhere); "
-            "both start with BN at zero, so they stay identities in train mode.",
+            "both start with BN at zero, so they stay identities in train mode. transformer (after a ViT block): "
+            "a copy of that block with attn.proj and mlp.fc2 at zero. [default: transformer after a transformer "
+            "block, else relu]",
         ),
-    ] = "relu",
+    ] = None,
     widen: Annotated[
-        list[str] | None, typer.Option(help="LAYER=WIDTH: more output channels for a conv (repeatable).")
+        list[str] | None,
+        typer.Option(
+            help="LAYER=WIDTH: more output channels for a conv (repeatable); a conv writing into a residual sum "
+            "widens the whole residual stream with it."
+        ),
     ] = None,
     classes: Annotated[str | None, typer.Option(help="The full new class list, comma-separated.")] = None,
     add_classes: Annotated[str | None, typer.Option(help="Classes to add, comma-separated.")] = None,

@@ -147,7 +147,7 @@ def _build_timm_model(arch: Architecture, spec: InputSpec) -> GraftModel:
     backbone = _create_backbone(arch.timm_name, 0 if flatten else arch.num_classes, arch.timm_kwargs)
     stem = _input_layer(backbone, spec.mode, spec.channels)
     if arch.edits:
-        apply_edits(GraftModel(backbone, stem), arch.edits)
+        apply_edits(GraftModel(backbone, stem), arch.edits, (spec.channels, *spec.size))
     try:
         shape = _forward_features_shape(backbone, stem, spec, flatten)
     except (RuntimeError, ValueError, AssertionError) as error:

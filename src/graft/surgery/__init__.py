@@ -95,7 +95,7 @@ def reshape(
     channels: int | None = None,
     size: int | tuple[int, int] | None = None,
     insert_after: str | list[str] | None = None,
-    block: str = "relu",
+    block: str | None = None,
     widen: dict[str, int] | None = None,
     classes: list[str] | None = None,
     add_classes: list[str] | None = None,

@@ -39,7 +39,7 @@ class RecalibrationDetails(TypedDict):
 
 class DeepenDetails(TypedDict):
     after: str  # the stage the block follows
-    block: str  # relu | residual
+    block: str  # relu | residual | transformer
     channels: int
     module: str  # the inserted block's name in the backbone
     stage_output_min: float  # a relu block is exact only when this is ≥ 0
@@ -55,6 +55,8 @@ WidenDetails = TypedDict(
         "per_channel_layers": list[str],  # BatchNorms, activations, depthwise convs copied along
         "consumers": list[str],  # convs whose input weights were divided among the copies
         "gates": list[str],  # squeeze-excitation convs copied along
+        "residual_stream": NotRequired[list[str]],  # other layers writing the residual stream, co-widened
+        "residual_sums": NotRequired[int],  # residual sums the channels cross (0: a private branch)
         "claim": str,
     },
 )

@@ -362,15 +362,16 @@ def recalibrate(
 
 
 def deepen(
-    source: Source, after: str, *, block: str = "relu", seed: int = 0, probe: ProbeLike = None
+    source: Source, after: str, *, block: str | None = None, seed: int = 0, probe: ProbeLike = None
 ) -> Step[DeepenDetails]:
     """Insert a block whose added branch starts at zero after stage `after`: `relu` (ReLU(x + BN(Conv x))) is
-    exact after a stage that ends in a ReLU, `residual` (x + BN(Conv x)) after any; in train mode too."""
+    exact after a stage that ends in a ReLU, `residual` (x + BN(Conv x)) after any; in train mode too.
+    `transformer` (the default after a ViT block) copies that block with attn.proj and mlp.fc2 at zero."""
     bundle, previous = _input(source)
     probe_ = _probe(bundle, previous, probe)
     inputs = model_inputs(probe_.images, bundle.spec, identity).float()
     done = insert_identity_block(bundle, after, inputs, block, seed=seed)
-    return _step(f"deeper: {block} block after {after}", bundle, previous, probe_, done)
+    return _step(f"deeper: {done[2]['block']} block after {after}", bundle, previous, probe_, done)
 
 
 def widen(source: Source, layer: str, width: int, *, seed: int = 0, probe: ProbeLike = None) -> Step[WidenDetails]:
