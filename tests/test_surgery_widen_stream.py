@@ -111,6 +111,7 @@ def test_widened_stream_reloads_from_its_record(tmp_path):
     old = bundle("resnet-basic")
     result = reshape(old, tmp_path / "wide", widen={"layer2.0.conv2": 150}, probe_count=8)
     assert result.verdict == "exact"
+    assert "(its residual stream: 2 writers, 2 readers)" in result.certificates[0].operation
     loaded = load(tmp_path / "wide")
     x = torch.rand(3, 1, 32, 32)
     with torch.no_grad():

@@ -376,12 +376,17 @@ def deepen(
 
 def widen(source: Source, layer: str, width: int, *, seed: int = 0, probe: ProbeLike = None) -> Step[WidenDetails]:
     """Give conv `layer` `width` output channels, copies of existing ones whose readers share the weight
-    (Net2WiderNet): exact for any input."""
+    (Net2WiderNet): exact for any input. A conv writing into a residual sum widens the whole stream with it."""
     if width < 1:
         raise GraftError(f"width for {layer} must be positive")
     bundle, previous = _input(source)
     probe_ = _probe(bundle, previous, probe)
-    return _step(f"wider: {layer} → {width}", bundle, previous, probe_, widen_layer(bundle, layer, width, seed=seed))
+    done = widen_layer(bundle, layer, width, seed=seed)
+    stream = done[2].get("residual_stream") or []
+    label = f"wider: {layer} → {width}"
+    if done[2].get("residual_sums"):  # say that more than the named layer changed
+        label += f" (its residual stream: {len(stream) + 1} writers, {len(done[2]['consumers'])} readers)"
+    return _step(label, bundle, previous, probe_, done)
 
 
 def reclass(
