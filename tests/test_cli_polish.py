@@ -55,7 +55,7 @@ def test_help_is_whole_and_plain_at_80_columns(capsys, monkeypatch):
     ("command", "choices"),
     [
         (["eval"], "--split <test|valid|train|all>"),
-        (["surgery"], "--block <relu|residual>"),
+        (["surgery"], "--block <relu|residual|transformer>"),
         (["surgery"], "--require <exact|approximate>"),
         (["export"], "--format <onnx>"),
         (["serve"], "--engine <auto|onnx|torch>"),
