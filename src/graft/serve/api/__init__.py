@@ -3,6 +3,8 @@
     POST /v1/predict   image as multipart field `file` or as the raw body; `?top_k=` → classes with probabilities
     GET  /v1/model     spec, classes, metrics, provenance, engine
     POST /v1/reload    load the bundle again (or `{"bundle": PATH}`) without dropping requests
+    POST /v1/samples   multipart `label` + `file` (repeatable) → saved in the served rounds project's inbox
+    GET  /v1/samples   photos waiting in the inbox, per class
     GET  /healthz      the process is up;  GET /readyz  a model is loaded and requests are accepted
     GET  /             the phone page
 
@@ -13,12 +15,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from graft.serve.api import health, model, phone, predict
+from graft.serve.api import health, model, phone, predict, samples
 from graft.serve.api.auth import require_token
 
 v1 = APIRouter(prefix="/v1", dependencies=[require_token])
 v1.include_router(predict.router)
 v1.include_router(model.router)
+v1.include_router(samples.router)
 
 ROUTERS: tuple[APIRouter, ...] = (v1, health.router, phone.router)
 
