@@ -12,7 +12,7 @@ to the new one ("wrong? it is …"); one already taken into a round is reported 
 
 A request is all or nothing: every photo is decoded and staged first; only when all are good and the inbox has
 room are they renamed into place (each rename atomic), under the inbox lock, which `graft rounds add --inbox`
-(`take_inbox`) also holds while it moves files out.
+(`graft.rounds.intake`) also holds while it moves files out.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from graft.data.class_names import InvalidClassName, check_class_name
 from graft.data.image_limits import DEFAULT_LIMITS, ImageLimits
 from graft.data.images import decode_image
 from graft.errors import GraftError
+from graft.rounds.project import SAMPLES
 
 INBOX = "inbox"
-SAMPLES = "samples"  # PROJECT/samples/<round>/: what `take_inbox` moved out of the inbox for that round
 SPLITS = ("train", "test")
 TEST_EVERY = 5  # an image goes to test/ when int(sha256, 16) % TEST_EVERY == 0: a fifth, decided by content
 SUFFIX = ".png"
