@@ -49,6 +49,9 @@ def create_app(bundle: Bundle | str | Path, settings: ServeSettings | None = Non
     )
     decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="graft-decode")
     attach_state(app, holder, settings, Admission(settings.max_queue), decoder)
+    # Saving samples (decode, re-encode, write) has a thread of its own: a burst of teach-mode photos never
+    # makes predictions wait for the decode pool.
+    app.state.sampler = ThreadPoolExecutor(1, thread_name_prefix="graft-samples")
     # predict's own --timeout covers its upload (504); the body deadline, a second later, covers every other route
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes, timeout_s=settings.timeout_s + 1)
     app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
@@ -74,3 +77,4 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await watcher
     await holder.close()
     app.state.decoder.shutdown(wait=False, cancel_futures=True)
+    app.state.sampler.shutdown(wait=False, cancel_futures=True)
