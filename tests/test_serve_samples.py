@@ -251,3 +251,67 @@ def test_the_inbox_is_bounded_per_class_and_in_all(untrained, tmp_path):
         assert (response.status_code, response.json()["code"]) == (409, "inbox_full")
     assert request(app, "GET", "/v1/samples", headers=AUTH).json()["total"] == 8
     assert tree(tmp_path / "proj" / "inbox") == tree(project / "inbox")
+
+
+def test_a_request_past_the_timeout_saves_nothing(untrained, tmp_path, monkeypatch):
+    import time
+
+    import graft.rounds.inbox as inbox
+
+    project = make_project(tmp_path, untrained)
+    app = create_app(project, engine="torch", token=TOKEN, watch_s=0, timeout_s=0.2)
+    real_stage = inbox._stage
+    monkeypatch.setattr(inbox, "_stage", lambda *a: (time.sleep(0.15), real_stage(*a))[1])
+    before = tree(tmp_path)
+    response = send(app, "cup", [photo(s) for s in range(4)])
+    assert (response.status_code, response.json()["code"]) == (504, "timeout")
+    app.state.sampler.submit(lambda: None).result()  # the abandoned job has stopped
+    assert tree(tmp_path) == before
+
+
+def test_a_request_already_saving_at_the_timeout_answers_what_it_saved(untrained, tmp_path, monkeypatch):
+    import time
+
+    import graft.rounds.inbox as inbox
+
+    project = make_project(tmp_path, untrained)
+    app = create_app(project, engine="torch", token=TOKEN, watch_s=0, timeout_s=0.2)
+    real_commit = inbox._commit
+    monkeypatch.setattr(inbox, "_commit", lambda *a: (time.sleep(0.4), real_commit(*a))[1])
+    response = send(app, "cup", [photo(1)])
+    assert response.status_code == 200, response.text  # a 504 would say "nothing saved", which is false here
+    assert len(response.json()["saved"]) == 1
+    assert sum(inbox.counts(project)["cup"].values()) == 1
+
+
+def test_concurrent_requests_with_the_same_photo_save_it_once(untrained, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from graft.rounds.inbox import counts, save_samples
+
+    project = make_project(tmp_path, untrained)
+    with ThreadPoolExecutor(8) as pool:
+        reports = list(pool.map(lambda _: save_samples(project, "cup", [photo(5), photo(6)]), range(16)))
+    assert sum(len(r.saved) for r in reports) == 2
+    assert sum(len(r.duplicates) for r in reports) == 30
+    assert sum(counts(project)["cup"].values()) == 2
+
+
+def test_the_inbox_is_bounded_in_bytes(untrained, tmp_path):
+    project = make_project(tmp_path, untrained)
+    app = create_app(project, engine="torch", token=TOKEN, watch_s=0, inbox_max_mb=1)
+    noise = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)))
+    assert len(noise) > 2**20  # random pixels do not compress: its PNG alone passes 1 MB
+    before = tree(tmp_path)
+    response = send(app, "cup", [noise])
+    assert (response.status_code, response.json()["code"]) == (409, "inbox_full") and "MB" in response.json()["detail"]
+    assert tree(tmp_path) == before
+
+
+def test_a_class_the_model_knows_in_another_unicode_form_is_that_class(tmp_path):
+    """A folder made on macOS gives NFD class names; the phone sends NFC. They are one class, not two."""
+    from graft.rounds.inbox import save_samples
+
+    decomposed = "e\u0301clair"
+    report = save_samples(tmp_path, "\u00e9clair", [photo(0)], known_classes=[decomposed])
+    assert report.label == decomposed and list(report.counts) == [decomposed]

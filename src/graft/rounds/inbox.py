@@ -12,7 +12,7 @@ to the new one ("wrong? it is …"); one already taken into a round is reported 
 
 A request is all or nothing: every photo is decoded and staged first; only when all are good and the inbox has
 room are they renamed into place (each rename atomic), under the inbox lock, which `graft rounds add --inbox`
-(`take_inbox`) also holds while it moves files out.
+(`graft.rounds.intake`) also holds while it moves files out.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import io
 import os
 import shutil
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,9 +36,9 @@ from graft.data.class_names import InvalidClassName, check_class_name
 from graft.data.image_limits import DEFAULT_LIMITS, ImageLimits
 from graft.data.images import decode_image
 from graft.errors import GraftError
+from graft.rounds.project import SAMPLES
 
 INBOX = "inbox"
-SAMPLES = "samples"  # PROJECT/samples/<round>/: what `take_inbox` moved out of the inbox for that round
 SPLITS = ("train", "test")
 TEST_EVERY = 5  # an image goes to test/ when int(sha256, 16) % TEST_EVERY == 0: a fifth, decided by content
 SUFFIX = ".png"
@@ -153,6 +154,17 @@ def _counts(entries: Iterator[Entry] | Sequence[Entry]) -> dict[str, dict[str, i
     return dict(sorted(result.items()))
 
 
+def _labels(inbox: Path) -> list[str]:
+    """The class folders in the inbox (both sides)."""
+    return [
+        d.name
+        for split in SPLITS
+        if (inbox / split).is_dir()
+        for d in (inbox / split).iterdir()
+        if d.is_dir() and not d.name.startswith(".")
+    ]
+
+
 def _is_sha(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
@@ -196,7 +208,8 @@ def save_samples(
 ) -> SaveReport:
     """Save `uploads` (encoded images) under class `label` in the project's inbox; all or nothing.
 
-    Raises InvalidClassName, ClassConflict (a name differing from an inbox or `known_classes` name only in case),
+    `label` is checked (graft.data.class_names); an inbox or `known_classes` class in another Unicode form is that
+    class. Raises InvalidClassName, ClassConflict (a name differing from an existing one only in case),
     GraftError / ImageTooLarge for an upload that does not decode (named "file N"), InboxFull, or Stopped when
     `stopped()` turns true while decoding or `may_commit()` is false at the end (the caller timed out).
     """
@@ -205,10 +218,11 @@ def save_samples(
     if not uploads:
         raise GraftError("no images: send one or more image files with the class name")
     inbox = inbox_dir(project)
+    name = _resolve_class(name, set(_labels(inbox)) | set(known_classes))  # before any decoding or writing
     staging = inbox / _STAGING / uuid.uuid4().hex
     staging.mkdir(parents=True)
     try:
-        _check_early(inbox, name, len(uploads), limits, known_classes)
+        _check_early(inbox, name, len(uploads), limits)
         staged = []
         for i, data in enumerate(uploads):
             if stopped():
@@ -236,10 +250,9 @@ def _stage(staging: Path, i: int, data: bytes, image_limits: ImageLimits) -> _St
     return _Staged(pixel_sha256(array), path, len(encoded))
 
 
-def _check_early(inbox: Path, name: str, incoming: int, limits: InboxLimits, known_classes: Sequence[str]) -> None:
+def _check_early(inbox: Path, name: str, incoming: int, limits: InboxLimits) -> None:
     """Refuse a request that cannot be saved whatever its photos are, before decoding any (a listing)."""
     present = scan(inbox)
-    _check_case(name, {entry.label for entry in present.values()} | set(known_classes))
     in_class = sum(1 for entry in present.values() if entry.label == name)
     if len(present) >= limits.max_total or in_class >= limits.max_per_class:
         _refuse_full(len(present), in_class, name, incoming, limits)
@@ -258,7 +271,7 @@ def _commit(
 ) -> SaveReport:
     inbox = inbox_dir(project)
     present = scan(inbox)
-    _check_case(name, {entry.label for entry in present.values()} | set(known_classes))
+    name = _resolve_class(name, {entry.label for entry in present.values()} | set(known_classes))
     taken = _taken(project)
     report = SaveReport(label=name)
     new: list[_Staged] = []
@@ -306,15 +319,21 @@ def _commit(
     return report
 
 
-def _check_case(name: str, existing: set[str]) -> None:
+def _resolve_class(name: str, existing: set[str]) -> str:
+    """`name` as the class it means: an existing class spelled in another Unicode form (a folder made on macOS
+    holds NFD names) is that class, not a second one; a name differing from one only in case is refused."""
     if name in existing:
-        return
+        return name
+    for other in sorted(existing):
+        if unicodedata.normalize("NFC", other) == name:
+            return other
     for other in sorted(existing):
         if other.casefold() == name.casefold():
             raise ClassConflict(
                 f"class {name!r} differs from the existing class {other!r} only in case; use {other!r} "
                 "(or another name): both would be one folder on macOS and Windows"
             )
+    return name
 
 
 def _taken(project: Path) -> dict[str, tuple[str, str]]:

@@ -54,6 +54,9 @@ def create_app(bundle: Bundle | str | Path, settings: ServeSettings | None = Non
     )
     decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="graft-decode")
     attach_state(app, holder, settings, Admission(settings.max_queue), decoder)
+    # Saving samples (decode, re-encode, write) has a thread of its own: a burst of teach-mode photos never
+    # makes predictions wait for the decode pool.
+    app.state.sampler = ThreadPoolExecutor(1, thread_name_prefix="graft-samples")
     # Serving a rounds project: the page can train its next round (POST /v1/rounds), one at a time.
     app.state.training = TrainingWorker(project, inbox_round, _follower(holder)) if project is not None else None
     # predict's own --timeout covers its upload (504); the body deadline, a second later, covers every other route
@@ -101,3 +104,4 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await watcher
     await holder.close()
     app.state.decoder.shutdown(wait=False, cancel_futures=True)
+    app.state.sampler.shutdown(wait=False, cancel_futures=True)

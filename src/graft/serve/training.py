@@ -339,8 +339,6 @@ def default_round_name(project: Path) -> str:
 
 def inbox_round(project: Path, name: str | None) -> str:
     """The project's inbox as a new pending round (`graft rounds add PROJECT NAME --inbox`); its name."""
-    from graft.rounds import add
+    from graft.rounds import add_from_inbox
 
-    chosen = name or default_round_name(project)
-    add(project, chosen, f"folder:{project / 'inbox'}")
-    return chosen
+    return add_from_inbox(project, name or default_round_name(project))["round"]

@@ -7,7 +7,8 @@ inbox (409 otherwise). Storing changes the project, so it needs the token; witho
 machine may store (`require_local_or_token`, as for reload).
 
 The request is admitted like predict's (bounded by --max-queue) and runs under --timeout: decoding runs in the
-decode pool and stops at the timeout (504, nothing saved). Once the photos are being committed (renames under
+server's one samples thread (so teaching never delays predictions' decode pool) and stops at the timeout (504,
+nothing saved). Once the photos are being committed (renames under
 the inbox lock, milliseconds) the request finishes and answers, so a 504 always means nothing was saved.
 """
 
@@ -33,7 +34,7 @@ from graft.rounds.inbox import (
 )
 from graft.rounds.project import is_project
 from graft.serve.api.auth import require_local_or_token
-from graft.serve.api.deps import AdmissionDep, DecoderDep, HolderDep, SettingsDep
+from graft.serve.api.deps import AdmissionDep, HolderDep, SamplerDep, SettingsDep
 from graft.serve.api.schemas import errors
 from graft.serve.api.upload import FILE_FIELD, LABEL_FIELD, read_labelled_uploads
 from graft.serve.limits import Problem
@@ -106,7 +107,7 @@ async def sample_counts(holder: HolderDep, settings: SettingsDep) -> dict[str, A
     dependencies=[require_local_or_token],
 )
 async def add_samples(
-    request: Request, holder: HolderDep, settings: SettingsDep, admission: AdmissionDep, decoder: DecoderDep
+    request: Request, holder: HolderDep, settings: SettingsDep, admission: AdmissionDep, sampler: SamplerDep
 ) -> dict[str, Any]:
     """Save photos of one class (multipart `label` and one or more `file`) in the served rounds project's inbox:
     all or nothing. Answers which were saved, which were duplicates (not saved again), which moved to this class
@@ -119,7 +120,7 @@ async def add_samples(
         try:
             async with asyncio.timeout(settings.timeout_s):
                 label, files = await read_labelled_uploads(request, settings.samples_max_files)
-                job = decoder.submit(
+                job = sampler.submit(
                     save_samples,
                     project,
                     label,

@@ -27,7 +27,7 @@ from graft.data.video import extract_frames, probe
 from graft.errors import GraftError
 from graft.rounds.inbox import ClassConflict, InboxFull, InvalidClassName, SaveReport, Stopped, save_samples
 from graft.serve.api.auth import require_local_or_token
-from graft.serve.api.deps import AdmissionDep, DecoderDep, HolderDep, SettingsDep
+from graft.serve.api.deps import AdmissionDep, HolderDep, SamplerDep, SettingsDep
 from graft.serve.api.samples import CommitGate, _limits, _project
 from graft.serve.api.schemas import errors
 from graft.serve.api.upload import read_labelled_uploads
@@ -53,7 +53,8 @@ def video_samples(
     known_classes: list[str],
     gate: CommitGate,
 ) -> tuple[SaveReport, int]:
-    """Extract the video's frames (blocking: run in the decode pool) and save them as samples; (report, frames)."""
+    """Extract the video's frames and save them as samples; (report, frames). Blocking: it runs in the samples
+    thread, apart from predict's decode pool."""
     name = check_class_name(label)  # before any decoding: a bad name costs nothing
     with tempfile.TemporaryDirectory(prefix="graft-video-") as scratch:
         video = Path(scratch) / "upload"
@@ -105,7 +106,7 @@ def _check_header(video: Path, limits: ImageLimits) -> None:
     dependencies=[require_local_or_token],
 )
 async def add_video(
-    request: Request, holder: HolderDep, settings: SettingsDep, admission: AdmissionDep, decoder: DecoderDep
+    request: Request, holder: HolderDep, settings: SettingsDep, admission: AdmissionDep, sampler: SamplerDep
 ) -> dict[str, Any]:
     """A short video of one class (multipart `label` and one `file`): its frames, FPS a second, are saved in the
     served rounds project's inbox as photos are (all or nothing). Answers as POST /v1/samples, plus `frames`."""
@@ -118,7 +119,7 @@ async def add_video(
             async with asyncio.timeout(settings.timeout_s):
                 label, files = await read_labelled_uploads(request, 1)
                 known = list(holder.current.bundle.classes)
-                job = decoder.submit(video_samples, project, label, files[0], settings, known, gate)
+                job = sampler.submit(video_samples, project, label, files[0], settings, known, gate)
                 report, frames = await asyncio.wrap_future(job)
         except TimeoutError:
             if job is None or gate.abandon():
