@@ -9,24 +9,26 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 import graft
+from graft.rounds.inbox import save_samples
 from graft.serve.app import create_app
 from graft.serve.training import read_state
 from serve_helpers import encode, live_server
-from training_helpers import NEW_CLASSES, save_png, served_project, teach_image, wait_for
+from training_helpers import NEW_CLASSES, served_project, teach_image, wait_for
 
 TOKEN = {"Authorization": "Bearer s3cret"}
 
 
-def _fill_inbox(project: Path, per_class: int = 8) -> list[Path]:
-    """Photos of the new classes in the inbox's folder layout (two of each held out in test/)."""
-    written = []
+def _fill_inbox(project: Path, per_class: int = 8) -> set[str]:
+    """Photos of the new classes saved in the inbox as POST /v1/samples saves them; their content hashes."""
+    saved = set()
     for kind in NEW_CLASSES:
-        for n in range(per_class):
-            split = "test" if n < 2 else "train"
-            written.append(save_png(project / "inbox" / split / kind / f"{n}.png", teach_image(kind, seed=n)))
-    return written
+        photos = [encode(Image.fromarray(teach_image(kind, seed=n))) for n in range(per_class)]
+        saved |= {s["sha256"] for s in save_samples(project, kind, photos).to_dict()["saved"]}
+    assert len(saved) == per_class * len(NEW_CLASSES)
+    return saved
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +95,15 @@ def test_a_round_trained_from_the_server_is_served_once_promoted(trained_project
 
 
 def encode_image(kind: str, seed: int) -> bytes:
-    from PIL import Image
-
     return encode(Image.fromarray(teach_image(kind, seed)))
 
 
 def test_nothing_is_lost_when_the_server_stops_mid_round(trained_project, tmp_path):
     project = _copy(trained_project, tmp_path)
     inbox = _fill_inbox(project)
-    # the inbox's round, added by hand with enough epochs to stop it between two; the server trains it
-    graft.rounds.add(project, "phone-2", f"folder:{project / 'inbox'}", settings={"epochs": 8})
+    # the inbox's round, added as `graft rounds add --inbox --epochs 8` does (enough epochs to stop it between two);
+    # POST /v1/rounds trains the pending round rather than adding another
+    graft.rounds.add_from_inbox(project, "phone-2", settings={"epochs": 8})
     run = project / "rounds/2-phone-2/run"
     with live_server(create_app(project, engine="torch", watch_s=0)) as url:
         assert httpx.post(f"{url}/v1/rounds").status_code == 202
@@ -124,5 +125,6 @@ def test_nothing_is_lost_when_the_server_stops_mid_round(trained_project, tmp_pa
     assert read_state(project)["resumes"] == 1
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 9)), epochs  # resumed where it stopped: no epoch lost or repeated
-    assert all(path.is_file() for path in inbox)  # every taught photo is still there
+    taken = {path.stem for path in (project / "samples" / "phone-2").rglob("*.png")}
+    assert taken == inbox  # every taught photo is in the round's data
     assert "resuming" in (project / "training.log").read_text()
