@@ -13,9 +13,13 @@ from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from graft.serve import create_app
 
 PUBLIC = {"/", "/favicon.ico", "/healthz", "/readyz"}
-PROTECTED = {"/v1/predict", "/v1/model", "/v1/reload", "/v1/samples"}
+PROTECTED = {
+    "/v1/predict", "/v1/model", "/v1/reload", "/v1/samples", "/v1/samples/video", "/v1/rounds", "/v1/training",
+}  # fmt: skip
 # Routes that change what the server holds: without a token, only clients on this machine may call them.
-LOCAL_OR_TOKEN = {("POST", "/v1/reload"), ("POST", "/v1/samples")}
+LOCAL_OR_TOKEN = {
+    ("POST", "/v1/reload"), ("POST", "/v1/samples"), ("POST", "/v1/samples/video"), ("POST", "/v1/rounds"),
+}  # fmt: skip
 NEEDS = "this server needs a token: Authorization: Bearer TOKEN"
 BAD_TOKENS = [
     ({}, NEEDS),

@@ -48,7 +48,7 @@ def _copy(project: Path, tmp_path: Path) -> Path:
 def test_training_routes_need_the_token_and_a_project(serve_bundle, trained_project, tmp_path):
     with live_server(create_app(serve_bundle, engine="torch")) as url:
         refused = httpx.post(f"{url}/v1/rounds")
-        assert refused.status_code == 409 and refused.json()["code"] == "not_a_project"
+        assert refused.status_code == 409 and refused.json()["code"] == "not_a_rounds_project"
     project = _copy(trained_project, tmp_path)
     with live_server(create_app(project, engine="torch", token="s3cret")) as url:
         assert httpx.post(f"{url}/v1/rounds").status_code == 401

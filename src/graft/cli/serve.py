@@ -163,7 +163,9 @@ def serve_command(
     \b
     POST /v1/reload or SIGHUP loads the bundle again (e.g. after a new round) without dropping requests.
     Serving a rounds project, POST /v1/samples stores labelled photos from the phone in its inbox
-    (then: graft rounds add PROJECT NAME --inbox).
+    (then: graft rounds add PROJECT NAME --inbox), POST /v1/samples/video a short clip's frames, and
+    POST /v1/rounds trains the next round from the inbox in a background process (progress: GET /v1/training;
+    a round stopped with the server resumes at the next start). See docs/phone.md.
     """
     from graft.serve.run import serve
 

@@ -30,11 +30,11 @@ class RoundRequest(BaseModel):
 
 def _worker(request: Request) -> TrainingWorker:
     worker = getattr(request.app.state, "training", None)
-    if worker is None:
+    if worker is None or request.app.state.holder.project is None:  # a plain bundle, or pinned to one by reload
         raise Problem(
             409,
-            "not_a_project",
-            "this server serves a bundle, not a rounds project: serve PROJECT to train rounds from the page",
+            "not_a_rounds_project",
+            "this server serves a bundle, not a rounds project: start it with `graft serve PROJECT` to train rounds",
         )
     return worker
 
