@@ -128,3 +128,42 @@ def test_nothing_is_lost_when_the_server_stops_mid_round(trained_project, tmp_pa
     taken = {path.stem for path in (project / "samples" / "phone-2").rglob("*.png")}
     assert taken == inbox  # every taught photo is in the round's data
     assert "resuming" in (project / "training.log").read_text()
+
+
+def test_a_round_another_process_trains_is_followed_not_started_twice(trained_project, tmp_path):
+    from graft.rounds.project import locked
+    from graft.serve.training import write_state
+
+    project = _copy(trained_project, tmp_path)
+    _fill_inbox(project, per_class=3)
+    graft.rounds.add_from_inbox(project, "phone-2")
+    # what a server killed mid-round leaves: its training child still holds the project (here: this test)
+    write_state(project, {"round": "phone-2", "index": 2, "want": "train", "exit_code": None})
+    with locked(project), live_server(create_app(project, engine="torch", watch_s=0)) as url:
+        followed = httpx.get(f"{url}/v1/training").json()
+        assert (followed["state"], followed["round"], followed["pid"]) == ("training", "phone-2", None)
+        busy = httpx.post(f"{url}/v1/rounds")
+        assert busy.status_code == 409 and busy.json()["code"] == "training_busy", busy.text
+    assert not (project / "rounds/2-phone-2/run").exists(), "nothing was started beside the other process"
+
+
+def test_a_training_that_fails_is_reported_with_its_last_line(trained_project, tmp_path):
+    import asyncio
+    import sys
+
+    from graft.serve.training import TrainingWorker
+
+    project = _copy(trained_project, tmp_path)
+    _fill_inbox(project, per_class=3)
+    fails = [sys.executable, "-c", "import sys; print('graft: out of disk space'); sys.exit(2)"]
+
+    async def run() -> dict:
+        worker = TrainingWorker(project, lambda p, n: graft.rounds.add_from_inbox(p, "phone-2")["round"], command=fails)
+        started = await worker.start()
+        assert started["state"] == "training" and started["round"] == "phone-2"
+        await worker.follower
+        return worker.status()
+
+    answer = asyncio.run(run())
+    assert (answer["state"], answer["note"]) == ("failed", "graft: out of disk space"), answer
+    assert graft.rounds.status(project)["rounds"][1]["status"] == "pending"  # train again: it resumes
