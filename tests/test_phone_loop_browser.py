@@ -91,14 +91,15 @@ def test_teach_two_classes_train_from_the_page_and_predict_one(browser, tmp_path
         page.click("#train-button")
         state = page.locator("#train-state")
         expect(state).to_have_attribute("data-state", "training")
-        expect(page.locator("#train-detail")).to_contain_text("validation")  # an epoch ended: its accuracy shows
+        detail = page.locator("#train-detail")
+        expect(detail).to_contain_text("validation", timeout=180_000)  # an epoch ended: its accuracy shows
         page.locator("#train").scroll_into_view_if_needed()
         page.screenshot(path=str(shots / "phone-training.png"))
         page.set_input_files("#file", str(question))  # answered by round 1 while round 2 trains
         expect(page.locator("#timing")).to_contain_text("1-digits-")
         expect(state).to_have_attribute("data-state", "promoted", timeout=240_000)
         expect(page.locator("#model")).to_contain_text("4 classes")
-        expect(page.locator("#train-detail")).to_contain_text("epoch 4 of 4")
+        expect(detail).to_contain_text("epoch 4 of 4")
         page.screenshot(path=str(shots / "phone-promoted.png"), full_page=True)
 
         # the promoted round is served: the new class is predicted for a new photo of it

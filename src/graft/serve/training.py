@@ -162,7 +162,13 @@ def progress(project: Path, *, running: bool | None = None) -> dict[str, Any]:
     elif held:
         measuring = done >= epochs
         answer["state"] = "measuring" if measuring else "training"
-        answer["note"] = "testing on every round's test split, then the gate decides" if measuring else None
+        answer["note"] = (
+            "testing on every round's test split, then the gate decides"
+            if measuring
+            else None
+            if done
+            else "starting: loading the model and the round's data; the first epoch follows"
+        )
     elif state.get("want") == "stop" or state.get("exit_code") in STOPPED_CODES:
         answer.update(state="interrupted", eta_s=None)
         where = "from its last checkpoint" if is_unfinished(run_dir) else "from the start (no epoch had ended)"
