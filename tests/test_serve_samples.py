@@ -315,3 +315,21 @@ def test_a_class_the_model_knows_in_another_unicode_form_is_that_class(tmp_path)
     decomposed = "e\u0301clair"
     report = save_samples(tmp_path, "\u00e9clair", [photo(0)], known_classes=[decomposed])
     assert report.label == decomposed and list(report.counts) == [decomposed]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "flag"),
+    [
+        ("samples_max_files", 0, "--samples-max-files"),
+        ("inbox_max_per_class", 0, "--inbox-max-per-class"),
+        ("inbox_max_total", -1, "--inbox-max-total"),
+        ("inbox_max_mb", float("inf"), "--inbox-max-mb"),
+        ("inbox_max_mb", 0.5, "--inbox-max-mb"),
+    ],
+)
+def test_inbox_bounds_that_cannot_be_meant_stop_the_server_with_the_flag_named(setting, value, flag):
+    from graft.errors import GraftError
+    from graft.serve.settings import ServeSettings
+
+    with pytest.raises(GraftError, match=flag):
+        ServeSettings(**{setting: value}).validate()
