@@ -333,3 +333,26 @@ def test_inbox_bounds_that_cannot_be_meant_stop_the_server_with_the_flag_named(s
 
     with pytest.raises(GraftError, match=flag):
         ServeSettings(**{setting: value}).validate()
+
+
+def test_a_disk_that_fails_midway_leaves_the_inbox_as_it_was(served, tmp_path, monkeypatch):
+    import errno
+
+    import graft.rounds.inbox as inbox
+
+    _, app = served
+    assert send(app, "cup", [photo(1)]).status_code == 200
+    before = tree(tmp_path)
+    real, calls = os.replace, []
+
+    def failing(source, target):
+        calls.append(target)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(source, target)
+
+    monkeypatch.setattr(inbox.os, "replace", failing)
+    response = send(app, "plate", [photo(1), photo(2), photo(3)])  # one relabel, two new: the third rename fails
+    assert (response.status_code, response.json()["code"]) == (507, "storage_error")
+    assert "No space left" in response.json()["detail"]
+    assert tree(tmp_path) == before

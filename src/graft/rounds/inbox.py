@@ -303,20 +303,37 @@ def _commit(
             f"{limits.max_bytes / 2**20:.0f} MB; make a round of it (graft rounds add PROJECT NAME --inbox)"
         )
 
+    renames = [(entry.path, inbox / entry.split / name / entry.path.name) for entry in moves]
+    renames += [(item.path, inbox / split_of(item.sha256) / name / f"{item.sha256}{SUFFIX}") for item in new]
+    _rename_all(renames)
     for entry in moves:
-        target = inbox / entry.split / name / entry.path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(entry.path, target)
         _remove_if_empty(entry.path.parent)
         report.relabelled.append({"sha256": entry.sha256, "from": entry.label, "split": entry.split})
-    for item in new:
-        split = split_of(item.sha256)
-        target = inbox / split / name / f"{item.sha256}{SUFFIX}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(item.path, target)
-        report.saved.append({"sha256": item.sha256, "split": split})
+    report.saved = [{"sha256": item.sha256, "split": split_of(item.sha256)} for item in new]
     report.counts = counts(project)
     return report
+
+
+def _rename_all(renames: list[tuple[Path, Path]]) -> None:
+    """Each (source, target) renamed, or none: a failure (disk full, permissions) puts back those already done,
+    so that a refused request has saved nothing; the OSError is raised again."""
+    done: list[tuple[Path, Path]] = []
+    made: list[Path] = []  # folders created here (class, and split), removed again if the request fails
+    try:
+        for source, target in renames:
+            for folder in (target.parent.parent, target.parent):
+                if not folder.is_dir():
+                    folder.mkdir()
+                    made.append(folder)
+            os.replace(source, target)
+            done.append((source, target))
+    except OSError:
+        for source, target in reversed(done):
+            with contextlib.suppress(OSError):
+                os.replace(target, source)
+        for folder in reversed(made):
+            _remove_if_empty(folder)
+        raise
 
 
 def _resolve_class(name: str, existing: set[str]) -> str:

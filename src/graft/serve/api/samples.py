@@ -15,6 +15,7 @@ the inbox lock, milliseconds) the request finishes and answers, so a 504 always 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from graft.serve.api.upload import FILE_FIELD, LABEL_FIELD, read_labelled_upload
 from graft.serve.limits import Problem
 from graft.serve.models import ModelHolder
 from graft.serve.settings import ServeSettings
+
+log = logging.getLogger("graft.serve")
 
 router = APIRouter()
 
@@ -102,7 +105,7 @@ async def sample_counts(holder: HolderDep, settings: SettingsDep) -> dict[str, A
 @router.post(
     "/samples",
     summary="Save labelled photos in the inbox",
-    responses=errors(400, 401, 403, 409, 413, 415, 422, 503, 504),
+    responses=errors(400, 401, 403, 409, 413, 415, 422, 503, 504, 507),
     openapi_extra=SAMPLES_DOC,
     dependencies=[require_local_or_token],
 )
@@ -150,6 +153,13 @@ async def add_samples(
         raise Problem(504, "timeout", str(error)) from None
     except GraftError as error:
         raise Problem(422, "not_an_image", f"{error}; nothing was saved") from None
+    except OSError as error:  # the server's disk, not the client: logged, and said plainly
+        log.error("could not store samples in %s: %s", project, error)
+        raise Problem(
+            507,
+            "storage_error",
+            f"the server could not store the photos ({error.strerror or error}); nothing was saved",
+        ) from None
     finally:
         gate.abandon()
         admission.release_after(job)
