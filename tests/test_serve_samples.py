@@ -199,6 +199,23 @@ def _hostile_requests() -> dict[str, tuple[dict, int, str]]:
         "too many files": ({"data": {"label": "cup"}, "files": parts(*[photo(0)] * 5)}, 413, "too_many_files"),
         "huge body": ({"data": {"label": "cup"}, "files": parts(b"\xff" * 300_000)}, 413, "upload_too_large"),
         "case clash with the model": ({"data": {"label": "mug"}, "files": parts(photo(0))}, 409, "class_conflict"),
+        "label over 4 KB": ({"data": {"label": "x" * 5000}, "files": parts(photo(0))}, 400, "bad_request"),
+        "label as a file": ({"files": [("label", ("l.txt", b"cup")), *parts(photo(0))]}, 422, "missing_label"),
+        "truncated multipart": (  # the parser finds no complete part: no label
+            {"content": b"--x\r\nnonsense", "headers": {**AUTH, "content-type": "multipart/form-data; boundary=x"}},
+            422,
+            "missing_label",
+        ),
+        "multipart without a boundary": (
+            {"content": b"abc", "headers": {**AUTH, "content-type": "multipart/form-data"}},
+            400,
+            "bad_request",
+        ),
+        "svg": (
+            {"data": {"label": "cup"}, "files": parts(b"<svg xmlns='http://www.w3.org/2000/svg'/>")},
+            422,
+            "not_an_image",
+        ),
     }
 
 
@@ -356,3 +373,16 @@ def test_a_disk_that_fails_midway_leaves_the_inbox_as_it_was(served, tmp_path, m
     assert (response.status_code, response.json()["code"]) == (507, "storage_error")
     assert "No space left" in response.json()["detail"]
     assert tree(tmp_path) == before
+
+
+def test_a_client_file_name_is_never_a_path(served, tmp_path):
+    """The multipart file name is ignored: only the content hash names the stored file."""
+    project, app = served
+    outside = tree(tmp_path / "proj" / "rounds")
+    parts = [("file", ("../../../evil.png", photo(4), "image/png")), ("file", ("/etc/passwd", photo(5), "image/png"))]
+    response = request(app, "POST", "/v1/samples", data={"label": "cup"}, files=parts, headers=AUTH)
+    assert response.status_code == 200, response.text
+    stored = sorted(p.name for p in (project / "inbox").rglob("*.png"))
+    assert stored == sorted(f"{item['sha256']}.png" for item in response.json()["saved"])
+    assert tree(tmp_path / "proj" / "rounds") == outside and not (tmp_path / "evil.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proj"]
