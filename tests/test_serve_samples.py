@@ -67,8 +67,8 @@ def photo(seed: int, size: tuple[int, int] = (12, 16)) -> bytes:
     return encode(Image.fromarray(pixels))
 
 
-def send(app, label: str | None, files: list[bytes], headers=AUTH, **kwargs) -> httpx.Response:
-    data = {} if label is None else {"label": label}
+def send(app, label: str | None, files: list[bytes], headers=AUTH, data_extra=None, **kwargs) -> httpx.Response:
+    data = ({} if label is None else {"label": label}) | (data_extra or {})
     parts = [("file", (f"p{i}.png", blob, "image/png")) for i, blob in enumerate(files)]
     return request(app, "POST", "/v1/samples", data=data, files=parts, headers=headers, **kwargs)
 
@@ -386,3 +386,28 @@ def test_a_client_file_name_is_never_a_path(served, tmp_path):
     assert stored == sorted(f"{item['sha256']}.png" for item in response.json()["saved"])
     assert tree(tmp_path / "proj" / "rounds") == outside and not (tmp_path / "evil.png").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["proj"]
+
+
+def test_a_burst_sent_with_a_group_lands_on_one_side(served):
+    """Photos of a burst are near-copies: with `group`, all of them are train or all test, whatever their hashes."""
+    from graft.rounds.inbox import group_split
+
+    _, app = served
+    groups = {side: next(f"burst-{n}" for n in range(1000) if group_split("cup", f"burst-{n}") == side)
+              for side in ("train", "test")}  # fmt: skip
+    burst = [photo(s) for s in range(10)]
+    assert {split_of(pixel_sha256(decode_image(b))) for b in burst} == {"train", "test"}  # per photo: both sides
+    for side, seeds in (("test", range(10)), ("train", range(10, 20))):
+        response = send(app, "cup", [photo(s) for s in seeds], data_extra={"group": groups[side]})
+        assert response.status_code == 200, response.text
+        assert {item["split"] for item in response.json()["saved"]} == {side}
+    assert request(app, "GET", "/v1/samples", headers=AUTH).json()["counts"] == {"cup": {"train": 10, "test": 10}}
+
+
+@pytest.mark.parametrize("group", ["../x", "a/b", ".hidden", "", "x" * 65, "ünï", "two words"])
+def test_a_group_that_is_not_a_plain_id_is_refused(served, tmp_path, group):
+    _, app = served
+    before = tree(tmp_path)
+    response = send(app, "cup", [photo(0)], data_extra={"group": group})
+    assert (response.status_code, response.json()["code"]) == (422, "invalid_group"), response.text
+    assert tree(tmp_path) == before

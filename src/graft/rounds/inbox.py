@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import shutil
 import time
 import unicodedata
@@ -96,6 +97,26 @@ def inbox_dir(project: str | Path) -> Path:
 def split_of(sha256: str) -> str:
     """train or test, from the content hash alone (so a photo always lands on the same side)."""
     return "test" if int(sha256, 16) % TEST_EVERY == 0 else "train"
+
+
+def group_split(label: str, group: str) -> str:
+    """train or test for every photo of a group (a burst, a video) of class `label`: one side for all of them,
+    so near-copies never sit on both sides of the held-out split."""
+    return split_of(hashlib.sha256(f"{label}\0{group}".encode()).hexdigest())
+
+
+_GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class InvalidGroup(GraftError):
+    """A group name that is not 1 to 64 letters, digits, '.', '_' or '-'."""
+
+
+def check_group(group: str | None) -> str | None:
+    if group is not None and not _GROUP.match(group):
+        shown = repr(group if len(group) <= 40 else group[:40] + "…")
+        raise InvalidGroup(f"group {shown}: use 1 to 64 letters, digits, '.', '_' or '-' (e.g. burst-1730)")
+    return group
 
 
 def pixel_sha256(array: np.ndarray) -> str:
@@ -193,6 +214,7 @@ class _Staged:
     sha256: str
     path: Path
     size: int
+    split: str = "train"
 
 
 def save_samples(
@@ -203,18 +225,22 @@ def save_samples(
     limits: InboxLimits = InboxLimits(),
     image_limits: ImageLimits = DEFAULT_LIMITS,
     known_classes: Sequence[str] = (),
+    group: str | None = None,
     stopped: Callable[[], bool] = lambda: False,
     may_commit: Callable[[], bool] = lambda: True,
 ) -> SaveReport:
     """Save `uploads` (encoded images) under class `label` in the project's inbox; all or nothing.
 
     `label` is checked (graft.data.class_names); an inbox or `known_classes` class in another Unicode form is that
-    class. Raises InvalidClassName, ClassConflict (a name differing from an existing one only in case),
+    class. `group` (a burst or video id) puts every photo of the request on one side, chosen from the class and
+    group (`group_split`); without it each photo's side follows from its own hash. Raises InvalidClassName,
+    InvalidGroup, ClassConflict (a name differing from an existing one only in case),
     GraftError / ImageTooLarge for an upload that does not decode (named "file N"), InboxFull, or Stopped when
     `stopped()` turns true while decoding or `may_commit()` is false at the end (the caller timed out).
     """
     project = Path(project)
     name = check_class_name(label)
+    check_group(group)
     if not uploads:
         raise GraftError("no images: send one or more image files with the class name")
     inbox = inbox_dir(project)
@@ -227,7 +253,9 @@ def save_samples(
         for i, data in enumerate(uploads):
             if stopped():
                 raise Stopped("the request was abandoned before its images were saved")
-            staged.append(_stage(staging, i, data, image_limits))
+            item = _stage(staging, i, data, image_limits)
+            item.split = group_split(name, group) if group is not None else split_of(item.sha256)
+            staged.append(item)
         with inbox_lock(project):
             if not may_commit():
                 raise Stopped("the request was abandoned before its images were saved")
@@ -304,12 +332,12 @@ def _commit(
         )
 
     renames = [(entry.path, inbox / entry.split / name / entry.path.name) for entry in moves]
-    renames += [(item.path, inbox / split_of(item.sha256) / name / f"{item.sha256}{SUFFIX}") for item in new]
+    renames += [(item.path, inbox / item.split / name / f"{item.sha256}{SUFFIX}") for item in new]
     _rename_all(renames)
     for entry in moves:
         _remove_if_empty(entry.path.parent)
         report.relabelled.append({"sha256": entry.sha256, "from": entry.label, "split": entry.split})
-    report.saved = [{"sha256": item.sha256, "split": split_of(item.sha256)} for item in new]
+    report.saved = [{"sha256": item.sha256, "split": item.split} for item in new]
     report.counts = counts(project)
     return report
 
@@ -390,9 +418,12 @@ __all__ = [
     "InboxFull",
     "InboxLimits",
     "InvalidClassName",
+    "InvalidGroup",
     "SaveReport",
     "Stopped",
+    "check_group",
     "counts",
+    "group_split",
     "inbox_dir",
     "inbox_lock",
     "save_samples",

@@ -29,6 +29,7 @@ from graft.rounds.inbox import (
     ClassConflict,
     InboxFull,
     InvalidClassName,
+    InvalidGroup,
     Stopped,
     counts,
     save_samples,
@@ -37,7 +38,7 @@ from graft.rounds.project import is_project
 from graft.serve.api.auth import require_local_or_token
 from graft.serve.api.deps import AdmissionDep, HolderDep, SamplerDep, SettingsDep
 from graft.serve.api.schemas import errors
-from graft.serve.api.upload import FILE_FIELD, LABEL_FIELD, read_labelled_uploads
+from graft.serve.api.upload import FILE_FIELD, GROUP_FIELD, LABEL_FIELD, read_labelled_uploads
 from graft.serve.limits import Problem
 from graft.serve.models import ModelHolder
 from graft.serve.settings import ServeSettings
@@ -55,6 +56,10 @@ SAMPLES_DOC = {
                     "type": "object",
                     "properties": {
                         LABEL_FIELD: {"type": "string", "description": "the class name (a folder name: no paths)"},
+                        GROUP_FIELD: {
+                            "type": "string",
+                            "description": "optional burst or video id: all its photos go to one side (train/test)",
+                        },
                         FILE_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}},
                     },
                     "required": [LABEL_FIELD, FILE_FIELD],
@@ -122,7 +127,7 @@ async def add_samples(
     try:
         try:
             async with asyncio.timeout(settings.timeout_s):
-                label, files = await read_labelled_uploads(request, settings.samples_max_files)
+                label, group, files = await read_labelled_uploads(request, settings.samples_max_files)
                 job = sampler.submit(
                     save_samples,
                     project,
@@ -131,6 +136,7 @@ async def add_samples(
                     limits=settings.inbox_limits,
                     image_limits=settings.image_limits,
                     known_classes=list(holder.current.bundle.classes),
+                    group=group,
                     stopped=gate.abandoned,
                     may_commit=gate.commit,
                 )
@@ -143,6 +149,8 @@ async def add_samples(
             report = await asyncio.wrap_future(job)  # already committing: its answer is the truth
     except InvalidClassName as error:
         raise Problem(422, "invalid_label", f"{error}; nothing was saved") from None
+    except InvalidGroup as error:
+        raise Problem(422, "invalid_group", f"{error}; nothing was saved") from None
     except ClassConflict as error:
         raise Problem(409, "class_conflict", f"{error}; nothing was saved") from None
     except InboxFull as error:
