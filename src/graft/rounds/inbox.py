@@ -192,7 +192,7 @@ def _is_sha(text: str) -> bool:
 
 @contextlib.contextmanager
 def inbox_lock(project: str | Path) -> Iterator[None]:
-    """The inbox's own lock, held briefly (by the server while it commits a request, by `take_inbox` while it
+    """The inbox's own lock, held briefly (by the server while it commits a request, by `add_from_inbox` while it
     moves files): blocking, unlike the project lock, which `rounds train` holds for hours."""
     directory = inbox_dir(project)
     directory.mkdir(parents=True, exist_ok=True)
