@@ -90,6 +90,7 @@ def test_a_class_whose_photos_all_fell_on_the_test_side_is_trained_on(project):
     assert counts(project)["plate"] == {"train": 0, "test": 2}
     result = rounds.add_from_inbox(project, "r1")
     assert result["moved_to_train"] == ["plate"] and result["taken"]["plate"] == {"train": 2, "test": 0}
+    assert "plate" in result["untested"]
     from graft.data.folder import scan_folder
 
     scan = scan_folder(result["data"].removeprefix("folder:"))  # a valid layout B

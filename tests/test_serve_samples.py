@@ -67,8 +67,8 @@ def photo(seed: int, size: tuple[int, int] = (12, 16)) -> bytes:
     return encode(Image.fromarray(pixels))
 
 
-def send(app, label: str | None, files: list[bytes], headers=AUTH, **kwargs) -> httpx.Response:
-    data = {} if label is None else {"label": label}
+def send(app, label: str | None, files: list[bytes], headers=AUTH, data_extra=None, **kwargs) -> httpx.Response:
+    data = ({} if label is None else {"label": label}) | (data_extra or {})
     parts = [("file", (f"p{i}.png", blob, "image/png")) for i, blob in enumerate(files)]
     return request(app, "POST", "/v1/samples", data=data, files=parts, headers=headers, **kwargs)
 
@@ -199,6 +199,23 @@ def _hostile_requests() -> dict[str, tuple[dict, int, str]]:
         "too many files": ({"data": {"label": "cup"}, "files": parts(*[photo(0)] * 5)}, 413, "too_many_files"),
         "huge body": ({"data": {"label": "cup"}, "files": parts(b"\xff" * 300_000)}, 413, "upload_too_large"),
         "case clash with the model": ({"data": {"label": "mug"}, "files": parts(photo(0))}, 409, "class_conflict"),
+        "label over 4 KB": ({"data": {"label": "x" * 5000}, "files": parts(photo(0))}, 400, "bad_request"),
+        "label as a file": ({"files": [("label", ("l.txt", b"cup")), *parts(photo(0))]}, 422, "missing_label"),
+        "truncated multipart": (  # the parser finds no complete part: no label
+            {"content": b"--x\r\nnonsense", "headers": {**AUTH, "content-type": "multipart/form-data; boundary=x"}},
+            422,
+            "missing_label",
+        ),
+        "multipart without a boundary": (
+            {"content": b"abc", "headers": {**AUTH, "content-type": "multipart/form-data"}},
+            400,
+            "bad_request",
+        ),
+        "svg": (
+            {"data": {"label": "cup"}, "files": parts(b"<svg xmlns='http://www.w3.org/2000/svg'/>")},
+            422,
+            "not_an_image",
+        ),
     }
 
 
@@ -315,3 +332,82 @@ def test_a_class_the_model_knows_in_another_unicode_form_is_that_class(tmp_path)
     decomposed = "e\u0301clair"
     report = save_samples(tmp_path, "\u00e9clair", [photo(0)], known_classes=[decomposed])
     assert report.label == decomposed and list(report.counts) == [decomposed]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "flag"),
+    [
+        ("samples_max_files", 0, "--samples-max-files"),
+        ("inbox_max_per_class", 0, "--inbox-max-per-class"),
+        ("inbox_max_total", -1, "--inbox-max-total"),
+        ("inbox_max_mb", float("inf"), "--inbox-max-mb"),
+        ("inbox_max_mb", 0.5, "--inbox-max-mb"),
+    ],
+)
+def test_inbox_bounds_that_cannot_be_meant_stop_the_server_with_the_flag_named(setting, value, flag):
+    from graft.errors import GraftError
+    from graft.serve.settings import ServeSettings
+
+    with pytest.raises(GraftError, match=flag):
+        ServeSettings(**{setting: value}).validate()
+
+
+def test_a_disk_that_fails_midway_leaves_the_inbox_as_it_was(served, tmp_path, monkeypatch):
+    import errno
+
+    import graft.rounds.inbox as inbox
+
+    _, app = served
+    assert send(app, "cup", [photo(1)]).status_code == 200
+    before = tree(tmp_path)
+    real, calls = os.replace, []
+
+    def failing(source, target):
+        calls.append(target)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(source, target)
+
+    monkeypatch.setattr(inbox.os, "replace", failing)
+    response = send(app, "plate", [photo(1), photo(2), photo(3)])  # one relabel, two new: the third rename fails
+    assert (response.status_code, response.json()["code"]) == (507, "storage_error")
+    assert "No space left" in response.json()["detail"]
+    assert tree(tmp_path) == before
+
+
+def test_a_client_file_name_is_never_a_path(served, tmp_path):
+    """The multipart file name is ignored: only the content hash names the stored file."""
+    project, app = served
+    outside = tree(tmp_path / "proj" / "rounds")
+    parts = [("file", ("../../../evil.png", photo(4), "image/png")), ("file", ("/etc/passwd", photo(5), "image/png"))]
+    response = request(app, "POST", "/v1/samples", data={"label": "cup"}, files=parts, headers=AUTH)
+    assert response.status_code == 200, response.text
+    stored = sorted(p.name for p in (project / "inbox").rglob("*.png"))
+    assert stored == sorted(f"{item['sha256']}.png" for item in response.json()["saved"])
+    assert tree(tmp_path / "proj" / "rounds") == outside and not (tmp_path / "evil.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proj"]
+
+
+def test_a_burst_sent_with_a_group_lands_on_one_side(served):
+    """Photos of a burst are near-copies: with `group`, all of them are train or all test, whatever their hashes."""
+    from graft.rounds.inbox import group_split
+
+    _, app = served
+    groups = {side: next(f"burst-{n}" for n in range(1000) if group_split("cup", f"burst-{n}") == side)
+              for side in ("train", "test")}  # fmt: skip
+    burst = [photo(s) for s in range(10)]
+    assert {split_of(pixel_sha256(decode_image(b))) for b in burst} == {"train", "test"}  # per photo: both sides
+    for side, seeds in (("test", range(10)), ("train", range(10, 20))):
+        response = send(app, "cup", [photo(s) for s in seeds], data_extra={"group": groups[side]})
+        assert response.status_code == 200, response.text
+        assert {item["split"] for item in response.json()["saved"]} == {side}
+    assert request(app, "GET", "/v1/samples", headers=AUTH).json()["counts"] == {"cup": {"train": 10, "test": 10}}
+
+
+@pytest.mark.parametrize("group", ["../x", "a/b", ".hidden", "", "x" * 65, "ünï", "two words"])
+def test_a_group_that_is_not_a_plain_id_is_refused(served, tmp_path, group):
+    _, app = served
+    before = tree(tmp_path)
+    response = send(app, "cup", [photo(0)], data_extra={"group": group})
+    assert (response.status_code, response.json()["code"]) == (422, "invalid_group"), response.text
+    assert tree(tmp_path) == before

@@ -150,6 +150,11 @@ def rounds_add_command(
         if result["moved_to_train"]:
             classes = ", ".join(result["moved_to_train"])
             print(f"{classes}: every photo had fallen on the test side, so they are trained on instead")
+        if len(result["untested"]) == len(taken):
+            print("no photo was held out for test: the round holds out a fifth of them itself, photo by photo")
+        elif result["untested"]:
+            untested = ", ".join(result["untested"])
+            print(f"no held-out photos of {untested}: this round's test split does not measure them")
         print(f"data: {result['data']}; train it with `graft rounds train {directory}`")
         return
     from graft.rounds import add

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import shutil
 import time
 import unicodedata
@@ -98,6 +99,26 @@ def split_of(sha256: str) -> str:
     return "test" if int(sha256, 16) % TEST_EVERY == 0 else "train"
 
 
+def group_split(label: str, group: str) -> str:
+    """train or test for every photo of a group (a burst, a video) of class `label`: one side for all of them,
+    so near-copies never sit on both sides of the held-out split."""
+    return split_of(hashlib.sha256(f"{label}\0{group}".encode()).hexdigest())
+
+
+_GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class InvalidGroup(GraftError):
+    """A group name that is not 1 to 64 letters, digits, '.', '_' or '-'."""
+
+
+def check_group(group: str | None) -> str | None:
+    if group is not None and not _GROUP.match(group):
+        shown = repr(group if len(group) <= 40 else group[:40] + "…")
+        raise InvalidGroup(f"group {shown}: use 1 to 64 letters, digits, '.', '_' or '-' (e.g. burst-1730)")
+    return group
+
+
 def pixel_sha256(array: np.ndarray) -> str:
     """The sha256 of decoded pixels and their shape: the same picture gives the same name whatever its file said."""
     digest = hashlib.sha256(("x".join(str(n) for n in array.shape) + "\n").encode())
@@ -171,7 +192,7 @@ def _is_sha(text: str) -> bool:
 
 @contextlib.contextmanager
 def inbox_lock(project: str | Path) -> Iterator[None]:
-    """The inbox's own lock, held briefly (by the server while it commits a request, by `take_inbox` while it
+    """The inbox's own lock, held briefly (by the server while it commits a request, by `add_from_inbox` while it
     moves files): blocking, unlike the project lock, which `rounds train` holds for hours."""
     directory = inbox_dir(project)
     directory.mkdir(parents=True, exist_ok=True)
@@ -193,6 +214,7 @@ class _Staged:
     sha256: str
     path: Path
     size: int
+    split: str = "train"
 
 
 def save_samples(
@@ -203,18 +225,22 @@ def save_samples(
     limits: InboxLimits = InboxLimits(),
     image_limits: ImageLimits = DEFAULT_LIMITS,
     known_classes: Sequence[str] = (),
+    group: str | None = None,
     stopped: Callable[[], bool] = lambda: False,
     may_commit: Callable[[], bool] = lambda: True,
 ) -> SaveReport:
     """Save `uploads` (encoded images) under class `label` in the project's inbox; all or nothing.
 
     `label` is checked (graft.data.class_names); an inbox or `known_classes` class in another Unicode form is that
-    class. Raises InvalidClassName, ClassConflict (a name differing from an existing one only in case),
+    class. `group` (a burst or video id) puts every photo of the request on one side, chosen from the class and
+    group (`group_split`); without it each photo's side follows from its own hash. Raises InvalidClassName,
+    InvalidGroup, ClassConflict (a name differing from an existing one only in case),
     GraftError / ImageTooLarge for an upload that does not decode (named "file N"), InboxFull, or Stopped when
     `stopped()` turns true while decoding or `may_commit()` is false at the end (the caller timed out).
     """
     project = Path(project)
     name = check_class_name(label)
+    check_group(group)
     if not uploads:
         raise GraftError("no images: send one or more image files with the class name")
     inbox = inbox_dir(project)
@@ -227,7 +253,9 @@ def save_samples(
         for i, data in enumerate(uploads):
             if stopped():
                 raise Stopped("the request was abandoned before its images were saved")
-            staged.append(_stage(staging, i, data, image_limits))
+            item = _stage(staging, i, data, image_limits)
+            item.split = group_split(name, group) if group is not None else split_of(item.sha256)
+            staged.append(item)
         with inbox_lock(project):
             if not may_commit():
                 raise Stopped("the request was abandoned before its images were saved")
@@ -303,20 +331,37 @@ def _commit(
             f"{limits.max_bytes / 2**20:.0f} MB; make a round of it (graft rounds add PROJECT NAME --inbox)"
         )
 
+    renames = [(entry.path, inbox / entry.split / name / entry.path.name) for entry in moves]
+    renames += [(item.path, inbox / item.split / name / f"{item.sha256}{SUFFIX}") for item in new]
+    _rename_all(renames)
     for entry in moves:
-        target = inbox / entry.split / name / entry.path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(entry.path, target)
         _remove_if_empty(entry.path.parent)
         report.relabelled.append({"sha256": entry.sha256, "from": entry.label, "split": entry.split})
-    for item in new:
-        split = split_of(item.sha256)
-        target = inbox / split / name / f"{item.sha256}{SUFFIX}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(item.path, target)
-        report.saved.append({"sha256": item.sha256, "split": split})
+    report.saved = [{"sha256": item.sha256, "split": item.split} for item in new]
     report.counts = counts(project)
     return report
+
+
+def _rename_all(renames: list[tuple[Path, Path]]) -> None:
+    """Each (source, target) renamed, or none: a failure (disk full, permissions) puts back those already done,
+    so that a refused request has saved nothing; the OSError is raised again."""
+    done: list[tuple[Path, Path]] = []
+    made: list[Path] = []  # folders created here (class, and split), removed again if the request fails
+    try:
+        for source, target in renames:
+            for folder in (target.parent.parent, target.parent):
+                if not folder.is_dir():
+                    folder.mkdir()
+                    made.append(folder)
+            os.replace(source, target)
+            done.append((source, target))
+    except OSError:
+        for source, target in reversed(done):
+            with contextlib.suppress(OSError):
+                os.replace(target, source)
+        for folder in reversed(made):
+            _remove_if_empty(folder)
+        raise
 
 
 def _resolve_class(name: str, existing: set[str]) -> str:
@@ -373,9 +418,12 @@ __all__ = [
     "InboxFull",
     "InboxLimits",
     "InvalidClassName",
+    "InvalidGroup",
     "SaveReport",
     "Stopped",
+    "check_group",
     "counts",
+    "group_split",
     "inbox_dir",
     "inbox_lock",
     "save_samples",

@@ -34,7 +34,9 @@ def add_from_inbox(
 ) -> dict:
     """Make the inbox's photos the data of a new pending round `name` (modes and settings as `graft.rounds.add`).
 
-    Returns {"round", "index", "data", "taken": {class: {"train", "test"}}, "moved_to_train": [classes]}.
+    Returns {"round", "index", "data", "taken": {class: {"train", "test"}}, "moved_to_train": [classes],
+    "untested": [classes with no held-out photo]}; with no held-out photo at all, the folder source holds out a
+    fifth of the photos itself, photo by photo (bursts then sit on both sides).
     GraftError, with nothing moved, for an empty inbox, fewer than 2 classes, a used name, or a busy project.
     """
     directory = Path(directory).resolve()
@@ -61,6 +63,7 @@ def add_from_inbox(
         "data": source,
         "taken": taken,
         "moved_to_train": to_train,
+        "untested": [label for label, count in taken.items() if count["test"] == 0],
     }
 
 

@@ -15,6 +15,7 @@ the inbox lock, milliseconds) the request finishes and answers, so a 504 always 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from graft.rounds.inbox import (
     ClassConflict,
     InboxFull,
     InvalidClassName,
+    InvalidGroup,
     Stopped,
     counts,
     save_samples,
@@ -36,10 +38,12 @@ from graft.rounds.project import is_project
 from graft.serve.api.auth import require_local_or_token
 from graft.serve.api.deps import AdmissionDep, HolderDep, SamplerDep, SettingsDep
 from graft.serve.api.schemas import errors
-from graft.serve.api.upload import FILE_FIELD, LABEL_FIELD, read_labelled_uploads
+from graft.serve.api.upload import FILE_FIELD, GROUP_FIELD, LABEL_FIELD, read_labelled_uploads
 from graft.serve.limits import Problem
 from graft.serve.models import ModelHolder
 from graft.serve.settings import ServeSettings
+
+log = logging.getLogger("graft.serve")
 
 router = APIRouter()
 
@@ -52,6 +56,10 @@ SAMPLES_DOC = {
                     "type": "object",
                     "properties": {
                         LABEL_FIELD: {"type": "string", "description": "the class name (a folder name: no paths)"},
+                        GROUP_FIELD: {
+                            "type": "string",
+                            "description": "optional burst or video id: all its photos go to one side (train/test)",
+                        },
                         FILE_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}},
                     },
                     "required": [LABEL_FIELD, FILE_FIELD],
@@ -102,7 +110,7 @@ async def sample_counts(holder: HolderDep, settings: SettingsDep) -> dict[str, A
 @router.post(
     "/samples",
     summary="Save labelled photos in the inbox",
-    responses=errors(400, 401, 403, 409, 413, 415, 422, 503, 504),
+    responses=errors(400, 401, 403, 409, 413, 415, 422, 503, 504, 507),
     openapi_extra=SAMPLES_DOC,
     dependencies=[require_local_or_token],
 )
@@ -119,7 +127,7 @@ async def add_samples(
     try:
         try:
             async with asyncio.timeout(settings.timeout_s):
-                label, files = await read_labelled_uploads(request, settings.samples_max_files)
+                label, group, files = await read_labelled_uploads(request, settings.samples_max_files)
                 job = sampler.submit(
                     save_samples,
                     project,
@@ -128,6 +136,7 @@ async def add_samples(
                     limits=settings.inbox_limits,
                     image_limits=settings.image_limits,
                     known_classes=list(holder.current.bundle.classes),
+                    group=group,
                     stopped=gate.abandoned,
                     may_commit=gate.commit,
                 )
@@ -140,6 +149,8 @@ async def add_samples(
             report = await asyncio.wrap_future(job)  # already committing: its answer is the truth
     except InvalidClassName as error:
         raise Problem(422, "invalid_label", f"{error}; nothing was saved") from None
+    except InvalidGroup as error:
+        raise Problem(422, "invalid_group", f"{error}; nothing was saved") from None
     except ClassConflict as error:
         raise Problem(409, "class_conflict", f"{error}; nothing was saved") from None
     except InboxFull as error:
@@ -150,6 +161,13 @@ async def add_samples(
         raise Problem(504, "timeout", str(error)) from None
     except GraftError as error:
         raise Problem(422, "not_an_image", f"{error}; nothing was saved") from None
+    except OSError as error:  # the server's disk, not the client: logged, and said plainly
+        log.error("could not store samples in %s: %s", project, error)
+        raise Problem(
+            507,
+            "storage_error",
+            f"the server could not store the photos ({error.strerror or error}); nothing was saved",
+        ) from None
     finally:
         gate.abandon()
         admission.release_after(job)

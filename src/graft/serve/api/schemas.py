@@ -54,6 +54,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         422: "not a decodable image, wrong field or bad parameter",
         503: "overloaded (see Retry-After)",
         504: "request took longer than --timeout",
+        507: "the server could not store the photos (its disk); nothing was saved",
     }.items()
 }
 

@@ -75,10 +75,12 @@ def parse_top_k(raw: str) -> int:
 
 
 LABEL_FIELD = "label"
+GROUP_FIELD = "group"
 
 
-async def read_labelled_uploads(request: Request, max_files: int) -> tuple[str, list[bytes]]:
-    """A samples request: the class name (multipart field `label`) and the image files (field `file`, repeated).
+async def read_labelled_uploads(request: Request, max_files: int) -> tuple[str, str | None, list[bytes]]:
+    """A samples request: the class name (multipart field `label`), an optional `group` (a burst or video id) and
+    the image files (field `file`, repeated).
 
     Multipart only (there is no raw-body form: the label must travel with the images); at most `max_files` files
     (413 too_many_files), held in memory within --max-upload-mb like predict's. The client's file names are never
@@ -94,8 +96,11 @@ async def read_labelled_uploads(request: Request, max_files: int) -> tuple[str, 
     if len(label) != 1 or not isinstance(label[0], str):
         detail = f"send the class name once, as the text field '{LABEL_FIELD}'"
         raise Problem(422, "missing_label", detail)
+    group = form.getlist(GROUP_FIELD)
+    if len(group) > 1 or not all(isinstance(g, str) for g in group):
+        raise Problem(422, "invalid_group", f"send at most one '{GROUP_FIELD}', as a text field")
     uploads = form.getlist(FILE_FIELD)
-    unknown = sorted(set(form.keys()) - {LABEL_FIELD, FILE_FIELD})
+    unknown = sorted(set(form.keys()) - {LABEL_FIELD, GROUP_FIELD, FILE_FIELD})
     if unknown or not uploads or not all(isinstance(item, UploadFile) for item in uploads):
         got = ", ".join(sorted(form.keys())) or "none"
         detail = f"send one or more images as files in the multipart field '{FILE_FIELD}' (got fields: {got})"
@@ -104,7 +109,7 @@ async def read_labelled_uploads(request: Request, max_files: int) -> tuple[str, 
     for n, data in enumerate(files, 1):
         if not data:
             raise Problem(400, "empty_upload", f"file {n} is empty: nothing was saved")
-    return label[0], files
+    return label[0], (str(group[0]) if group else None), files
 
 
 async def _parse_multipart(request: Request, body: bytes, max_files: int = 1) -> FormData:
