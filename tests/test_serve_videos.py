@@ -68,6 +68,7 @@ def test_a_video_becomes_photos_in_the_inbox(project, tmp_path):
         assert len(body["saved"]) + len(body["duplicates"]) == 15
         again = _send(url, clip).json()  # the same clip again: every frame is a duplicate
         assert again["saved"] == [] and len(again["duplicates"]) == 15
+        assert len({s["split"] for s in body["saved"]}) == 1, "a video's frames share one side of the split"
     assert sum(counts(project)["stripes"].values()) == len(body["saved"]) == len(_inbox_files(project))
     assert not list(tmp_path.glob("**/upload")), "the video itself is never kept"
 
