@@ -13,6 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 import graft
 from graft.serve.app import create_app
@@ -54,8 +55,9 @@ def _shots(tmp_path: Path) -> Path:
 def test_teach_two_classes_train_from_the_page_and_predict_one(browser, tmp_path):  # noqa: F811
     project = served_project(tmp_path, epochs=4)
     shots = _shots(tmp_path)
-    bright = [save_png(tmp_path / f"bright-{n}.png", teach_image("bright", seed=n)) for n in range(5)]
+    bright = [save_png(tmp_path / f"bright-{n}.png", teach_image("bright", seed=n)) for n in range(4)]
     misread = save_png(tmp_path / "bright-misread.png", teach_image("bright", seed=77))
+    bright.append(save_png(tmp_path / "bright-camera.png", teach_image("bright", seed=5, size=1600)))  # a camera's
     video = _stripes_video(tmp_path / "stripes.mp4")
     question = save_png(tmp_path / "question.png", teach_image("stripes", seed=4242))
 
@@ -113,3 +115,5 @@ def test_teach_two_classes_train_from_the_page_and_predict_one(browser, tmp_path
     assert errors == []
     assert width <= 390, "the page must fit a phone's width without sideways scrolling"
     assert graft.load(project).classes == ["0", "1", "bright", "stripes"]
+    bright_sizes = sorted(Image.open(path).size for path in (project / "samples" / "phone-2").glob("*/bright/*.png"))
+    assert bright_sizes == [(32, 32)] * 5 + [(1024, 1024)]  # the page scaled the camera-sized photo down
