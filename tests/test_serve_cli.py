@@ -118,4 +118,5 @@ def test_help_lists_serve_and_export(capsys):
     code, out, _ = cli(["serve", "--help"], capsys)
     text = " ".join(out.split())
     flags = "--host --port --engine --max-batch --max-delay-ms --token --max-upload-mb --max-pixels --max-queue"
+    flags += " --samples-max-files --inbox-max-per-class --inbox-max-total --inbox-max-mb"
     assert all(flag in text for flag in flags.split())

@@ -13,7 +13,13 @@ from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from graft.serve import create_app
 
 PUBLIC = {"/", "/favicon.ico", "/healthz", "/readyz"}
-PROTECTED = {"/v1/predict", "/v1/model", "/v1/reload"}
+PROTECTED = {
+    "/v1/predict", "/v1/model", "/v1/reload", "/v1/samples", "/v1/samples/video", "/v1/rounds", "/v1/training",
+}  # fmt: skip
+# Routes that change what the server holds: without a token, only clients on this machine may call them.
+LOCAL_OR_TOKEN = {
+    ("POST", "/v1/reload"), ("POST", "/v1/samples"), ("POST", "/v1/samples/video"), ("POST", "/v1/rounds"),
+}  # fmt: skip
 NEEDS = "this server needs a token: Authorization: Bearer TOKEN"
 BAD_TOKENS = [
     ({}, NEEDS),
@@ -33,11 +39,11 @@ def _calls(dependant: Dependant) -> set:
     return found
 
 
-def _routes(app) -> dict[str, RouteContext]:
-    """The app's API routes by full path, as served: `app.routes` holds included routers unflattened, and
-    `iter_route_contexts` gives each route with its router's prefix and dependencies."""
-    contexts = iter_route_contexts(app.routes)
-    return {context.path: context for context in contexts if isinstance(context.original_route, APIRoute)}
+def _routes(app) -> dict[tuple[str, str], RouteContext]:
+    """The app's API routes by (method, full path), as served: `app.routes` holds included routers unflattened,
+    and `iter_route_contexts` gives each route with its router's prefix and dependencies."""
+    contexts = [c for c in iter_route_contexts(app.routes) if isinstance(c.original_route, APIRoute)]
+    return {(method, context.path): context for context in contexts for method in context.original_route.methods}
 
 
 @pytest.fixture(scope="module")
@@ -58,26 +64,25 @@ def test_every_v1_route_depends_on_the_token_check_and_no_public_one_does(token_
     from graft.serve.api.auth import check_reload_origin, check_token
 
     routes = _routes(token_app)
-    assert set(routes) == PUBLIC | PROTECTED  # a new route must be placed in one of the two on purpose
-    for path, route in routes.items():
+    assert {path for _, path in routes} == PUBLIC | PROTECTED  # a new route must be placed in one on purpose
+    for (method, path), route in routes.items():
         calls = _calls(route.dependant)
         assert (check_token in calls) == path.startswith("/v1"), path
-        assert (check_reload_origin in calls) == (path == "/v1/reload"), path
+        assert (check_reload_origin in calls) == ((method, path) in LOCAL_OR_TOKEN), (method, path)
 
 
 @pytest.mark.parametrize(("headers", "detail"), BAD_TOKENS)
 def test_a_missing_or_wrong_token_is_the_same_401_on_every_protected_route(token_app, headers, detail):
     before, routes = token_app.state.holder.current, _routes(token_app)
-    assert set(routes) == PUBLIC | PROTECTED
-    for path, route in routes.items():
-        for method in route.methods:
-            response = _request(token_app, method, path, headers=headers)
-            if path in PUBLIC:
-                assert response.status_code != 401, (method, path)
-                continue
-            assert response.status_code == 401, (method, path, response.text)
-            assert response.json() == {"detail": detail, "code": "unauthorized"}
-            assert response.headers["www-authenticate"] == "Bearer"
+    assert {path for _, path in routes} == PUBLIC | PROTECTED
+    for method, path in routes:
+        response = _request(token_app, method, path, headers=headers)
+        if path in PUBLIC:
+            assert response.status_code != 401, (method, path)
+            continue
+        assert response.status_code == 401, (method, path, response.text)
+        assert response.json() == {"detail": detail, "code": "unauthorized"}
+        assert response.headers["www-authenticate"] == "Bearer"
     assert token_app.state.holder.current is before  # no reload ran
 
 

@@ -118,7 +118,17 @@ RoundRecipe = Annotated[Path | None, typer.Option(help="TOML recipe with this ro
 def rounds_add_command(
     directory: Annotated[Path, typer.Argument(help="Rounds project directory.")],
     name: Annotated[str, typer.Argument(help="Round name, e.g. level-2.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="The round's data: digits, mnist, folder:PATH, …")],
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", help="The round's data: digits, mnist, folder:PATH, …")
+    ] = None,
+    inbox: Annotated[
+        bool,
+        typer.Option(
+            "--inbox",
+            help="The round's data is the project's inbox: the photos sent from the phone (POST /v1/samples), "
+            "moved to DIR/samples/NAME/.",
+        ),
+    ] = False,
     replay: Annotated[
         float | None,
         typer.Option(help="Train on this round plus this fraction of each earlier round (seeded sample)."),
@@ -130,11 +140,38 @@ def rounds_add_command(
     """Add a round; by default it trains on the union of all rounds so far, with the project's settings.
 
     The training flags below set this round's own.
+    \b
+    Examples:
+      graft rounds add proj level-2 --data folder:clutter/level-2
+      graft rounds add proj kitchen-1 --inbox      # the photos taught on the phone page
     """
-    from graft.rounds import add
     from graft.training.config import recipe_settings
 
-    state = add(directory, name, data, replay=replay, naive=naive, settings=recipe_settings(recipe, **settings))
+    if (data is None) == (not inbox):
+        raise GraftError("give the round's data: --data SOURCE, or --inbox for the photos sent from the phone")
+    own = recipe_settings(recipe, **settings)
+    if inbox:
+        from graft.rounds import add_from_inbox
+
+        result = add_from_inbox(directory, name, replay=replay, naive=naive, settings=own)
+        taken = result["taken"]
+        photos = sum(c["train"] + c["test"] for c in taken.values())
+        held = sum(c["test"] for c in taken.values())
+        classes = ", ".join(f"{label} {c['train'] + c['test']}" for label, c in taken.items())
+        print(f"round {result['index']}: {name} from the inbox: {photos} photos ({held} held out for test) — {classes}")
+        if result["moved_to_train"]:
+            classes = ", ".join(result["moved_to_train"])
+            print(f"{classes}: every photo had fallen on the test side, so they are trained on instead")
+        if len(result["untested"]) == len(taken):
+            print("no photo was held out for test: the round holds out a fifth of them itself, photo by photo")
+        elif result["untested"]:
+            untested = ", ".join(result["untested"])
+            print(f"no held-out photos of {untested}: this round's test split does not measure them")
+        print(f"data: {result['data']}; train it with `graft rounds train {directory}`")
+        return
+    from graft.rounds import add
+
+    state = add(directory, name, data, replay=replay, naive=naive, settings=own)  # type: ignore[arg-type]
     entry = state["rounds"][-1]
     print(f"round {len(state['rounds'])}: {entry['name']} ({entry['mode']}) {entry['data']}")
 

@@ -82,7 +82,9 @@ def serve_command(
     ] = 5.0,
     token: Annotated[
         str | None,
-        typer.Option(envvar="GRAFT_TOKEN", help="Require 'Authorization: Bearer TOKEN' for predict, model, reload."),
+        typer.Option(
+            envvar="GRAFT_TOKEN", help="Require 'Authorization: Bearer TOKEN' for predict, model, reload, samples."
+        ),
     ] = None,
     max_upload_mb: Annotated[
         float, typer.Option(help=f"Largest upload accepted (413 above). {_r('max_upload_mb')}")
@@ -137,6 +139,19 @@ def serve_command(
         float,
         typer.Option(help=f"For a rounds project: seconds between checks for a newly promoted round. {_r('watch_s')}"),
     ] = 2.0,
+    samples_max_files: Annotated[
+        int, typer.Option(help=f"Photos one POST /v1/samples may carry (413 above). {_r('samples_max_files')}")
+    ] = 32,
+    inbox_max_per_class: Annotated[
+        int,
+        typer.Option(help=f"For a rounds project: inbox photos per class (409 above). {_r('inbox_max_per_class')}"),
+    ] = 2000,
+    inbox_max_total: Annotated[
+        int, typer.Option(help=f"For a rounds project: inbox photos in all (409 above). {_r('inbox_max_total')}")
+    ] = 20_000,
+    inbox_max_mb: Annotated[
+        float, typer.Option(help=f"For a rounds project: inbox size in MB (409 above). {_r('inbox_max_mb')}")
+    ] = 4096.0,
 ) -> None:
     """Serve a bundle over HTTP: a phone page at /, the API at /v1/predict (schema at /openapi.json).
 
@@ -147,6 +162,10 @@ def serve_command(
       graft serve proj          # a rounds project: serves its current round, switches when a new one is promoted
     \b
     POST /v1/reload or SIGHUP loads the bundle again (e.g. after a new round) without dropping requests.
+    Serving a rounds project, POST /v1/samples stores labelled photos from the phone in its inbox
+    (then: graft rounds add PROJECT NAME --inbox), POST /v1/samples/video a short clip's frames, and
+    POST /v1/rounds trains the next round from the inbox in a background process (progress: GET /v1/training;
+    a round stopped with the server resumes at the next start). See docs/phone.md.
     """
     from graft.serve.run import serve
 
@@ -165,6 +184,10 @@ def serve_command(
         watch_s=watch,
         header_timeout_s=header_timeout,
         max_connections=max_connections,
+        samples_max_files=samples_max_files,
+        inbox_max_per_class=inbox_max_per_class,
+        inbox_max_total=inbox_max_total,
+        inbox_max_mb=inbox_max_mb,
         allowed_hosts=tuple(allowed_host or ()),
         reload_root=reload_root,
         docs=docs,

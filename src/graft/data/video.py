@@ -121,6 +121,29 @@ def extract_frames(
     return FramesResult(folder=folder, videos=tuple(results))
 
 
+@dataclass(frozen=True)
+class VideoFacts:
+    """What a video's header says, read before any frame is decoded."""
+
+    width: int
+    height: int
+    seconds: float | None  # None when the container does not say
+
+
+def probe(path: str | Path) -> VideoFacts:
+    """The first video stream's frame size and the video's duration, from the header only: a server checks an
+    uploaded video against its limits (pixels, length) before spending time decoding it."""
+    with _open(Path(path)) as (container, stream):
+        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        if stream.duration is not None and stream.time_base is not None:
+            seconds: float | None = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            seconds = container.duration / 1_000_000  # FFmpeg's AV_TIME_BASE
+        else:
+            seconds = None
+    return VideoFacts(width, height, seconds)
+
+
 def _check_options(size: int | None, crop: str, limit: int | None) -> str:
     if size is not None and size < 1:
         raise GraftError(f"--size must be at least 1 pixel, got {size}")

@@ -4,6 +4,7 @@
     DIR/current.json             the promoted bundle in use: {"round", "bundle", "why"}
     DIR/rounds/<k>-<name>/       per round: data.json (a mix: source when needed), run/ and bundle/
     DIR/report.json, matrix.png  accuracy matrix and metrics after the latest trained round
+    DIR/inbox/, DIR/samples/<name>/   photos sent from a phone, and those a round took (graft.rounds.inbox, intake)
     DIR/archive/<time>/          what `redo` and `init --force` set aside (nothing is deleted)
     DIR/.lock                    held by the command changing the project (train, add, redo, init)
 
@@ -35,6 +36,7 @@ CURRENT = "current.json"
 FORMAT = 1
 ARCHIVE = "archive"
 LOCK = lock.LOCK
+SAMPLES = "samples"  # DIR/samples/<round>/: the inbox photos a round took (graft.rounds.intake)
 # Where each round's data, run and bundle go is the project's business, not a setting.
 NOT_SETTINGS = {"data", "run_dir", "output", "force"}
 # Settings that describe the architecture: round 1 uses them, later rounds take them from the bundle they continue.
@@ -137,7 +139,7 @@ def init(
     }
     with locked(directory):
         # The manifest and pointer go first: cut short, the rest is a folder `init` sets aside again.
-        old = [directory / name for name in (MANIFEST, CURRENT, "rounds", "report.json", "matrix.png")]
+        old = [directory / name for name in (MANIFEST, CURRENT, "rounds", SAMPLES, "report.json", "matrix.png")]
         _archive(directory, old)
         write(directory, state)
     return state
@@ -159,7 +161,8 @@ def round_settings(settings: dict, project_settings: dict) -> dict:
     return given
 
 
-def _mode(replay: float | None, naive: bool) -> Mode:
+def round_mode(replay: float | None, naive: bool) -> Mode:
+    """union (default), replay (with `replay`, a fraction) or naive; GraftError for a contradiction."""
     if replay is not None and naive:
         raise GraftError("--replay and --naive exclude each other")
     if replay is not None and not 0 < replay <= 1:
@@ -181,20 +184,33 @@ def add(
     `settings` (e.g. `{"epochs": 3, "lr": 1e-3}`) override the project's training settings for this round only.
     """
     read(directory)
-    if not _NAME.match(name):
-        raise GraftError(f"round name {name!r}: use letters, digits, '.', '_' or '-' (e.g. level-2)")
-    mode = _mode(replay, naive)
+    check_round_name(name)
+    mode = round_mode(replay, naive)
     source = check_source(data)
     with locked(directory):
         state = read(directory)
-        if any(r["name"] == name for r in state["rounds"]):
-            raise GraftError(f"{directory} already has a round named {name!r}")
+        check_new_round(directory, state, name)
         own = round_settings(settings or {}, state["settings"])
-        index = len(state["rounds"]) + 1
-        entry = {"name": name, "data": source, "mode": mode, "replay": replay, "settings": own}
-        state["rounds"].append({**entry, "dir": f"rounds/{index}-{name}", "status": "pending"})
-        write(directory, state)
+        append_round(directory, state, {"name": name, "data": source, "mode": mode, "replay": replay, "settings": own})
     return state
+
+
+def check_round_name(name: str) -> None:
+    """A round name is part of folder names: letters, digits, '.', '_' and '-' only."""
+    if not _NAME.match(name):
+        raise GraftError(f"round name {name!r}: use letters, digits, '.', '_' or '-' (e.g. level-2)")
+
+
+def check_new_round(directory: str | Path, state: dict, name: str) -> None:
+    if any(r["name"] == name for r in state["rounds"]):
+        raise GraftError(f"{directory} already has a round named {name!r}")
+
+
+def append_round(directory: str | Path, state: dict, entry: dict) -> None:
+    """Record `entry` ({name, data, mode, replay, settings, …}) as the next pending round; under `locked`."""
+    index = len(state["rounds"]) + 1
+    state["rounds"].append({**entry, "dir": f"rounds/{index}-{entry['name']}", "status": "pending"})
+    write(directory, state)
 
 
 def redo(
@@ -224,7 +240,7 @@ def redo(
         if mode is not None:
             if (mode == "replay") != (replay is not None):
                 raise GraftError("a replay fraction goes with the replay mode, and only with it")
-            entry["mode"], entry["replay"] = _mode(replay, mode == "naive"), replay
+            entry["mode"], entry["replay"] = round_mode(replay, mode == "naive"), replay
         if settings:
             entry["settings"] = {**entry.get("settings", {}), **round_settings(settings, state["settings"])}
 
@@ -232,7 +248,7 @@ def redo(
         # which the next rounds command finishes (finish_archiving) before anything else.
         later = state["rounds"][k:]
         moving = [r["dir"] for r in later if (directory / r["dir"]).exists()]
-        archive = _fresh(directory / ARCHIVE / _stamp()) if moving else None
+        archive = fresh(directory / ARCHIVE / _stamp()) if moving else None
         for r in later:
             r["status"] = "pending"
             for key in ("training_data", "accuracy", "metrics", "gate"):
@@ -277,7 +293,7 @@ def _archive(directory: Path, paths: list[Path], into: Path | None = None) -> Pa
     present = [p for p in paths if p.exists()]
     if not present:
         return None
-    into = into or _fresh(directory / ARCHIVE / _stamp())
+    into = into or fresh(directory / ARCHIVE / _stamp())
     for path in present:
         target = into / path.relative_to(directory)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -285,7 +301,7 @@ def _archive(directory: Path, paths: list[Path], into: Path | None = None) -> Pa
     return into
 
 
-def _fresh(path: Path) -> Path:
+def fresh(path: Path) -> Path:
     """`path`, or `path-2`, `path-3`, … : the first that does not exist yet."""
     candidate, n = path, 1
     while candidate.exists():

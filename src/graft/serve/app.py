@@ -2,7 +2,7 @@
 
 `create_app` loads the model and builds the state the routes reach through dependencies (`api.deps`), then
 includes the routers, the upload limit, the Host check and security headers (`guards`), the error handlers
-and the lifespan (rounds watcher, clean shutdown).
+and the lifespan (rounds watcher, background training, clean shutdown).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +20,7 @@ from fastapi import FastAPI
 
 from graft._version import __version__
 from graft.bundle import Bundle
+from graft.errors import GraftError, first_line
 from graft.serve.api import ROUTERS
 from graft.serve.api.deps import attach_state
 from graft.serve.guards import HostCheck, SecurityHeaders
@@ -26,8 +28,11 @@ from graft.serve.handlers import install_error_handlers
 from graft.serve.limits import Admission, BodyLimit
 from graft.serve.models import ModelHolder, load_model, resolve
 from graft.serve.settings import ServeSettings
+from graft.serve.training import TrainingWorker, inbox_round
 
 __all__ = ["create_app", "lifespan"]
+
+log = logging.getLogger("graft.serve")
 
 
 def create_app(bundle: Bundle | str | Path, settings: ServeSettings | None = None, **overrides: Any) -> FastAPI:
@@ -49,6 +54,11 @@ def create_app(bundle: Bundle | str | Path, settings: ServeSettings | None = Non
     )
     decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="graft-decode")
     attach_state(app, holder, settings, Admission(settings.max_queue), decoder)
+    # Saving samples (decode, re-encode, write) has a thread of its own: a burst of teach-mode photos never
+    # makes predictions wait for the decode pool.
+    app.state.sampler = ThreadPoolExecutor(1, thread_name_prefix="graft-samples")
+    # Serving a rounds project: the page can train its next round (POST /v1/rounds), one at a time.
+    app.state.training = TrainingWorker(project, inbox_round, _follower(holder)) if project is not None else None
     # predict's own --timeout covers its upload (504); the body deadline, a second later, covers every other route
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes, timeout_s=settings.timeout_s + 1)
     app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
@@ -59,18 +69,39 @@ def create_app(bundle: Bundle | str | Path, settings: ServeSettings | None = Non
     return app
 
 
+def _follower(holder: ModelHolder):
+    """Serve a round the page's training promoted at once (the watcher would within --watch), unless the server
+    was since pinned to another bundle."""
+
+    async def follow() -> None:
+        if holder.project is not None:
+            await holder.reload()
+
+    return follow
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Follow a rounds project's promotions while serving; at shutdown finish what is queued, then stop."""
+    """Follow a rounds project's promotions while serving, and resume a round the server was training when it
+    stopped; at shutdown stop that training (its checkpoint stays), finish what is queued, then stop."""
     holder: ModelHolder = app.state.holder
     settings: ServeSettings = app.state.settings
+    training: TrainingWorker | None = getattr(app.state, "training", None)
     watcher = None
     if holder.project is not None and settings.watch_s > 0:
         watcher = asyncio.get_running_loop().create_task(holder.watch(settings.watch_s))
+    if training is not None:
+        try:
+            log.info("training: %s", await training.recover())
+        except (GraftError, OSError) as error:  # the model is served anyway; GET /v1/training says what is wrong
+            log.error("not resuming the training: %s", first_line(error))
     yield
+    if training is not None:
+        await training.stop(remember=False)
     if watcher is not None:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
     await holder.close()
     app.state.decoder.shutdown(wait=False, cancel_futures=True)
+    app.state.sampler.shutdown(wait=False, cancel_futures=True)

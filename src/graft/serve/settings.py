@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from graft.data.image_limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageLimits
 from graft.errors import GraftError
+
+if TYPE_CHECKING:
+    from graft.rounds.inbox import InboxLimits
 
 EngineChoice = Literal["auto", "onnx", "torch"]
 ENGINES: tuple[str, ...] = ("auto", "onnx", "torch")
@@ -57,6 +60,10 @@ RANGES: dict[str, Range] = {
     "watch_s": Range("--watch", 0.01, 86_400, "s", zero_means="off"),
     "header_timeout_s": Range("--header-timeout", 0.1, 600, "s"),
     "max_connections": Range("--max-connections", 1, 100_000),
+    "samples_max_files": Range("--samples-max-files", 1, 1000, "images"),
+    "inbox_max_per_class": Range("--inbox-max-per-class", 1, 1_000_000, "images"),
+    "inbox_max_total": Range("--inbox-max-total", 1, 10_000_000, "images"),
+    "inbox_max_mb": Range("--inbox-max-mb", 1, 10_000_000, "MB"),
 }
 
 
@@ -75,12 +82,16 @@ class ServeSettings:
     - `header_timeout_s`: a connection must send a request's complete headers within it (after connecting, or
       after its previous response), else it is closed; `max_connections` caps open connections (more are
       answered 503 and closed at once). Together they stop idle or trickling clients from holding the server.
-    - `token`, when set, is required as `Authorization: Bearer TOKEN` by /v1/predict, /v1/model and /v1/reload.
+    - `token`, when set, is required as `Authorization: Bearer TOKEN` by every /v1 route (predict, model, reload,
+      samples); without one, `POST /v1/samples` and `/v1/reload` answer only clients on this machine.
     - `allowed_hosts`: `Host` names accepted besides IP addresses, `localhost` and this machine's own name
       (DNS rebinding); `*` accepts any.
     - `reload_root`: `POST /v1/reload {"bundle": PATH}` loads only bundles under it (default: the
       rounds project, or the directory holding the served run: `runs/` for `runs/x/bundle`).
     - `docs`: serve the interactive /docs and /redoc pages (they load scripts from a CDN); off by default.
+    - `samples_max_files`: photos one `POST /v1/samples` may carry (each within the image limits, all together
+      within `max_upload_mb`); `inbox_max_per_class`, `inbox_max_total` and `inbox_max_mb` bound the rounds
+      project's inbox (`graft.rounds.inbox`): a request that would pass one is refused whole (409 inbox_full).
     - `watch_s`: serving a rounds project, how often its `current.json` is checked so that a newly promoted
       round is served without a restart; 0 leaves that to SIGHUP and POST /v1/reload.
     """
@@ -100,6 +111,10 @@ class ServeSettings:
     watch_s: float = 2.0
     header_timeout_s: float = 10.0
     max_connections: int = 256
+    samples_max_files: int = 32
+    inbox_max_per_class: int = 2000
+    inbox_max_total: int = 20_000
+    inbox_max_mb: float = 4096.0
     allowed_hosts: tuple[str, ...] = ()
     reload_root: Path | None = None
     docs: bool = False
@@ -107,6 +122,12 @@ class ServeSettings:
     @property
     def image_limits(self) -> ImageLimits:
         return ImageLimits(self.max_pixels, self.max_side)
+
+    @property
+    def inbox_limits(self) -> InboxLimits:
+        from graft.rounds.inbox import InboxLimits  # numpy and PIL: kept out of the CLI's import path
+
+        return InboxLimits(self.inbox_max_per_class, self.inbox_max_total, int(self.inbox_max_mb * 1024 * 1024))
 
     @property
     def max_upload_bytes(self) -> int:

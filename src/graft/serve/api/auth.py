@@ -1,4 +1,4 @@
-"""Who may call what: the bearer token on every /v1 route, and reloads from other machines.
+"""Who may call what: the bearer token on every /v1 route, and changes (reload, samples) from other machines.
 
 Both are dependencies, declared on a router or route (`dependencies=[require_token]`), so no route can forget
 to call them and a test can read the rule off the app's routes. They run before the route's query parameters
@@ -30,9 +30,11 @@ async def check_token(request: Request, settings: SettingsDep) -> None:
 
 
 async def check_reload_origin(request: Request, settings: SettingsDep) -> None:
-    """Without a token set, only clients on this machine may reload: anyone else could swap the model."""
+    """Without a token set, only clients on this machine may change what the server holds: anyone else could swap
+    the model (reload) or fill a project's inbox with mislabelled photos (samples). With a token, the token rules."""
     if settings.token is None and not is_loopback(request.client.host if request.client else None):
-        raise Problem(403, "forbidden", "reloading from another machine needs the server to run with --token")
+        what = "reloading" if request.url.path.endswith("/reload") else f"{request.method} {request.url.path}"
+        raise Problem(403, "forbidden", f"{what} from another machine needs the server to run with --token")
 
 
 require_token = Depends(check_token)

@@ -49,7 +49,13 @@ async def get_decoder(request: Request) -> ThreadPoolExecutor:
     return request.app.state.decoder
 
 
+async def get_sampler(request: Request) -> ThreadPoolExecutor:
+    """The one thread that saves samples (POST /v1/samples), apart from the decode pool that predict uses."""
+    return request.app.state.sampler
+
+
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
 DecoderDep = Annotated[ThreadPoolExecutor, Depends(get_decoder)]
+SamplerDep = Annotated[ThreadPoolExecutor, Depends(get_sampler)]

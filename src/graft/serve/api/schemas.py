@@ -47,10 +47,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for status, text in {
         400: "empty upload or malformed multipart body",
         401: "token missing or wrong",
+        403: "a change from another machine while the server has no token",
+        409: "no inbox (not a rounds project), inbox full, or a class name clashing with another in case",
         413: "upload or image too large",
+        415: "not multipart/form-data",
         422: "not a decodable image, wrong field or bad parameter",
         503: "overloaded (see Retry-After)",
         504: "request took longer than --timeout",
+        507: "the server could not store the photos (its disk); nothing was saved",
     }.items()
 }
 

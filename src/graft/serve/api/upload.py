@@ -74,7 +74,45 @@ def parse_top_k(raw: str) -> int:
     return int(raw)
 
 
-async def _parse_multipart(request: Request, body: bytes) -> FormData:
+LABEL_FIELD = "label"
+GROUP_FIELD = "group"
+
+
+async def read_labelled_uploads(request: Request, max_files: int) -> tuple[str, str | None, list[bytes]]:
+    """A samples request: the class name (multipart field `label`), an optional `group` (a burst or video id) and
+    the image files (field `file`, repeated).
+
+    Multipart only (there is no raw-body form: the label must travel with the images); at most `max_files` files
+    (413 too_many_files), held in memory within --max-upload-mb like predict's. The client's file names are never
+    used. The label is returned as sent; `graft.data.class_names` judges it.
+    """
+    body = await request.body()  # BodyLimit stops it at --max-upload-mb (413)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        detail = f"send multipart/form-data with the class name as '{LABEL_FIELD}' and images as '{FILE_FIELD}'"
+        raise Problem(415, "not_multipart", detail)
+    form = await _parse_multipart(request, body, max_files=max_files)
+    label = form.getlist(LABEL_FIELD)
+    if len(label) != 1 or not isinstance(label[0], str):
+        detail = f"send the class name once, as the text field '{LABEL_FIELD}'"
+        raise Problem(422, "missing_label", detail)
+    group = form.getlist(GROUP_FIELD)
+    if len(group) > 1 or not all(isinstance(g, str) for g in group):
+        raise Problem(422, "invalid_group", f"send at most one '{GROUP_FIELD}', as a text field")
+    uploads = form.getlist(FILE_FIELD)
+    unknown = sorted(set(form.keys()) - {LABEL_FIELD, GROUP_FIELD, FILE_FIELD})
+    if unknown or not uploads or not all(isinstance(item, UploadFile) for item in uploads):
+        got = ", ".join(sorted(form.keys())) or "none"
+        detail = f"send one or more images as files in the multipart field '{FILE_FIELD}' (got fields: {got})"
+        raise Problem(422, "missing_file", detail)
+    files = [await item.read() for item in uploads]  # type: ignore[union-attr]
+    for n, data in enumerate(files, 1):
+        if not data:
+            raise Problem(400, "empty_upload", f"file {n} is empty: nothing was saved")
+    return label[0], (str(group[0]) if group else None), files
+
+
+async def _parse_multipart(request: Request, body: bytes, max_files: int = 1) -> FormData:
     """Starlette's multipart parser over the body already in memory, with its file spool sized above the body.
 
     `request.form()` spools a file part over 1 MB to a temporary file on disk; a spool larger than the whole
@@ -84,9 +122,12 @@ async def _parse_multipart(request: Request, body: bytes) -> FormData:
     async def chunks() -> AsyncIterator[bytes]:
         yield body
 
-    parser = MultiPartParser(request.headers, chunks(), max_files=1, max_fields=8, max_part_size=4096)
+    parser = MultiPartParser(request.headers, chunks(), max_files=max_files, max_fields=8, max_part_size=4096)
     parser.spool_max_size = len(body) + 1
     try:
         return await parser.parse()
     except MultiPartException as error:
+        if error.message.startswith("Too many files"):
+            detail = f"at most {max_files} file(s) per request (--samples-max-files for samples)"
+            raise Problem(413, "too_many_files", detail) from None
         raise Problem(400, "bad_request", f"malformed multipart body: {error.message}") from None
