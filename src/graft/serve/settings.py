@@ -10,8 +10,8 @@ from typing import Literal
 from graft.data.image_limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageLimits
 from graft.errors import GraftError
 
-EngineChoice = Literal["auto", "onnx", "torch"]
-ENGINES: tuple[str, ...] = ("auto", "onnx", "torch")
+EngineChoice = Literal["auto", "int8", "onnx", "torch"]
+ENGINES: tuple[str, ...] = ("auto", "int8", "onnx", "torch")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,9 @@ RANGES: dict[str, Range] = {
     "watch_s": Range("--watch", 0.01, 86_400, "s", zero_means="off"),
     "header_timeout_s": Range("--header-timeout", 0.1, 600, "s"),
     "max_connections": Range("--max-connections", 1, 100_000),
+    "int8_min_agreement": Range("--int8-min-agreement", 0, 1),
+    "int8_max_accuracy_drop": Range("--int8-max-accuracy-drop", 0, 100, "points"),
+    "int8_min_images": Range("--int8-min-images", 1, 10_000_000, "images"),
 }
 
 
@@ -81,6 +84,10 @@ class ServeSettings:
     - `reload_root`: `POST /v1/reload {"bundle": PATH}` loads only bundles under it (default: the
       rounds project, or the directory holding the served run: `runs/` for `runs/x/bundle`).
     - `docs`: serve the interactive /docs and /redoc pages (they load scripts from a CDN); off by default.
+    - `int8_*`: the tolerance within which `engine="auto"` (or "int8") uses the bundle's int8 ONNX export: its
+      certificate must show top-1 agreement with the float model of at least `int8_min_agreement`, an accuracy
+      drop of at most `int8_max_accuracy_drop` percentage points, measured on at least `int8_min_images` test
+      images; otherwise auto uses the float model and says why.
     - `watch_s`: serving a rounds project, how often its `current.json` is checked so that a newly promoted
       round is served without a restart; 0 leaves that to SIGHUP and POST /v1/reload.
     """
@@ -103,6 +110,9 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] = ()
     reload_root: Path | None = None
     docs: bool = False
+    int8_min_agreement: float = 0.99
+    int8_max_accuracy_drop: float = 0.5
+    int8_min_images: int = 200
 
     @property
     def image_limits(self) -> ImageLimits:
