@@ -128,6 +128,9 @@ def test_int8_verdict_judges_agreement_and_accuracy_drop(exported):
     )
     assert "accuracy drop, 2.00 points" in int8_verdict(dropped, ServeSettings(int8_min_images=1))
     assert int8_verdict(dropped, ServeSettings(int8_min_images=1, int8_max_accuracy_drop=2.5)) is None
+    for bad in ({"int8_min_agreement": 1.5}, {"int8_max_accuracy_drop": float("nan")}, {"int8_min_images": 0}):
+        with pytest.raises(graft.GraftError, match="--int8-"):
+            ServeSettings(**bad).validate()
     bare = record.model_copy(update={"certificate": None, "certificate_note": "not measured: test"})
     assert "no certificate (not measured: test)" in int8_verdict(bare, LENIENT)
 
