@@ -255,10 +255,64 @@ class Provenance(_Open):
         return Provenance.model_validate({**self.model_dump(exclude_unset=True), **changes})
 
 
+class QuantisationRecord(_Record):
+    """How an int8 export was made: onnxruntime.quantization's static quantisation, calibrated on training images
+    preprocessed by graft's one path (graft.data.preprocess), so the ranges are those the model really sees."""
+
+    method: Literal["static"] = "static"
+    format: Literal["QDQ"] = "QDQ"
+    activations: Literal["QInt8", "QUInt8"]
+    weights: Literal["QInt8", "QUInt8"]
+    per_channel: bool
+    calibration_method: str
+    calibration_images: Annotated[int, Field(ge=1)]
+    calibration_data: str  # which images: source, split and seed
+    onnxruntime_version: str
+
+
+class ExportCertificate(_Record):
+    """An export measured against the float model (the bundle's PyTorch model) on a seeded sample of the bundle's
+    test split: top-1 agreement, both accuracies, max |Δ logit|, and size, single-image latency and batched
+    throughput in ONNX Runtime (this export's, and for an int8 export the float ONNX model's, timed alike).
+
+    `accuracy_drop` is the float accuracy minus this export's (a fraction: 0.001 is 0.1 point). Timings are the
+    median of `timing_runs` runs on the machine that exported, with `threads` ONNX Runtime threads.
+    """
+
+    data: str
+    split: Literal["test"] = "test"
+    images: Annotated[int, Field(ge=1)]
+    sample: str  # how the images were drawn
+    top1_agreement: Annotated[float, Field(ge=0, le=1)]
+    accuracy: Annotated[float, Field(ge=0, le=1)]
+    float_accuracy: Annotated[float, Field(ge=0, le=1)]
+    accuracy_drop: Annotated[float, Field(ge=-1, le=1)]
+    max_abs_logit_delta: Annotated[float, Field(ge=0)]
+    size_bytes: Annotated[int, Field(ge=0)]
+    latency_ms: Annotated[float, Field(ge=0)]
+    throughput_per_s: Annotated[float, Field(ge=0)]
+    batch_size: Annotated[int, Field(ge=1)]
+    threads: Annotated[int, Field(ge=1)]
+    timing_runs: Annotated[int, Field(ge=1)]
+    float_size_bytes: Annotated[int, Field(ge=0)] | None = None
+    float_latency_ms: Annotated[float, Field(ge=0)] | None = None
+    float_throughput_per_s: Annotated[float, Field(ge=0)] | None = None
+
+
 class ExportRecord(_Record):
-    """`exports.onnx`: how far ONNX Runtime's logits are from PyTorch's, and which weights the file was made from."""
+    """`exports.<name>` (onnx, ort, onnx-int8, ort-int8): one file made from the bundle's weights, and how close it
+    is to them.
+
+    Float exports carry a parity check: max |Δ logit| against PyTorch on seeded random images, `passed` when it is
+    ≤ `tolerance`. An int8 export cannot meet such a bound; its `tolerance` is null, `passed` says only that it runs
+    and gives finite logits of the right shape, and its `certificate` (agreement and accuracy on real test images)
+    is what `graft serve --engine auto` judges. `certificate` is null when the bundle has no test images to measure
+    on (`certificate_note` says why); records written before issue 17 have neither, and are float ONNX files.
+    """
 
     file: str  # a file inside the bundle, by name (`_inside`)
+    format: Literal["onnx", "ort"] = "onnx"
+    int8: bool = False
     sha256: str
     weights_sha256: str
     opset: int
@@ -267,10 +321,13 @@ class ExportRecord(_Record):
     onnxruntime_version: str
     max_abs_logit_delta: float
     max_abs_probability_delta: float
-    tolerance: float
+    tolerance: float | None
     passed: bool
     probe: str
     created: str
+    quantisation: QuantisationRecord | None = None
+    certificate: ExportCertificate | None = None
+    certificate_note: str | None = None
 
     @field_validator("file")
     @classmethod
@@ -278,6 +335,14 @@ class ExportRecord(_Record):
         if not name or name in (".", "..") or any(c in name for c in "/\\\x00") or len(name) > 200:
             raise ValueError(f"must name a file inside the bundle, not {name[:80]!r}")
         return name
+
+    @model_validator(mode="after")
+    def _int8_is_quantised(self) -> ExportRecord:
+        if self.int8 != (self.quantisation is not None):
+            raise ValueError("an int8 export records its quantisation, and only an int8 export does")
+        if not self.int8 and self.tolerance is None:
+            raise ValueError("a float export records the tolerance of its parity check")
+        return self
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")

@@ -67,7 +67,7 @@ app.command("info", short_help="A bundle's architecture, classes, metrics and hi
 app.command("schema", short_help="Print the JSON Schema of graft.json.")(schema_command)
 app.command("models", short_help="List timm models matching a pattern.")(models_command)
 app.command("import-keras", short_help="Import a Keras .h5/.keras model, same logits.")(import_keras_command)
-app.command("export", short_help="Export a bundle to ONNX, checked against PyTorch.")(export_command)
+app.command("export", short_help="Export to ONNX or ORT (optionally int8), checked and certified.")(export_command)
 app.command("serve", short_help="Serve a bundle: a phone page and an HTTP API.")(serve_command)
 app.add_typer(data_app)
 app.add_typer(rounds_app)

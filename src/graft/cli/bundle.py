@@ -190,10 +190,10 @@ def info_command(
     if as_json:
         print(json_text(meta))
         return
-    print("\n".join(_describe(loaded, meta.get("export_status", ""))))
+    print("\n".join(_describe(loaded, meta.get("export_statuses", {}))))
 
 
-def _describe(bundle: Bundle, export_status: str) -> list[str]:
+def _describe(bundle: Bundle, export_statuses: dict[str, str]) -> list[str]:
     """`graft info` as aligned lines: what the model is, what it eats, what it knows, how it was made."""
     from graft.models.factory import count_parameters
     from graft.record import export_record
@@ -231,15 +231,24 @@ def _describe(bundle: Bundle, export_status: str) -> list[str]:
     if (parent := provenance.continued_from) is not None:
         lines.append(f"continued   from {parent.bundle}")
         surgery = [*parent.surgery, *surgery]
-    if "onnx" in bundle.exports:
-        export, problem = export_record(bundle.exports, "onnx")
+    for name in bundle.exports:
+        export, problem = export_record(bundle.exports, name)
         if export is None:
             lines.append(f"export      {problem}")
-        else:
-            lines.append(
-                f"export      {export.file} opset {export.opset} (onnxruntime {export.onnxruntime_version}, "
-                f"{export.created}): max |Δ logit| {export.max_abs_logit_delta:.2e} vs PyTorch; {export_status}"
-            )
+            continue
+        status = export_statuses.get(name, "")
+        if name == "onnx":
+            status = status.replace("not usable:", "not used by graft serve:")
+        lines.append(
+            f"export      {export.file} opset {export.opset} (onnxruntime {export.onnxruntime_version}, "
+            f"{export.created}): max |Δ logit| {export.max_abs_logit_delta:.2e} vs PyTorch; {status}"
+        )
+        if export.certificate is not None:
+            from graft.exports.certificate import summary
+
+            lines.append(f"              certificate {summary(export.certificate)}")
+        elif export.certificate_note:
+            lines.append(f"              certificate {export.certificate_note}")
     for entry in surgery:
         lines.append(f"surgery     {entry.at} from {entry.parent}: {entry.verdict}")
         for step in [*entry.steps, *([entry.overall] if entry.overall else [])]:

@@ -17,39 +17,116 @@ from graft.serve.settings import RANGES, ServeSettings
 
 def export_command(
     bundle: Annotated[
-        Path, typer.Argument(help="Bundle directory (or a rounds project: its promoted bundle); model.onnx goes in it.")
+        Path,
+        typer.Argument(help="Bundle directory (or a rounds project: its promoted bundle); the export file goes in it."),
     ],
-    format: Annotated[str, typer.Option("--format", "-f", metavar="<onnx>", help="Export format: onnx.")] = "onnx",
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            metavar="<onnx|ort>",
+            help="onnx (model.onnx) or ort (model.ort: ONNX Runtime Mobile's format, by onnxruntime's converter).",
+        ),
+    ] = "onnx",
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="Quantise to int8 (static, QDQ, per-channel weights), calibrated on the bundle's training images: "
+            "model.int8.onnx / model.int8.ort. graft serve --engine auto uses it only within its tolerance.",
+        ),
+    ] = False,
     opset: Annotated[int | None, typer.Option(min=7, help="ONNX opset. [default: the exporter's]")] = None,
     tolerance: Annotated[
-        float, typer.Option(help="Largest |Δ logit| against PyTorch for the export to be used by graft serve.")
+        float,
+        typer.Option(help="Largest |Δ logit| against PyTorch for a float export to be used by graft serve."),
     ] = 1e-4,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", "-d", help="Data for calibration and the certificate. [default: the bundle's own, as trained]"
+        ),
+    ] = None,
+    data_root: Annotated[str | None, typer.Option(help="Where data sets are looked for.")] = None,
+    certify_images: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Test images the certificate compares with the float model (a seeded stratified sample); "
+            "0: no certificate (float exports only).",
+        ),
+    ] = 1000,
+    calibration_images: Annotated[
+        int, typer.Option(min=1, help="Training images int8 calibration sees (a seeded stratified sample).")
+    ] = 256,
+    per_channel: Annotated[
+        bool, typer.Option(help="int8: one scale per output channel of each weight (else one per tensor).")
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the export record as JSON on stdout.")] = False,
 ) -> None:
-    """Export the model to ONNX inside the bundle, checked against PyTorch; graft serve then uses ONNX Runtime.
+    """Export the model for ONNX Runtime inside the bundle, checked against PyTorch and certified on test images.
+
+    The certificate runs the export beside the float model on the bundle's test split: top-1 agreement,
+    accuracy, max |Δ logit|, file size, single-image latency and batched throughput in ONNX Runtime.
 
     \b
     Examples:
-      graft export runs/x/bundle --format onnx
+      graft export runs/x/bundle                        # model.onnx; graft serve then uses ONNX Runtime
+      graft export runs/x/bundle --format ort           # model.ort for ONNX Runtime Mobile
+      graft export runs/x/bundle --int8                 # model.int8.onnx; graft serve --engine auto may use it
+      graft export runs/x/bundle --format ort --int8    # model.int8.ort for a phone app
     """
     from graft.bundle import load
-    from graft.exports import export
+    from graft.exports import LABELS, export, export_name
+    from graft.exports.certificate import summary
 
     bundle = _bundle_dir(bundle)
     loaded = load(bundle)  # a damaged bundle is one line, before anything is announced
-    console().print(f"exporting {bundle} to {format} and checking it against PyTorch…", markup=False)
-    record = export(loaded, format, opset=opset, tolerance=tolerance)
+    what = LABELS.get(export_name(format, int8), format)
+    console().print(f"exporting {bundle} as {what} and checking it against PyTorch…", markup=False)
+    record = export(
+        loaded,
+        format,
+        int8=int8,
+        opset=opset,
+        tolerance=tolerance,
+        data=data,
+        data_root=data_root,
+        certify_images=certify_images,
+        calibration_images=calibration_images,
+        per_channel=per_channel,
+    )
     if as_json:
         print(json_text(record.to_dict()))
-    verdict = "passed" if record.passed else "FAILED"
-    print(
-        f"wrote {bundle / record.file} (opset {record.opset}, onnxruntime {record.onnxruntime_version}): "
-        f"max |Δ logit| vs PyTorch {record.max_abs_logit_delta:.2e}, parity {verdict} (≤ {record.tolerance:g})",
-        file=sys.stderr if as_json else sys.stdout,
-    )
+    out = sys.stderr if as_json else sys.stdout
+    if record.int8:
+        q = record.quantisation
+        assert q is not None
+        parity = "finite" if record.passed else "NOT finite"
+        print(
+            f"wrote {bundle / record.file} (opset {record.opset}, onnxruntime {record.onnxruntime_version}; int8 "
+            f"{q.format}, {'per-channel' if q.per_channel else 'per-tensor'} weights, calibrated on "
+            f"{q.calibration_images} training images): max |Δ logit| vs PyTorch on random probes "
+            f"{record.max_abs_logit_delta:.2e} ({parity})",
+            file=out,
+        )
+    else:
+        verdict = "passed" if record.passed else "FAILED"
+        print(
+            f"wrote {bundle / record.file} (opset {record.opset}, onnxruntime {record.onnxruntime_version}): "
+            f"max |Δ logit| vs PyTorch {record.max_abs_logit_delta:.2e}, parity {verdict} (≤ {record.tolerance:g})",
+            file=out,
+        )
+    if record.certificate is not None:
+        print(f"certificate {summary(record.certificate)}", file=out)
+    else:
+        print(f"certificate {record.certificate_note}", file=out)
     if not record.passed:
+        if record.int8:
+            raise GraftError("the int8 export gives non-finite logits; graft serve will not use it")
         raise GraftError(
-            f"the ONNX export differs from PyTorch by {record.max_abs_logit_delta:.2e} > {record.tolerance:g}; "
+            f"the {what} export differs from PyTorch by {record.max_abs_logit_delta:.2e} > {record.tolerance:g}; "
             "graft serve will keep using PyTorch for this bundle"
         )
 
@@ -70,10 +147,25 @@ def serve_command(
     engine: Annotated[
         str,
         typer.Option(
-            metavar="<auto|onnx|torch>",
-            help="auto (ONNX Runtime when a checked export exists, else PyTorch), onnx or torch.",
+            metavar="<auto|int8|onnx|torch>",
+            help="auto (the int8 export when its certificate is within the --int8-* tolerance, else the float ONNX "
+            "export when checked, else PyTorch), int8, onnx or torch.",
         ),
     ] = "auto",
+    int8_min_agreement: Annotated[
+        float,
+        typer.Option(
+            help=f"int8: least top-1 agreement with the float model on its test images. {_r('int8_min_agreement')}"
+        ),
+    ] = 0.99,
+    int8_max_accuracy_drop: Annotated[
+        float,
+        typer.Option(help=f"int8: largest test accuracy drop from the float model. {_r('int8_max_accuracy_drop')}"),
+    ] = 0.5,
+    int8_min_images: Annotated[
+        int,
+        typer.Option(help=f"int8: fewest test images its certificate must have measured. {_r('int8_min_images')}"),
+    ] = 200,
     max_batch: Annotated[
         int, typer.Option(help=f"Images per forward pass; 1 turns batching off. {_r('max_batch')}")
     ] = 16,
@@ -191,5 +283,8 @@ def serve_command(
         allowed_hosts=tuple(allowed_host or ()),
         reload_root=reload_root,
         docs=docs,
+        int8_min_agreement=int8_min_agreement,
+        int8_max_accuracy_drop=int8_max_accuracy_drop,
+        int8_min_images=int8_min_images,
     )
     serve(bundle, host=host, port=port, settings=settings, access_log=access_log)

@@ -73,7 +73,7 @@ def load_model(source: Bundle | str | Path, settings: ServeSettings) -> Loaded:
     if bundle.path is not None:
         weights = file_sha256(Path(bundle.path) / WEIGHTS_FILE)
         export = onnx_export(bundle, weights_sha256=weights)
-    engine, name, note = open_engine(bundle, settings.engine, settings.threads, export)
+    engine, name, note = open_engine(bundle, settings.engine, settings.threads, export, settings, weights)
     batcher = Batcher(engine, max_batch=settings.max_batch, max_delay_s=settings.max_delay_ms / 1000)
     now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     summary = None if export is None else {"usable": export[0] is not None, "note": export[1]}

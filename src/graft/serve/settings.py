@@ -13,8 +13,8 @@ from graft.errors import GraftError
 if TYPE_CHECKING:
     from graft.rounds.inbox import InboxLimits
 
-EngineChoice = Literal["auto", "onnx", "torch"]
-ENGINES: tuple[str, ...] = ("auto", "onnx", "torch")
+EngineChoice = Literal["auto", "int8", "onnx", "torch"]
+ENGINES: tuple[str, ...] = ("auto", "int8", "onnx", "torch")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,9 @@ RANGES: dict[str, Range] = {
     "inbox_max_per_class": Range("--inbox-max-per-class", 1, 1_000_000, "images"),
     "inbox_max_total": Range("--inbox-max-total", 1, 10_000_000, "images"),
     "inbox_max_mb": Range("--inbox-max-mb", 1, 10_000_000, "MB"),
+    "int8_min_agreement": Range("--int8-min-agreement", 0, 1),
+    "int8_max_accuracy_drop": Range("--int8-max-accuracy-drop", 0, 100, "points"),
+    "int8_min_images": Range("--int8-min-images", 1, 10_000_000, "images"),
 }
 
 
@@ -92,6 +95,10 @@ class ServeSettings:
     - `samples_max_files`: photos one `POST /v1/samples` may carry (each within the image limits, all together
       within `max_upload_mb`); `inbox_max_per_class`, `inbox_max_total` and `inbox_max_mb` bound the rounds
       project's inbox (`graft.rounds.inbox`): a request that would pass one is refused whole (409 inbox_full).
+    - `int8_*`: the tolerance within which `engine="auto"` (or "int8") uses the bundle's int8 ONNX export: its
+      certificate must show top-1 agreement with the float model of at least `int8_min_agreement`, an accuracy
+      drop of at most `int8_max_accuracy_drop` percentage points, measured on at least `int8_min_images` test
+      images; otherwise auto uses the float model and says why.
     - `watch_s`: serving a rounds project, how often its `current.json` is checked so that a newly promoted
       round is served without a restart; 0 leaves that to SIGHUP and POST /v1/reload.
     """
@@ -118,6 +125,9 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] = ()
     reload_root: Path | None = None
     docs: bool = False
+    int8_min_agreement: float = 0.99
+    int8_max_accuracy_drop: float = 0.5
+    int8_min_images: int = 200
 
     @property
     def image_limits(self) -> ImageLimits:

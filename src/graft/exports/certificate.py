@@ -1,0 +1,169 @@
+"""An export's certificate: how it compares with the float model on real test images, and what it costs to run.
+
+Like surgery's certificates, every number is measured, never assumed: the export runs in ONNX Runtime on a seeded
+sample of the bundle's test split beside the bundle's PyTorch model (the float model), and the certificate
+records top-1 agreement, both accuracies, the largest |Δ logit| (compared in float64), the file's size, and its
+median single-image latency and batched throughput in ONNX Runtime on this machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from graft.errors import GraftError, first_line
+from graft.exports.evidence import Sample
+from graft.record import ExportCertificate
+from graft.spec import InputSpec
+
+DEFAULT_IMAGES = 1000  # test images a certificate measures (a seeded stratified sample when there are more)
+DEFAULT_TIMING_RUNS = 20
+DEFAULT_BATCH = 32  # images per run for the throughput figure
+WARMUP_RUNS = 3
+
+
+def onnx_runtime():
+    """The onnxruntime module with its telemetry events turned off for this process: graft never lets it record
+    paths or errors for its vendor (used by export checks and by graft serve)."""
+    import onnxruntime
+
+    disable = getattr(onnxruntime, "disable_telemetry_events", None)
+    if disable is not None:
+        disable()
+    return onnxruntime
+
+
+def open_session(model: bytes | str, threads: int | None = None):
+    """A CPU InferenceSession of a serialised ONNX or ORT-format model (or a file path); spinning off, so that
+    timings are of the work and serve's decoding threads keep their cores."""
+    onnxruntime = onnx_runtime()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as error:
+        raise GraftError(f"ONNX Runtime cannot run the exported model: {first_line(error)}") from None
+
+
+def runner(session) -> Callable[[np.ndarray], np.ndarray]:
+    """float32 NCHW array → logits array, with the session's own input and output names."""
+    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+    return lambda batch: session.run([output_name], {input_name: np.ascontiguousarray(batch, np.float32)})[0]
+
+
+def compare(
+    reference: Callable[[torch.Tensor], torch.Tensor],
+    candidate: Callable[[np.ndarray], np.ndarray],
+    sample: Sample,
+    spec: InputSpec,
+) -> dict:
+    """Top-1 agreement, accuracies and max |Δ logit| of `candidate` against `reference` over `sample`."""
+    agree = right = reference_right = 0
+    delta = 0.0
+    start = 0
+    for batch in sample.inputs(spec):
+        truth, start = sample.labels[start : start + len(batch)], start + len(batch)
+        expected = reference(batch).double().numpy()
+        got = np.asarray(candidate(batch.numpy()), dtype=np.float64)
+        if got.shape != expected.shape:
+            raise GraftError(f"the export gives logits of shape {got.shape} for {expected.shape}")
+        difference = float(np.abs(got - expected).max())
+        delta = max(delta, difference if math.isfinite(difference) else math.inf)
+        ours, theirs = got.argmax(1), expected.argmax(1)
+        agree += int((ours == theirs).sum())
+        right += int((ours == truth).sum())
+        reference_right += int((theirs == truth).sum())
+    n = len(sample)
+    return {
+        "images": n,
+        "top1_agreement": agree / n,
+        "accuracy": right / n,
+        "float_accuracy": reference_right / n,
+        "accuracy_drop": (reference_right - right) / n,
+        "max_abs_logit_delta": delta,
+    }
+
+
+def timings(run: Callable[[np.ndarray], np.ndarray], example: np.ndarray, runs: int, batch: int) -> tuple[float, float]:
+    """(median single-image latency in ms, batched throughput in images/s, from the median batch time)."""
+    single = example[:1]
+    batched = np.concatenate([example] * math.ceil(batch / len(example)))[:batch]
+    for _ in range(WARMUP_RUNS):
+        run(single)
+        run(batched)
+    latency = statistics.median(_seconds(run, single) for _ in range(runs)) * 1000
+    per_batch = statistics.median(_seconds(run, batched) for _ in range(runs))
+    return latency, batch / per_batch
+
+
+def _seconds(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> float:
+    started = time.perf_counter()
+    run(batch)
+    return time.perf_counter() - started
+
+
+def certify(
+    export: bytes,
+    reference: Callable[[torch.Tensor], torch.Tensor],
+    sample: Sample,
+    spec: InputSpec,
+    data: str,
+    *,
+    float_export: bytes | None = None,
+    runs: int = DEFAULT_TIMING_RUNS,
+    batch: int = DEFAULT_BATCH,
+    threads: int | None = None,
+) -> ExportCertificate:
+    """The certificate of `export` (serialised ONNX or ORT); with `float_export`, the float model's ONNX file is
+    timed alike for comparison (for int8 exports)."""
+    threads = threads or os.cpu_count() or 1
+    run = runner(open_session(export, threads))
+    measured = compare(reference, run, sample, spec)
+    example = next(sample.inputs(spec, chunk=batch)).numpy()
+    latency, throughput = timings(run, example, runs, batch)
+    float_figures: dict = {}
+    if float_export is not None:
+        float_latency, float_throughput = timings(runner(open_session(float_export, threads)), example, runs, batch)
+        float_figures = {
+            "float_size_bytes": len(float_export),
+            "float_latency_ms": float_latency,
+            "float_throughput_per_s": float_throughput,
+        }
+    return ExportCertificate(
+        data=data,
+        sample=sample.description,
+        size_bytes=len(export),
+        latency_ms=latency,
+        throughput_per_s=throughput,
+        batch_size=batch,
+        threads=threads,
+        timing_runs=runs,
+        **measured,
+        **float_figures,
+    )
+
+
+def summary(certificate: ExportCertificate) -> str:
+    """One line for the CLI and `graft info`."""
+    c = certificate
+    text = (
+        f"on {c.images} {c.data} test images: top-1 agreement {c.top1_agreement:.2%} with the float model, "
+        f"accuracy {c.accuracy:.2%} (float {c.float_accuracy:.2%}, drop {c.accuracy_drop * 100:+.2f} pt), "
+        f"max |Δ logit| {c.max_abs_logit_delta:.2e}; {c.size_bytes / 1e6:.2f} MB, "
+        f"{c.latency_ms:.2f} ms/image, {c.throughput_per_s:.0f} images/s at batch {c.batch_size} "
+        f"({c.threads} threads)"
+    )
+    if c.float_size_bytes is not None and c.float_latency_ms is not None and c.float_throughput_per_s:
+        text += (
+            f"; float ONNX {c.float_size_bytes / 1e6:.2f} MB, {c.float_latency_ms:.2f} ms/image, "
+            f"{c.float_throughput_per_s:.0f} images/s ({c.throughput_per_s / c.float_throughput_per_s:.2f}×)"
+        )
+    return text
