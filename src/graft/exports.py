@@ -21,10 +21,11 @@ import torch
 
 from graft import record as bundle_record
 from graft.bundle import Bundle, load
+from graft.bundle_info import NO_EXPORT, onnx_status
 from graft.data.preprocess import normalise
 from graft.errors import GraftError, first_line
 from graft.io import atomic_write_bytes, file_sha256
-from graft.record import ONNX_FILE, WEIGHTS_FILE, ExportRecord, export_record
+from graft.record import ONNX_FILE, WEIGHTS_FILE, ExportRecord
 
 DEFAULT_TOLERANCE = 1e-4
 FORMATS = ("onnx",)
@@ -194,15 +195,13 @@ def read_exports(directory: str | Path) -> dict:
         return {}
 
 
-NO_EXPORT = "no ONNX export (graft export BUNDLE --format onnx)"
-
-
 def onnx_export(source: Bundle | str | Path, *, weights_sha256: str | None = None) -> tuple[Path | None, str]:
     """The bundle's ONNX file if the server may use it, else None; and a one-line reason either way.
 
-    Usable means: recorded, parity passed, made from the current `model.safetensors`, file unchanged since.
-    `source` is a loaded bundle (its export record as read, no second read of `graft.json`) or a directory;
-    `weights_sha256` is the weights file's hash when the caller has it already (it is the expensive part).
+    Usable means: recorded, parity passed, made from the current `model.safetensors`, file unchanged since
+    (graft.bundle_info.onnx_status, which `graft info` uses without torch). `source` is a loaded bundle (its export
+    record as read, no second read of `graft.json`) or a directory; `weights_sha256` is the weights file's hash when
+    the caller has it already (it is the expensive part).
     """
     if isinstance(source, Bundle):
         if source.path is None:
@@ -210,22 +209,4 @@ def onnx_export(source: Bundle | str | Path, *, weights_sha256: str | None = Non
         directory, exports = Path(source.path), source.exports
     else:
         directory, exports = Path(source), read_exports(source)
-    if "onnx" not in exports:
-        return None, NO_EXPORT
-    record, problem = export_record(exports, "onnx")
-    if record is None:
-        return None, f"{problem}; run graft export again"
-    path = directory / record.file
-    if not record.passed:
-        return None, (
-            f"the ONNX export failed its parity check (max |Δ logit| {record.max_abs_logit_delta} > {record.tolerance})"
-        )
-    if not path.is_file():
-        return None, f"the ONNX export is recorded but {path.name} is missing"
-    if record.weights_sha256 != (weights_sha256 or file_sha256(directory / WEIGHTS_FILE)):
-        return None, f"the ONNX export is stale: {WEIGHTS_FILE} changed since it was made; run graft export again"
-    if record.sha256 != file_sha256(path):
-        return None, f"{path.name} does not match its export record; run graft export again"
-    return path, (
-        f"ONNX export checked against PyTorch: max |Δ logit| {record.max_abs_logit_delta:.1e} ≤ {record.tolerance:g}"
-    )
+    return onnx_status(directory, exports, weights_sha256=weights_sha256)

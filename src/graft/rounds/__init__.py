@@ -10,9 +10,28 @@
     rounds.redo("proj", "level-3", mode="replay", replay=0.5, settings={"epochs": 4})  # e.g. after a rejection
 
 Layering: rounds sits above train, data and evaluate; nothing below imports it.
+
+Names load on first use (graft._lazy): `graft.rounds.project.resolve_bundle`, which every command that takes a
+bundle calls, needs no torch.
 """
 
-from graft.rounds.project import add, init, redo
-from graft.rounds.run import status, train
+from typing import TYPE_CHECKING
+
+from graft import _lazy
+
+if TYPE_CHECKING:
+    from graft.rounds.project import add, init, redo
+    from graft.rounds.run import status, train
 
 __all__ = ["add", "init", "redo", "status", "train"]
+
+__getattr__, __dir__ = _lazy.exports(
+    __name__,
+    {
+        "add": "graft.rounds.project",
+        "init": "graft.rounds.project",
+        "redo": "graft.rounds.project",
+        "status": "graft.rounds.run",
+        "train": "graft.rounds.run",
+    },
+)

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graft import lock
-from graft.data.sources import check_source
 from graft.errors import GraftError
 from graft.io import atomic_write_json
 from graft.rounds.gate import Thresholds
@@ -180,6 +179,9 @@ def add(
     if not _NAME.match(name):
         raise GraftError(f"round name {name!r}: use letters, digits, '.', '_' or '-' (e.g. level-2)")
     mode = _mode(replay, naive)
+    # Imported here: resolving a project's bundle (`graft info PROJECT`) needs no torch.
+    from graft.data.sources import check_source
+
     source = check_source(data)
     with locked(directory):
         state = read(directory)
