@@ -38,8 +38,9 @@ def _env(src: Path) -> dict[str, str]:
     return env
 
 
-def run_once(args: list[str], src: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of `graft ARGS` in its own process."""
+def run_once(args: list[str], src: Path) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MB) and CPU seconds (user + system) of `graft ARGS` in its own process; CPU time is
+    what a loaded machine inflates least."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         [str(GRAFT), *args], env=_env(src), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -50,7 +51,7 @@ def run_once(args: list[str], src: Path) -> tuple[float, float]:
     err = proc.stderr.read() if proc.stderr else ""
     if proc.returncode != 0:
         sys.exit(f"graft {' '.join(args)} failed ({proc.returncode}) with {src}:\n{err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def copy_source(checkout: Path, into: Path) -> Path:
@@ -77,6 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkout", type=Path, action="append", help="a graft checkout (repeatable) [default: .]")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per command and checkout")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (bytecode, page cache)")
+    parser.add_argument("--bundle", type=Path, help="an existing bundle to time info/predict on [default: make one]")
+    parser.add_argument("--image", type=Path, help="the image to predict (with --bundle)")
     parser.add_argument("--train-images", type=int, default=4096, help="training images of the RSS row (0: skip)")
     parser.add_argument("--data-root", default=os.environ.get("GRAFT_DATA") or str(REPO.parent / "shared" / "datasets"))
     args = parser.parse_args()
@@ -85,22 +89,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         sources = {c: copy_source(c, tmp_path / f"c{i}") for i, c in enumerate(checkouts)}
-        bundle, photo = make_bundle(sources[checkouts[-1]], tmp_path / "work")
+        if args.bundle and args.image:
+            bundle, photo = args.bundle.resolve(), args.image.resolve()
+        else:
+            bundle, photo = make_bundle(sources[checkouts[-1]], tmp_path / "work")
         commands = {
             "graft --help": ["--help"],
             "graft train --help": ["train", "--help"],
-            "graft serve --help": ["serve", "--help"],
             "graft info BUNDLE": ["info", str(bundle)],
             "graft predict BUNDLE one.png": ["predict", str(bundle), str(photo)],
         }
         walls: dict[tuple[str, Path], list[float]] = {}
+        cpus: dict[tuple[str, Path], list[float]] = {}
         for label, command in commands.items():
             print(f"… {label}", file=sys.stderr, flush=True)
-            for checkout in checkouts:
-                run_once(command, sources[checkout])  # warm-up: bytecode, page cache
+            for _ in range(args.warmup):
+                for checkout in checkouts:
+                    run_once(command, sources[checkout])
             for _ in range(args.runs):
                 for checkout in checkouts:  # interleaved: the machine's load falls on every checkout alike
-                    walls.setdefault((label, checkout), []).append(run_once(command, sources[checkout])[0])
+                    wall, _, cpu = run_once(command, sources[checkout])
+                    walls.setdefault((label, checkout), []).append(wall)
+                    cpus.setdefault((label, checkout), []).append(cpu)
         rss: dict[Path, float] = {}
         if args.train_images:
             for checkout in checkouts:
@@ -111,12 +121,17 @@ def main() -> None:
                 train += ["--run-dir", str(tmp_path / f"train{len(rss)}"), "--threads", "2"]
                 rss[checkout] = run_once(train, sources[checkout])[1]
 
-    print(f"\nwall seconds: best / median of {args.runs} runs; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")
+    load = f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
+    print(f"\nwall seconds best / median of {args.runs} runs (CPU seconds, median); {load}\n")
     print("| command | " + " | ".join(str(c) for c in checkouts) + " |")
     print("|---|" + "---|" * len(checkouts))
     for label in commands:
-        cells = [walls[(label, c)] for c in checkouts]
-        print(f"| {label} | " + " | ".join(f"{min(w):.2f} / {statistics.median(w):.2f}" for w in cells) + " |")
+        cells = [
+            f"{min(walls[(label, c)]):.2f} / {statistics.median(walls[(label, c)]):.2f} "
+            f"({statistics.median(cpus[(label, c)]):.2f})"
+            for c in checkouts
+        ]
+        print(f"| {label} | " + " | ".join(cells) + " |")
     if rss:
         row = " | ".join(f"{rss[c]:.0f}" for c in checkouts)
         print(f"| peak RSS MB, fold 64 px resnet18, {args.train_images} train images, 1 epoch | {row} |")
