@@ -89,27 +89,12 @@ def info(bundle: Bundle | str | Path) -> dict:
     bundle = _bundle(bundle)
     meta = bundle.metadata()
     meta["path"] = str(bundle.path) if bundle.path else None
-    if not meta["exports"]:
-        del meta["exports"]
-    elif bundle.path is not None:
-        from graft.exports import usable_export
-        from graft.io import file_sha256
-        from graft.record import WEIGHTS_FILE
+    if bundle.path is not None:
+        from graft.bundle_info import add_export_statuses
 
-        weights = file_sha256(Path(bundle.path) / WEIGHTS_FILE)
-        statuses = {}
-        for name in meta["exports"]:
-            path, reason, _ = usable_export(bundle, name, weights_sha256=weights)
-            serves = name in ("onnx", "onnx-int8")  # graft serve runs ONNX files; .ort files are for phones
-            if path is None:
-                statuses[name] = f"not usable: {reason}"
-            elif name == "onnx-int8":
-                statuses[name] = "used by graft serve --engine auto when within its --int8-* tolerance"
-            else:
-                statuses[name] = "used by graft serve" if serves else "checked and current"
-        meta["export_statuses"] = statuses
-        if "onnx" in statuses:
-            meta["export_status"] = statuses["onnx"].replace("not usable:", "not used by graft serve:")
+        add_export_statuses(meta, Path(bundle.path), bundle.exports)
+    elif not meta["exports"]:
+        del meta["exports"]
     return meta
 
 

@@ -19,7 +19,7 @@ from graft.io import json_text
 from graft.progress import console
 
 if TYPE_CHECKING:
-    from graft.bundle import Bundle
+    from graft.record import BundleRecord
 
 
 def eval_command(
@@ -174,7 +174,8 @@ def info_command(
     ] = False,
 ) -> None:
     """Architecture, parameters, input spec, classes, metrics and surgery history of a bundle."""
-    from graft.api import info as bundle_info
+    from graft.bundle_info import record_info
+    from graft.record import read
 
     bundle = _bundle_dir(bundle)
     if layers:
@@ -183,38 +184,43 @@ def info_command(
         for name, kind, shape in layer_table(bundle):
             print(f"{name:<40} {kind:<24} {shape}")
         return
-    from graft.bundle import load
+    record = read(bundle) if bundle.is_dir() else None  # (load's own first check names a missing directory)
+    # From the record and the weights' header, without torch, where they agree; else load the model, which checks
+    # every tensor (a broken bundle is refused as before) and counts the parameters itself.
+    meta = record_info(bundle, record) if record is not None else None
+    exports = dict(record.exports) if record is not None else {}
+    if meta is None or record is None:
+        from graft.api import info as bundle_info
+        from graft.bundle import load
 
-    loaded = load(bundle)
-    meta = bundle_info(loaded)
+        loaded = load(bundle, record=record)
+        meta = bundle_info(loaded)
+        record, exports = loaded.record(), loaded.exports
     if as_json:
         print(json_text(meta))
         return
-    print("\n".join(_describe(loaded, meta.get("export_statuses", {}))))
+    print("\n".join(_describe(bundle, record, exports, meta.get("export_statuses", {}))))
 
 
-def _describe(bundle: Bundle, export_statuses: dict[str, str]) -> list[str]:
+def _describe(path: Path, record: BundleRecord, exports: dict, export_statuses: dict[str, str]) -> list[str]:
     """`graft info` as aligned lines: what the model is, what it eats, what it knows, how it was made."""
-    from graft.models.factory import count_parameters
     from graft.record import export_record
 
-    arch, spec, provenance = bundle.architecture, bundle.spec, bundle.provenance
-    classes = bundle.classes
+    arch, spec, provenance = record.arch, record.spec, record.provenance
+    classes = record.classes
     shown = ", ".join(classes[:20]) + (" …" if len(classes) > 20 else "")
     lines = [
-        f"bundle      {bundle.path}",
+        f"bundle      {path}",
         f"model       {arch.timm_name} {arch.timm_kwargs or ''} head={arch.head}  "
-        f"{count_parameters(bundle.model) / 1e6:.2f} M parameters",
+        f"{(record.parameters or 0) / 1e6:.2f} M parameters",
         f"input       {spec.size[0]}×{spec.size[1]}×{spec.channels}  mode={spec.mode}  resize={spec.resize} "
         f"({spec.interpolation})  mean={list(spec.mean)} std={list(spec.std)}",
         f"classes     {len(classes)}: {shown}",
     ]
-    if bundle.metrics:
-        lines.append("metrics     " + "  ".join(f"{k}={_fmt(v)}" for k, v in bundle.metrics.items()))
+    if record.metrics:
+        lines.append("metrics     " + "  ".join(f"{k}={_fmt(v)}" for k, v in record.metrics.items()))
     if (d := provenance.data) is not None:
-        from graft.data.memory import describe
-
-        source = d.source or (f"in-memory {describe(d.in_memory)}" if d.in_memory else "?")
+        source = d.source or (_in_memory(d.in_memory) if d.in_memory else "?")
         lines.append(
             f"trained on  {source}: {d.train} train / {d.valid} valid, "
             f"seed {provenance.seed}, {provenance.epochs} epochs"
@@ -231,8 +237,8 @@ def _describe(bundle: Bundle, export_statuses: dict[str, str]) -> list[str]:
     if (parent := provenance.continued_from) is not None:
         lines.append(f"continued   from {parent.bundle}")
         surgery = [*parent.surgery, *surgery]
-    for name in bundle.exports:
-        export, problem = export_record(bundle.exports, name)
+    for name in exports:
+        export, problem = export_record(exports, name)
         if export is None:
             lines.append(f"export      {problem}")
             continue
@@ -244,9 +250,9 @@ def _describe(bundle: Bundle, export_statuses: dict[str, str]) -> list[str]:
             f"{export.created}): max |Δ logit| {export.max_abs_logit_delta:.2e} vs PyTorch; {status}"
         )
         if export.certificate is not None:
-            from graft.exports.certificate import summary
+            from graft.bundle_info import certificate_summary
 
-            lines.append(f"              certificate {summary(export.certificate)}")
+            lines.append(f"              certificate {certificate_summary(export.certificate)}")
         elif export.certificate_note:
             lines.append(f"              certificate {export.certificate_note}")
     for entry in surgery:
@@ -254,6 +260,12 @@ def _describe(bundle: Bundle, export_statuses: dict[str, str]) -> list[str]:
         for step in [*entry.steps, *([entry.overall] if entry.overall else [])]:
             lines.extend(_certificate_lines(step))
     return lines
+
+
+def _in_memory(record: dict) -> str:
+    from graft.data.memory import describe  # here: numpy and torch only for bundles trained on arrays
+
+    return f"in-memory {describe(record)}"
 
 
 def _certificate_lines(step: dict) -> list[str]:

@@ -18,8 +18,6 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from PIL import Image
-
 from graft.errors import GraftError
 
 DEFAULT_MAX_PIXELS = 50_000_000  # a 48-megapixel phone photo fits
@@ -55,12 +53,16 @@ NO_LIMITS = ImageLimits(None, None)
 
 def accepted_formats() -> tuple[str, ...]:
     """`ACCEPTED_FORMATS` that this Pillow has plugins for (all plugins registered: `Image.open` needs them)."""
+    from PIL import Image  # here, not above: `graft serve --help` reads the limits without loading Pillow
+
     Image.init()
     return tuple(name for name in ACCEPTED_FORMATS if name in Image.OPEN)
 
 
 def refused_format(prefix: bytes) -> str | None:
     """The Pillow name of a format outside the allow-list that `prefix` (a file's first bytes) looks like."""
+    from PIL import Image
+
     Image.init()
     for name in Image.ID:
         if name in ACCEPTED_FORMATS:

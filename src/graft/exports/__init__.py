@@ -25,6 +25,7 @@ import torch
 
 from graft import record as bundle_record
 from graft.bundle import Bundle, load
+from graft.bundle_info import LABELS, NO_EXPORT, export_status
 from graft.data.preprocess import normalise
 from graft.errors import GraftError, first_line
 from graft.exports.certificate import (
@@ -39,16 +40,15 @@ from graft.exports.evidence import Sample, bundle_splits, sample
 from graft.exports.ort_format import ORT_STYLE
 from graft.exports.quantise import PER_CHANNEL
 from graft.io import atomic_write_bytes, file_sha256
-from graft.record import ONNX_FILE, WEIGHTS_FILE, ExportRecord, QuantisationRecord, export_record
+from graft.record import ONNX_FILE, WEIGHTS_FILE, ExportRecord, QuantisationRecord
 
-__all__ = ["EXPORT_FILES", "FORMATS", "export", "export_name", "onnx_export", "onnx_runtime", "read_exports",
-           "usable_export"]  # fmt: skip
+__all__ = ["EXPORT_FILES", "FORMATS", "LABELS", "NO_EXPORT", "export", "export_name", "onnx_export", "onnx_runtime",
+           "read_exports", "usable_export"]  # fmt: skip
 
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_CALIBRATION_IMAGES = 256  # onnxruntime's advice is a few hundred representative inputs
 FORMATS = ("onnx", "ort")
 EXPORT_FILES = {"onnx": ONNX_FILE, "ort": "model.ort", "onnx-int8": "model.int8.onnx", "ort-int8": "model.int8.ort"}
-LABELS = {"onnx": "ONNX", "ort": "ORT", "onnx-int8": "int8 ONNX", "ort-int8": "int8 ORT"}
 _PROBE_BATCHES = (8, 1)  # two batch sizes: the exported batch dimension must really be dynamic
 _INPUT, _OUTPUT = "input", "logits"
 
@@ -294,9 +294,6 @@ def read_exports(directory: str | Path) -> dict:
         return {}
 
 
-NO_EXPORT = "no ONNX export (graft export BUNDLE --format onnx)"
-
-
 def onnx_export(source: Bundle | str | Path, *, weights_sha256: str | None = None) -> tuple[Path | None, str]:
     """The bundle's float ONNX file if the server may use it, else None; and a one-line reason either way."""
     path, reason, _ = usable_export(source, "onnx", weights_sha256=weights_sha256)
@@ -313,64 +310,10 @@ def usable_export(
     in graft.serve.engines). `source` is a loaded bundle (its export record as read, no second read of
     `graft.json`) or a directory; `weights_sha256` is the weights file's hash when the caller has it already.
     """
-    label = LABELS.get(name, name)
-    missing = NO_EXPORT if name == "onnx" else f"no {label} export (graft export BUNDLE {_flags(name)})"
     if isinstance(source, Bundle):
         if source.path is None:
-            return None, missing, None
+            return None, export_status(Path(), {}, name)[1], None
         directory, exports = Path(source.path), source.exports
     else:
         directory, exports = Path(source), read_exports(source)
-    if name not in exports:
-        return None, missing, None
-    record, problem = export_record(exports, name)
-    if record is None:
-        return None, f"{problem}; run graft export again", None
-    if record.int8 != name.endswith("-int8") or record.format != name.removesuffix("-int8"):
-        return None, f"the {label} export record describes another kind of export; run graft export again", None
-    path = directory / record.file
-    if not record.passed:
-        if record.int8:
-            return None, f"the {label} export gave non-finite logits on its parity probe", record
-        return (
-            None,
-            (
-                f"the {label} export failed its parity check (max |Δ logit| {record.max_abs_logit_delta} > "
-                f"{record.tolerance})"
-            ),
-            record,
-        )
-    if not path.is_file():
-        return None, f"the {label} export is recorded but {path.name} is missing", record
-    if record.weights_sha256 != (weights_sha256 or file_sha256(directory / WEIGHTS_FILE)):
-        return (
-            None,
-            (f"the {label} export is stale: {WEIGHTS_FILE} changed since it was made; run graft export again"),
-            record,
-        )
-    if record.sha256 != file_sha256(path):
-        return None, f"{path.name} does not match its export record; run graft export again", record
-    if record.int8:
-        return path, f"{label} export, certified: {_certified(record)}", record
-    return (
-        path,
-        (
-            f"{label} export checked against PyTorch: max |Δ logit| {record.max_abs_logit_delta:.1e} ≤ "
-            f"{record.tolerance:g}"
-        ),
-        record,
-    )
-
-
-def _flags(name: str) -> str:
-    return f"--format {name.removesuffix('-int8')}" + (" --int8" if name.endswith("-int8") else "")
-
-
-def _certified(record: ExportRecord) -> str:
-    c = record.certificate
-    if c is None:
-        return "no certificate"
-    return (
-        f"top-1 agreement {c.top1_agreement:.2%} and accuracy drop {c.accuracy_drop * 100:.2f} pt on {c.images} "
-        "test images"
-    )
+    return export_status(directory, exports, name, weights_sha256=weights_sha256)

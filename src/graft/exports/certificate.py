@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from graft.bundle_info import certificate_summary
 from graft.errors import GraftError, first_line
 from graft.exports.evidence import Sample
 from graft.record import ExportCertificate
@@ -151,19 +152,4 @@ def certify(
     )
 
 
-def summary(certificate: ExportCertificate) -> str:
-    """One line for the CLI and `graft info`."""
-    c = certificate
-    text = (
-        f"on {c.images} {c.data} test images: top-1 agreement {c.top1_agreement:.2%} with the float model, "
-        f"accuracy {c.accuracy:.2%} (float {c.float_accuracy:.2%}, drop {c.accuracy_drop * 100:+.2f} pt), "
-        f"max |Δ logit| {c.max_abs_logit_delta:.2e}; {c.size_bytes / 1e6:.2f} MB, "
-        f"{c.latency_ms:.2f} ms/image, {c.throughput_per_s:.0f} images/s at batch {c.batch_size} "
-        f"({c.threads} threads)"
-    )
-    if c.float_size_bytes is not None and c.float_latency_ms is not None and c.float_throughput_per_s:
-        text += (
-            f"; float ONNX {c.float_size_bytes / 1e6:.2f} MB, {c.float_latency_ms:.2f} ms/image, "
-            f"{c.float_throughput_per_s:.0f} images/s ({c.throughput_per_s / c.float_throughput_per_s:.2f}×)"
-        )
-    return text
+summary = certificate_summary  # one line for the CLI and `graft info` (torch-free, in graft.bundle_info)

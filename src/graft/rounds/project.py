@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graft import lock
-from graft.data.sources import check_source
 from graft.errors import GraftError
 from graft.io import atomic_write_json
 from graft.rounds.gate import Thresholds
@@ -186,6 +185,9 @@ def add(
     read(directory)
     check_round_name(name)
     mode = round_mode(replay, naive)
+    # Imported here: resolving a project's bundle (`graft info PROJECT`) needs no torch.
+    from graft.data.sources import check_source
+
     source = check_source(data)
     with locked(directory):
         state = read(directory)

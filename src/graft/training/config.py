@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from graft.data.groups import check_group_by
 from graft.errors import GraftError
-from graft.record import check_timm_kwargs
 from graft.spec import InputMode
 
 
@@ -26,7 +25,8 @@ class TrainConfig(BaseModel):
     with `FLAGS` below); the default the help shows is the field's own, so neither is typed twice.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    # defer_build: the validator is built on first use, not on import (`graft --help` only reads the fields).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False, defer_build=True)
 
     data: str = Field("digits", description="Data source: mnist, fashion-mnist, kmnist, digits or folder:PATH.")
     data_root: str | None = Field(None, description="Where data sets are looked for.")
@@ -127,6 +127,8 @@ class TrainConfig(BaseModel):
     @field_validator("model_kwargs")
     @classmethod
     def _allowed_kwargs(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        from graft.record import check_timm_kwargs  # here: `graft --help` builds this model without the record
+
         return None if value is None else check_timm_kwargs(value)  # the rule a bundle's record is held to
 
     @field_validator("group_by")
