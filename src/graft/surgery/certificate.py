@@ -106,6 +106,8 @@ class Certificate:
     old_class_agreement: float | None = None  # class changes: old top-1 kept among all new classes
     old_class_images: int = 0  # how many probe images that agreement is measured on
     warnings: list[str] = field(default_factory=list)
+    # After healing (issue 18): the same comparison before it, as `healing_summary` gives it. Absent otherwise.
+    before_healing: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,10 +125,34 @@ class Certificate:
             text += f"; old predictions kept on {self.old_class_agreement:.1%} of {self.old_class_images} images"
         if self.new_class_wins:
             text += f"; new classes take top-1 on {self.new_class_wins:.1%}"
+        if self.before_healing is not None:
+            text += f"; before healing: {healing_text(self.before_healing)}"
         text += f"; probe: {self.probe_count} {self.probe} images, {spread_text(self.probe_classes)}"
         for warning in self.warnings:
             text += f"\n            warning: {warning}"
         return text
+
+
+HEALING_KEYS = (
+    "verdict",
+    "max_abs_logit_delta",
+    "top1_agreement",
+    "train_top1_agreement",
+    "step_top1_agreement",
+    "old_class_agreement",
+)
+
+
+def healing_summary(before: Certificate) -> dict:
+    """What a healed certificate keeps of the comparison before healing: the verdict and every agreement."""
+    return {key: getattr(before, key) for key in HEALING_KEYS}
+
+
+def healing_text(before: dict) -> str:
+    """'breaking, top-1 agreement 42.19%': the comparison before healing, as certificates print it."""
+    text = f"{before.get('verdict', '?')}, top-1 agreement "
+    agreement = before.get("top1_agreement")
+    return text + (f"{agreement:.2%}" if isinstance(agreement, int | float) else "?")
 
 
 def spread_text(counts: dict[str, int]) -> str:

@@ -79,6 +79,22 @@ TransplantDetails = TypedDict(
     },
 )
 
+
+class HealDetails(TypedDict):
+    source: str  # the image set distilled on (labels never read)
+    images: int
+    steps: int
+    temperature: float
+    lr: float
+    batch_size: int
+    seed: int
+    distilled_classes: int  # classes both models have: only their logits are matched
+    not_distilled: list[str]  # the new model's classes the old one lacks: left as surgery made them
+    loss_first: float  # mean distillation loss over the first and last steps
+    loss_last: float
+    claim: str
+
+
 Details = (
     ChannelsDetails
     | ResizeDetails
@@ -87,4 +103,5 @@ Details = (
     | WidenDetails
     | ReclassDetails
     | TransplantDetails
+    | HealDetails
 )

@@ -24,6 +24,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from graft.bundle import Bundle, load
 from graft.data.base import ImageSet
@@ -31,18 +32,28 @@ from graft.data.sources import load_everything
 from graft.errors import GraftError
 from graft.record import Provenance, SurgeryEntry
 from graft.spec import InputSpec
-from graft.surgery.certificate import Certificate, Views, certify, identity, model_inputs, synthetic_probe
+from graft.surgery.certificate import (
+    Certificate,
+    Views,
+    certify,
+    healing_summary,
+    identity,
+    model_inputs,
+    synthetic_probe,
+)
 from graft.surgery.channels import change_channels
 from graft.surgery.classes import change_classes, resolve_classes
 from graft.surgery.details import (
     ChannelsDetails,
     DeepenDetails,
+    HealDetails,
     RecalibrationDetails,
     ReclassDetails,
     ResizeDetails,
     TransplantDetails,
     WidenDetails,
 )
+from graft.surgery.heal import BATCH_SIZE, LR, STEPS, TEMPERATURE, check_heal_options, distil
 from graft.surgery.resize import change_size, recalibrate_batchnorm
 from graft.surgery.structure import insert_identity_block, widen_layer
 from graft.surgery.transfer import change_architecture
@@ -143,6 +154,7 @@ class Step(Generic[D]):
     probe: Probe
     views: Views  # what the whole-chain comparison shows each model: the channel step's views, if any
     reclassed: bool = False  # the class list changed somewhere in the chain: metrics no longer hold
+    healed: bool = False  # this step healed: its certificate already compares the original with this bundle
 
     def then(
         self, operation: Callable[Concatenate[Step[Any], P], Step[E]], *args: P.args, **kwargs: P.kwargs
@@ -159,6 +171,8 @@ class Step(Generic[D]):
         """
         if len(self.certificates) < 2:
             return None
+        if self.healed:  # the heal step measured exactly this: the original vs this bundle, on this probe
+            return dataclasses.replace(self.certificate, operation="whole chain")
         return certify(
             "whole chain",
             self.original,
@@ -177,8 +191,14 @@ class Step(Generic[D]):
 
     @property
     def weakest(self) -> str:
-        """The worst verdict of any step and of the whole chain: what `require` checks."""
-        verdicts = [c.verdict for c in self.certificates] + ([self.overall.verdict] if self.overall else [])
+        """The worst verdict of any step and of the whole chain: what `require` checks.
+
+        A heal step compares the original with the healed model, so it stands for every step before it: healing is
+        how a breaking step is repaired, and judging the repaired chain by the broken step would refuse it forever.
+        """
+        healed = [i for i, c in enumerate(self.certificates) if c.before_healing is not None]
+        counted = self.certificates[healed[-1] :] if healed else self.certificates
+        verdicts = [c.verdict for c in counted] + ([self.overall.verdict] if self.overall else [])
         return max(verdicts, key=VERDICTS.index)
 
     def finished(self) -> Bundle:
@@ -401,4 +421,72 @@ def reclass(
     return _step("classes", bundle, previous, probe_, done, reclassed=True)
 
 
-OPERATIONS = (transplant, rechannel, resize_input, recalibrate, deepen, widen, reclass)
+def heal(
+    source: Step[Any],
+    images: ImageSet | str,
+    *,
+    steps: int = STEPS,
+    temperature: float = TEMPERATURE,
+    lr: float = LR,
+    batch_size: int = BATCH_SIZE,
+    seed: int = 0,
+    console: Console | None = None,
+) -> Step[HealDetails]:
+    """Train the chain's latest model to match the chain's original on unlabelled `images` (distillation: KL on
+    logits softened by `temperature`), then certify it against the original, with the agreement before healing
+    kept beside it. The way back from an approximate or breaking step (graft.surgery.heal).
+
+    Only the classes both models have are matched; an exact chain is refused (healing could only move it away).
+    """
+    check_heal_options(steps, temperature, lr, batch_size)
+    if not isinstance(source, Step):
+        raise GraftError(
+            "heal continues a surgery chain (step.then(heal, images)): it needs the chain's original to learn from"
+        )
+    before = source.overall if source.overall is not None else source.certificate
+    if before.verdict == "exact":
+        raise GraftError("the chain is exact already: healing has nothing to restore and would only move the model")
+    image_set = _images(images)
+    new, details = distil(
+        source.original,
+        source.bundle,
+        image_set,
+        source.views,
+        steps=steps,
+        temperature=temperature,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        console=console,
+    )
+    probe = source.probe
+    certificate = certify(
+        f"heal: distilled toward the original ({steps} steps, T {temperature:g})",
+        source.original,
+        new,
+        probe.images,
+        views=source.views,
+        probe_name=probe.name,
+        details=dict(details),
+        labels=probe.labels,
+    )
+    certificate.before_healing = healing_summary(before)
+    if probe.name.split(" (")[0] in {image_set.name, images if isinstance(images, str) else None}:
+        certificate.warnings.append(
+            f"the probe comes from the healing data ({image_set.name}): agreement after healing is measured on "
+            "images it trained on; give --probe with other images"
+        )
+    return Step(
+        new,
+        certificate,
+        details,
+        (*source.certificates, certificate),
+        source.original,
+        probe,
+        source.views,
+        source.reclassed,
+        healed=True,
+    )
+
+
+OPERATIONS = (transplant, rechannel, resize_input, recalibrate, deepen, widen, reclass, heal)
