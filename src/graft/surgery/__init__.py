@@ -46,6 +46,7 @@ from graft.surgery.details import (
     WidenDetails,
 )
 from graft.surgery.operations import (
+    SIZE_MODES,
     VERDICTS,
     Probe,
     Step,
@@ -94,6 +95,7 @@ def reshape(
     architecture: str | None = None,
     channels: int | None = None,
     size: int | tuple[int, int] | None = None,
+    size_mode: str = "resample",
     insert_after: str | list[str] | None = None,
     block: str = "relu",
     widen: dict[str, int] | None = None,
@@ -115,9 +117,14 @@ def reshape(
 
     `probe`/`imprint`/`recalibrate` name data sources (mnist, digits, folder:PATH…). Without a probe, the bundle's
     own data is used when it can be read here, else seeded synthetic colour images. `require="exact"` (or
-    "approximate") writes nothing unless every step and the whole chain reach that level.
+    "approximate") writes nothing unless every step and the whole chain reach that level. `size_mode` is how
+    `size` is reached: "resample" (the same weights see the image at another scale: approximate) or "stem" (a
+    learnable size stem resizes the image exactly as the bundle's preprocessing would: exact; see
+    graft.surgery.resize).
     """
     check_required(None, require)
+    if size_mode not in ops.SIZE_MODES:
+        raise GraftError(f"--size-mode takes {' or '.join(ops.SIZE_MODES)}, not {size_mode!r}")
     if probe_count < 1:
         raise GraftError("the probe needs at least one image")
     current = bundle if isinstance(bundle, Bundle) else load(bundle)
@@ -152,7 +159,7 @@ def reshape(
     if channels is not None:
         plan.append((ops.rechannel, (channels,), {}))
     if size2 is not None:
-        plan.append((ops.resize_input, (size2,), {}))
+        plan.append((ops.resize_input, (size2,), {"mode": size_mode}))
     if recalibration_images is not None:
         plan.append((ops.recalibrate, (recalibration_images,), {"seed": seed}))
     for after in afters:
@@ -184,6 +191,7 @@ def reshape(
 
 
 __all__ = [
+    "SIZE_MODES",
     "VERDICTS",
     "Certificate",
     "ChannelsDetails",
