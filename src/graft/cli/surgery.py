@@ -36,6 +36,17 @@ def surgery_command(
         int | None, typer.Option(help="New input channel count: 3 takes colour (exactly the old model on gray).")
     ] = None,
     size: Annotated[int | None, typer.Option("--size", "-s", help="New square input size in pixels.")] = None,
+    size_mode: Annotated[
+        str,
+        typer.Option(
+            metavar="<resample|stem>",
+            help="How --size is reached. stem: a learnable resize layer in front of the network computes exactly "
+            "the bundle's own resize to the old size (certified exact: the new model sees a large image as the old "
+            "one saw it shrunk), so fine-tuning starts from the old model and can learn to use the extra detail. "
+            "resample: the same weights see the image at the new scale (approximate, often breaking; no extra "
+            "layer, and a smaller size costs less to run).",
+        ),
+    ] = "resample",
     insert_after: Annotated[
         list[str] | None,
         typer.Option(help="Insert an identity-initialised block after this stage (repeatable), e.g. layer2."),
@@ -111,6 +122,7 @@ def surgery_command(
     \b
     Examples:
       graft surgery runs/x/bundle -o rgb128 --channels 3 --size 128 --insert-after layer2
+      graft surgery runs/x/bundle -o big --size 128 --size-mode stem --require exact
       graft surgery runs/x/bundle -o more --add-classes 8,9 --imprint digits --probe digits
       graft surgery runs/x/bundle -o big --size 128 --heal folder:photos --probe digits
     """
@@ -122,6 +134,7 @@ def surgery_command(
         architecture=architecture,
         channels=channels,
         size=size,
+        size_mode=size_mode,
         insert_after=insert_after,
         block=block,
         widen=_widths(widen),

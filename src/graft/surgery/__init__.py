@@ -49,6 +49,7 @@ from graft.surgery.details import (
 )
 from graft.surgery.heal import BATCH_SIZE, LR, STEPS, TEMPERATURE, check_heal_options
 from graft.surgery.operations import (
+    SIZE_MODES,
     VERDICTS,
     Probe,
     Step,
@@ -98,6 +99,7 @@ def reshape(
     architecture: str | None = None,
     channels: int | None = None,
     size: int | tuple[int, int] | None = None,
+    size_mode: str = "resample",
     insert_after: str | list[str] | None = None,
     block: str = "relu",
     widen: dict[str, int] | None = None,
@@ -124,13 +126,18 @@ def reshape(
 
     `probe`/`imprint`/`recalibrate` name data sources (mnist, digits, folder:PATH…). Without a probe, the bundle's
     own data is used when it can be read here, else seeded synthetic colour images. `require="exact"` (or
-    "approximate") writes nothing unless every step and the whole chain reach that level.
+    "approximate") writes nothing unless every step and the whole chain reach that level. `size_mode` is how
+    `size` is reached: "resample" (the same weights see the image at another scale: approximate) or "stem" (a
+    learnable size stem resizes the image exactly as the bundle's preprocessing would: exact; see
+    graft.surgery.resize).
 
     `heal` (a data source; labels unused) ends the chain by distilling the original into the new model
     (`heal_steps` batches of `heal_batch`, AdamW at `heal_lr`, logits softened by `heal_temperature`, seeded by
     `seed`); its certificate shows the agreement with the original before and after.
     """
     check_required(None, require)
+    if size_mode not in ops.SIZE_MODES:
+        raise GraftError(f"--size-mode takes {' or '.join(ops.SIZE_MODES)}, not {size_mode!r}")
     if probe_count < 1:
         raise GraftError("the probe needs at least one image")
     current = bundle if isinstance(bundle, Bundle) else load(bundle)
@@ -168,7 +175,7 @@ def reshape(
     if channels is not None:
         plan.append((ops.rechannel, (channels,), {}))
     if size2 is not None:
-        plan.append((ops.resize_input, (size2,), {}))
+        plan.append((ops.resize_input, (size2,), {"mode": size_mode}))
     if recalibration_images is not None:
         plan.append((ops.recalibrate, (recalibration_images,), {"seed": seed}))
     for after in afters:
@@ -206,6 +213,7 @@ def reshape(
 
 
 __all__ = [
+    "SIZE_MODES",
     "VERDICTS",
     "Certificate",
     "ChannelsDetails",

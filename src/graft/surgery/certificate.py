@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from graft.bundle import Bundle
-from graft.data.preprocess import LUMA_WEIGHTS, normalise, to_unit_float
+from graft.data.preprocess import LUMA_WEIGHTS, normalise, resize_float, to_unit_float
 from graft.spec import InputSpec
 
 EXACT_TOLERANCE = 1e-4  # absolute bound on max |Δlogit| for "exact" ...
@@ -67,11 +67,17 @@ def colourise(pixels: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Views:
-    """What each model is shown of a probe image (float pixels in [0, 1] at its own input size)."""
+    """What each model is shown of a probe image (float pixels in [0, 1] at its own input size).
+
+    `through_new_input` (a size stem's claim): the new model sees the probe resized to its size in float, and the
+    old model sees *that image* resized to its own size in float, by the old spec's rule (no uint8 rounding in
+    between); otherwise each model sees the probe resized to its own size as its preprocessing does.
+    """
 
     old: View = identity
     new: View = identity
     note: str = "both models see the same images"
+    through_new_input: bool = False
 
 
 @dataclass
@@ -199,6 +205,15 @@ def model_inputs(probe: torch.Tensor, spec: InputSpec, view: View) -> torch.Tens
     return normalise(view(to_unit_float(probe, spec).double()), spec)
 
 
+def pair_inputs(probe: torch.Tensor, old: InputSpec, new: InputSpec, views: Views) -> tuple[torch.Tensor, torch.Tensor]:
+    """(old model's inputs, new model's inputs) for uint8 probe images under `views`, in float64."""
+    if not views.through_new_input:
+        return model_inputs(probe, old, views.old), model_inputs(probe, new, views.new)
+    new_pixels = resize_float(probe.double() / 255.0, new)
+    old_pixels = resize_float(new_pixels, old)
+    return normalise(views.old(old_pixels), old), normalise(views.new(new_pixels), new)
+
+
 def _logits(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
@@ -298,8 +313,7 @@ def certify(
     pair = _Pair(
         old,
         new,
-        model_inputs(probe, old.spec, views.old),
-        model_inputs(probe, new.spec, views.new),
+        *pair_inputs(probe, old.spec, new.spec, views),
         [old.classes.index(c) for c in shared],
         [new.classes.index(c) for c in shared],
     )

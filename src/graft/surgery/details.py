@@ -27,6 +27,12 @@ ResizeDetails = TypedDict(
         "to": list[int],
         "resampled": list[str],  # state-dict keys resampled to the new size (flatten heads, position embeddings)
         "claim": str,
+        "mode": NotRequired[str],  # "resample" or "stem" (records before issue 18: resample)
+        "rule": NotRequired[str],  # stem: the resize it reproduces, e.g. "bilinear, antialiased, stretch"
+        "network_size": NotRequired[list[int]],  # stem: what the network behind it takes
+        "composed": NotRequired[bool],  # stem: composed with the size stem the model already had
+        # stem: max |uint8 preprocessing − the stem's float resize| over the probe, in pixel levels (0–255)
+        "preprocessing_delta_levels": NotRequired[float],
     },
 )
 
