@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
 import typer
 
@@ -42,7 +41,7 @@ def test_the_story_is_the_one_the_issue_asks_for():
 @pytest.mark.parametrize("command", [c for c in _commands() if c[0] == "graft"], ids=lambda c: " ".join(c[:2]))
 def test_every_graft_command_of_the_story_parses(command):
     group = typer.main.get_command(app)
-    assert isinstance(group, click.Group)
+    assert hasattr(group, "resolve_command")  # a command group (typer may bring its own click)
     context = group.make_context("graft", command[1:], resilient_parsing=False)
     name, sub, rest = group.resolve_command(context, command[1:])
     assert sub is not None, f"no command {name!r}"

@@ -27,7 +27,7 @@ from graft.data.base import ImageSet
 from graft.errors import GraftError
 from graft.progress import batch_progress
 from graft.spec import InputSpec
-from graft.surgery.certificate import Views, model_inputs
+from graft.surgery.certificate import Views, pair_inputs
 from graft.surgery.details import HealDetails
 
 STEPS = 200
@@ -114,9 +114,10 @@ def distil(
                 order.extend(rng.permutation(len(images)).tolist())
             positions, order = np.array(order[:batch]), order[batch:]
             pixels = images.batch(positions, draw_spec)
+            old_input, new_input = pair_inputs(pixels, teacher.spec, student.spec, views)  # as certificates do
             with torch.no_grad():
-                target = teacher_model(model_inputs(pixels, teacher.spec, views.old).float())[:, teacher_index]
-            output = model(model_inputs(pixels, student.spec, views.new).float())[:, student_index]
+                target = teacher_model(old_input.float())[:, teacher_index]
+            output = model(new_input.float())[:, student_index]
             loss = distillation_loss(output, target, temperature)
             if not torch.isfinite(loss):
                 raise GraftError(f"healing diverged at step {step + 1} (loss {float(loss)}); try a lower --heal-lr")
