@@ -2,18 +2,28 @@
 
 1. Train a small CNN (resnet10t, `fold` mode) at 64×64×1 on scikit-learn's digits 0–7 (gray).
 2. Surgery to 128×128×3 with one more block after `layer3` and two extra classes (8, 9, imprinted from their
-   training images): every step prints its certificate.
-3. Fine-tune the result for one epoch on colour digits 0–9 (each image a random foreground/background colour).
-4. Compare with the same new architecture (the same surgery applied to an untrained model) trained from scratch
-   for one epoch with the same settings (scratch gets the better of two learning rates). Repeated over seeds.
+   training images), the size change made two ways (issue 18):
+   - `stem`: a fixed downsampling stem in front of the old network (exact: the old model on the image resized to 64);
+   - `resample`: the same weights see the 128-px image (approximate), followed by BatchNorm recalibration;
+   each with and without healing (`heal=`: distil the original into the grown model on the unlabelled colour
+   training images). Every step prints its certificate; the whole-chain agreement with the original is reported.
+3. Fine-tune each grown model for one epoch on colour digits 0–9 (each image a random foreground/background colour).
+4. Compare with the same new architecture (the resample surgery applied to an untrained model) trained from scratch
+   for one epoch with the same settings (scratch gets the best of `--scratch-lrs`). Repeated over seeds.
 
 The colour digits are the gray ones painted with a random bright foreground colour on a random dark background: the
-same objects seen by a colour camera. Recalibration and imprinting use the colour *training* images only.
+same objects seen by a colour camera. Recalibration, imprinting and healing use the colour *training* images only;
+the certificates' probe is the colour *test* split.
 
-    uv run python bench/surgery_story.py                 # 3 seeds, ~5 min on 2 cores
-    uv run python bench/surgery_story.py --seeds 1 --json bench/results/surgery_story.json
+    uv run python bench/surgery_story.py                 # 3 seeds, writes bench/results/surgery_story.json
+    uv run python bench/surgery_story.py --seeds 1 --size-modes resample --json /tmp/story.json
+    uv run python bench/surgery_story.py --write-data story --gray-classes 0,1,2 --colour-classes 0,1,2
+        # only writes story/gray and story/colour (the docs/surgery.md example's data) and exits
+    uv run python bench/surgery_story.py --seeds 1 --base-epochs 1 --max-train 64 --heal-steps 5 \\
+        --scratch-lrs 1e-3 --json /tmp/smoke.json   # a smoke run of every path (not results)
 
-Offline: the digits ship with scikit-learn.
+Offline: the digits ship with scikit-learn. Results are written after every seed, so an interrupted run keeps the
+seeds it finished.
 """
 
 from __future__ import annotations
@@ -28,9 +38,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+GRAY_CLASSES = tuple(range(8))
+COLOUR_CLASSES = tuple(range(10))
 
-def write_digit_folders(root: Path, seed: int = 0) -> dict[str, Path]:
-    """gray/{train,test}/<0..7> and colour/{train,test}/<0..9>, one seeded 80/20 split shared by both."""
+
+def write_digit_folders(
+    root: Path, seed: int = 0, gray_classes=GRAY_CLASSES, colour_classes=COLOUR_CLASSES
+) -> dict[str, Path]:
+    """gray/{train,test}/<gray classes> and colour/{train,test}/<colour classes>, one seeded 80/20 split shared by
+    both."""
     from graft.data.sources import load_everything
     from graft.data.split import stratified_split
 
@@ -43,13 +59,14 @@ def write_digit_folders(root: Path, seed: int = 0) -> dict[str, Path]:
             gray = digits.image(int(i))[:, :, 0].astype(np.float32) / 255
             foreground, background = _colours(rng)
             colour = (gray[:, :, None] * foreground + (1 - gray[:, :, None]) * background).round().astype(np.uint8)
-            if label < 8:
+            if label in gray_classes:
                 path = root / "gray" / split / str(label)
                 path.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(digits.image(int(i))[:, :, 0]).save(path / f"{i}.png")
-            path = root / "colour" / split / str(label)
-            path.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(colour).save(path / f"{i}.png")
+            if label in colour_classes:
+                path = root / "colour" / split / str(label)
+                path.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(colour).save(path / f"{i}.png")
     return {"gray": root / "gray", "colour": root / "colour"}
 
 
@@ -63,20 +80,50 @@ def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
             return foreground, background
 
 
-def grow(graft, source: Path, output: Path, imprint: str | None, probe: str, recalibrate: str) -> list:
-    result = graft.reshape(
+def grow(
+    graft,
+    source: Path,
+    output: Path,
+    size_mode: str,
+    imprint: str | None,
+    probe: str,
+    colour_train: str,
+    heal: bool = False,
+    heal_steps: int = 100,
+) -> object:
+    """The story's surgery; `stem` needs no BatchNorm recalibration (it is exact), `resample` gets it."""
+    size_kwargs = {"size_mode": size_mode} if size_mode != "resample" else {}
+    return graft.reshape(
         source,
         output,
         channels=3,
         size=128,
-        recalibrate=recalibrate,
+        recalibrate=colour_train if size_mode == "resample" else None,
         insert_after="layer3",
         add_classes=["8", "9"],
         imprint=imprint,
         probe=probe,
+        heal=colour_train if heal else None,
+        heal_steps=heal_steps,
+        overwrite=True,
         console=None,
+        **size_kwargs,
     )
-    return [*result.certificates, result.overall]
+
+
+def variant_row(result, refused: str | None) -> dict:
+    """What the table shows of one grown model before fine-tuning: its whole-chain agreement with the original."""
+    if refused is not None:
+        return {"refused": refused}
+    overall = result.overall
+    return {
+        "verdict": overall.verdict,
+        "agreement_with_original": overall.top1_agreement,
+        "old_class_agreement": overall.old_class_agreement,
+        "max_abs_logit_delta": overall.max_abs_logit_delta,
+        "before_healing": overall.before_healing,
+        "certificates": [c.to_dict() for c in result.certificates] + [overall.to_dict()],
+    }
 
 
 def main() -> None:
@@ -85,23 +132,37 @@ def main() -> None:
     parser.add_argument("--base-epochs", type=int, default=4, help="epochs of the original gray model")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the one-epoch runs")
     parser.add_argument("--scratch-lrs", type=float, nargs="+", default=[1e-3, 4e-3], help="scratch gets the best")
-    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--size-modes", nargs="+", default=["stem", "resample"])
+    parser.add_argument("--heal-steps", type=int, default=100)
+    parser.add_argument("--json", type=Path, default=Path("bench/results/surgery_story.json"))
+    parser.add_argument("--max-train", type=int, help="train on this many images only: smoke runs, not results")
+    parser.add_argument("--write-data", type=Path, help="only write the gray/colour digit folders here, and exit")
+    parser.add_argument("--gray-classes", default=",".join(map(str, GRAY_CLASSES)))
+    parser.add_argument("--colour-classes", default=",".join(map(str, COLOUR_CLASSES)))
     args = parser.parse_args()
+    if args.write_data:
+        gray, colour = (tuple(int(c) for c in text.split(",")) for text in (args.gray_classes, args.colour_classes))
+        print(write_digit_folders(args.write_data, 0, gray, colour))
+        return
 
     import graft
     from graft.bundle import Bundle
+    from graft.errors import GraftError
     from graft.models.factory import create_model
 
-    common = {"batch_size": 32, "workers": 0, "force": True}
+    common = {"batch_size": 32, "workers": 0, "force": True, "max_train": args.max_train}
     rows = []
+    variants = [(mode, healed) for mode in args.size_modes for healed in (False, True)]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         folders = write_digit_folders(tmp / "data")
-        colour, gray = f"folder:{folders['colour']}", f"folder:{folders['gray']}"
+        colour = f"folder:{folders['colour']}"
+        colour_train = f"folder:{folders['colour'] / 'train'}"  # imprint, recalibrate, heal: training images only
+        colour_test = f"folder:{folders['colour'] / 'test'}"  # the certificates' probe
         for seed in range(args.seeds):
             started = time.perf_counter()
             base = graft.train(
-                data=gray,
+                data=f"folder:{folders['gray']}",
                 model="resnet10t",
                 input_mode="fold",
                 size=64,
@@ -110,26 +171,57 @@ def main() -> None:
                 run_dir=str(tmp / f"base{seed}"),
                 **common,
             )
-            base_seconds = time.perf_counter() - started
-            colour_train = f"folder:{folders['colour'] / 'train'}"  # imprint and recalibrate: training images only
-            certificates = grow(graft, base.bundle.path, tmp / f"grown{seed}", colour_train, colour, colour_train)
-            before = graft.evaluate(tmp / f"grown{seed}", data=colour, split="test").accuracy
-            started = time.perf_counter()
-            tuned = graft.train(
-                data=colour,
-                weights=str(tmp / f"grown{seed}"),
-                epochs=1,
-                lr=args.lr,
-                seed=seed,
-                run_dir=str(tmp / f"ft{seed}"),
-                **common,
-            )
-            tuned_seconds = time.perf_counter() - started
+            row: dict = {
+                "seed": seed,
+                "base_gray_test_acc": base.bundle.metrics["test_acc"],
+                "base_seconds": round(time.perf_counter() - started, 1),
+                "variants": {},
+            }
+            for mode, healed in variants:
+                name = f"{mode}{' + heal' if healed else ''}"
+                output = tmp / f"grown{seed}-{mode}-{int(healed)}"
+                started = time.perf_counter()
+                try:
+                    result = grow(
+                        graft,
+                        base.bundle.path,
+                        output,
+                        mode,
+                        colour_train,
+                        colour_test,
+                        colour_train,
+                        healed,
+                        args.heal_steps,
+                    )
+                    refused = None
+                except GraftError as error:  # e.g. an exact chain: healing has nothing to restore
+                    result, refused = None, str(error)
+                entry = variant_row(result, refused)
+                entry["surgery_seconds"] = round(time.perf_counter() - started, 1)
+                if refused is None:
+                    entry["before_finetune_acc"] = graft.evaluate(output, data=colour, split="test").accuracy
+                    started = time.perf_counter()
+                    tuned = graft.train(
+                        data=colour,
+                        weights=str(output),
+                        epochs=1,
+                        lr=args.lr,
+                        seed=seed,
+                        run_dir=str(tmp / f"ft{seed}-{mode}-{int(healed)}"),
+                        **common,
+                    )
+                    entry["finetuned_1_epoch_acc"] = tuned.bundle.metrics["test_acc"]
+                    entry["finetune_seconds"] = round(time.perf_counter() - started, 1)
+                row["variants"][name] = entry
+                print(
+                    f"seed {seed} {name}: {json.dumps({k: v for k, v in entry.items() if k != 'certificates'})}",
+                    flush=True,
+                )
 
-            # The same new architecture from random weights: the same surgery on an untrained model.
+            # The same new architecture from random weights: the resample surgery on an untrained model.
             model, arch, spec, _ = create_model("resnet10t", 8, input_mode="fold", size=64)
             Bundle(model.eval(), arch, spec, [str(i) for i in range(8)]).save(tmp / f"random{seed}", overwrite=True)
-            grow(graft, tmp / f"random{seed}", tmp / f"random-grown{seed}", None, colour, colour_train)
+            grow(graft, tmp / f"random{seed}", tmp / f"random-grown{seed}", "resample", None, colour_test, colour_train)
             scratch = {
                 lr: graft.train(
                     data=colour,
@@ -142,39 +234,32 @@ def main() -> None:
                 ).bundle.metrics["test_acc"]
                 for lr in args.scratch_lrs
             }
-            rows.append(
-                {
-                    "seed": seed,
-                    "base_gray_test_acc": base.bundle.metrics["test_acc"],
-                    "base_seconds": round(base_seconds, 1),
-                    "certificates": [c.to_dict() for c in certificates],
-                    "grown_before_finetune_acc": before,
-                    "grown_finetuned_1_epoch_acc": tuned.bundle.metrics["test_acc"],
-                    "finetune_seconds": round(tuned_seconds, 1),
-                    "scratch_1_epoch_acc_by_lr": scratch,
-                    "scratch_1_epoch_acc": max(scratch.values()),
-                }
-            )
-            print(json.dumps(rows[-1]["certificates"][0]["verdict"]), flush=True)
+            row["scratch_1_epoch_acc_by_lr"] = scratch
+            row["scratch_1_epoch_acc"] = max(scratch.values())
+            rows.append(row)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")  # after every seed
+    print_table(rows)
 
-    print("\ncertificates (seed 0):")
-    for certificate in rows[0]["certificates"]:
-        print(
-            f"  {certificate['verdict']:<11} {certificate['operation']:<34} max |Δlogit| "
-            f"{certificate['max_abs_logit_delta']:.2e}  top-1 agreement {certificate['top1_agreement']:.2%}"
-        )
-    print(f"\n{'':<52}" + "".join(f"seed {r['seed']:<6}" for r in rows) + "mean")
-    for key, label in (
-        ("base_gray_test_acc", "original 64×64×1, digits 0–7 (gray test)"),
-        ("grown_before_finetune_acc", "grown 128×128×3, 0–9, before fine-tuning"),
-        ("grown_finetuned_1_epoch_acc", "grown + 1 epoch fine-tuning"),
-        ("scratch_1_epoch_acc", "same architecture from scratch, 1 epoch (best lr)"),
-    ):
-        values = [r[key] for r in rows]
-        print(f"{label:<52}" + "".join(f"{v:<11.2%}" for v in values) + f"{statistics.mean(values):.2%}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+def print_table(rows: list[dict]) -> None:
+    """Per seed and on average: agreement with the original before fine-tuning, test accuracy after one epoch."""
+
+    def line(label: str, values: list[float | None]) -> str:
+        known = [v for v in values if v is not None]
+        cells = "".join(f"{v:<10.1%}" if v is not None else f"{'—':<10}" for v in values)
+        return f"{label:<44}" + cells + (f"{statistics.mean(known):.1%}" if known else "—")
+
+    print(f"\n{'':<44}" + "".join(f"seed {r['seed']:<5}" for r in rows) + "mean")
+    print(line("original 64×64×1, digits 0–7 (gray test)", [r["base_gray_test_acc"] for r in rows]))
+    for name in rows[0]["variants"]:
+        cells = [r["variants"][name] for r in rows]
+        print(line(f"{name}: agreement with the original", [c.get("agreement_with_original") for c in cells]))
+        print(line(f"{name}: test acc before fine-tuning", [c.get("before_finetune_acc") for c in cells]))
+        print(line(f"{name}: test acc after 1 epoch", [c.get("finetuned_1_epoch_acc") for c in cells]))
+        for reason in {c["refused"] for c in cells if "refused" in c}:
+            print(f"  {name} refused: {reason}")
+    print(line("from scratch, 1 epoch (best lr)", [r["scratch_1_epoch_acc"] for r in rows]))
 
 
 if __name__ == "__main__":

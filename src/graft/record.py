@@ -77,7 +77,9 @@ def check_timm_kwargs(kwargs: dict) -> dict:
 @dataclass(frozen=True)
 class Architecture:
     """What rebuilds a model: the backbone (a timm name and kwargs, or an imported Keras layer graph), the head
-    kind, the class count and the structural surgery edits replayed on it (models/edits.py)."""
+    kind, the class count, the structural surgery edits replayed on it (models/edits.py) and an optional size
+    stem (`{"network_size": [h, w]}`: a learnable resize from the input spec's size to the size the network
+    behind it takes; graft.models.size_stem)."""
 
     timm_name: str
     num_classes: int
@@ -85,6 +87,15 @@ class Architecture:
     timm_kwargs: dict[str, JsonValue] = field(default_factory=dict)
     edits: list[dict[str, JsonValue]] = field(default_factory=list)
     graph: dict[str, JsonValue] | None = None  # an imported Keras layer graph (graft.models.keras)
+    size_stem: dict[str, JsonValue] | None = None  # {"network_size": [h, w]}: surgery --size-mode stem
+
+    @property
+    def network_size(self) -> tuple[int, int] | None:
+        """The input size of the network behind the size stem (None: no stem, it takes the spec's size)."""
+        if self.size_stem is None:
+            return None
+        height, width = self.size_stem["network_size"]  # type: ignore[misc]
+        return int(height), int(width)
 
     @property
     def kind(self) -> str:
@@ -113,6 +124,7 @@ class _Architecture(_Record):
     timm_kwargs: dict[str, JsonValue] = {}
     edits: list[Edit] = []
     graph: dict[str, JsonValue] | None = None
+    size_stem: SizeStemRecord | None = None
 
     @field_validator("timm_kwargs")
     @classmethod
@@ -139,6 +151,13 @@ class WidenEdit(_Record):
 
 
 Edit = Annotated[InsertEdit | WidenEdit, Field(discriminator="op")]
+
+
+class SizeStemRecord(_Record):
+    """A learnable resize in front of the network (surgery --size-mode stem): from the input spec's size to
+    `network_size`, the size the network behind it was trained at."""
+
+    network_size: tuple[Annotated[int, Field(ge=1, le=MAX_INPUT_SIDE)], Annotated[int, Field(ge=1, le=MAX_INPUT_SIDE)]]
 
 
 class _Input(_Record):

@@ -298,6 +298,12 @@ def _certificate_lines(step: dict) -> list[str]:
         )
     if step.get("new_class_wins"):
         lines.append(f"{indent}new classes take top-1 on {_num(step.get('new_class_wins'), '.1%')} of the probe")
+    if isinstance(before := step.get("before_healing"), dict):
+        lines.append(
+            f"{indent}before healing: {before.get('verdict', '?')}, max |Δlogit| "
+            f"{_num(before.get('max_abs_logit_delta'), '.2e')}, "
+            f"top-1 agreement {_num(before.get('top1_agreement'), '.2%')}"
+        )
     for warning in step.get("warnings") or []:
         lines.append(f"{indent}warning: {warning}")
     return lines

@@ -11,6 +11,9 @@ from graft.errors import GraftError
 from graft.io import json_text
 from graft.progress import console
 
+# The defaults of graft.surgery.reshape (kept here as literals: this module must not import torch; a test checks them).
+HEAL_STEPS, HEAL_TEMPERATURE, HEAL_LR, HEAL_BATCH = 200, 2.0, 1e-3, 32
+
 
 def _names(value: str | None) -> list[str] | None:
     return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
@@ -33,6 +36,17 @@ def surgery_command(
         int | None, typer.Option(help="New input channel count: 3 takes colour (exactly the old model on gray).")
     ] = None,
     size: Annotated[int | None, typer.Option("--size", "-s", help="New square input size in pixels.")] = None,
+    size_mode: Annotated[
+        str,
+        typer.Option(
+            metavar="<resample|stem>",
+            help="How --size is reached. stem: a learnable resize layer in front of the network computes exactly "
+            "the bundle's own resize to the old size (certified exact: the new model sees a large image as the old "
+            "one saw it shrunk), so fine-tuning starts from the old model and can learn to use the extra detail. "
+            "resample: the same weights see the image at the new scale (approximate, often breaking; no extra "
+            "layer, and a smaller size costs less to run).",
+        ),
+    ] = "resample",
     insert_after: Annotated[
         list[str] | None,
         typer.Option(help="Insert an identity-initialised block after this stage (repeatable), e.g. layer2."),
@@ -61,11 +75,33 @@ def surgery_command(
         str | None, typer.Option(help="Data source with examples of the new classes, to imprint their weights.")
     ] = None,
     architecture: Annotated[
-        str | None, typer.Option(help="Move the weights into another timm architecture, by name and shape.")
+        str | None,
+        typer.Option(
+            "--architecture",
+            "--into",
+            help="Move the weights into another timm architecture, by name and shape (with --heal, the function "
+            "follows).",
+        ),
     ] = None,
     recalibrate: Annotated[
         str | None, typer.Option(help="Data source whose images re-estimate BatchNorm statistics (labels unused).")
     ] = None,
+    heal: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DATA",
+            help="Data source (labels unused) on which the new model learns to match the old one's logits after "
+            "the changes (distillation); the certificate shows the agreement before and after. For approximate "
+            "or breaking changes (--size, --architecture, …).",
+        ),
+    ] = None,
+    heal_steps: Annotated[int, typer.Option(help="Healing: optimizer steps (batches).")] = HEAL_STEPS,
+    heal_temperature: Annotated[
+        float, typer.Option(help="Healing: softmax temperature of the matched logits (higher: more of the ranking).")
+    ] = HEAL_TEMPERATURE,
+    heal_lr: Annotated[float, typer.Option(help="Healing: peak learning rate (AdamW, cosine decay).")] = HEAL_LR,
+    heal_batch: Annotated[int, typer.Option(help="Healing: images per step.")] = HEAL_BATCH,
+    seed: Annotated[int, typer.Option(help="Seeds the probe draw, new blocks' and copies' init, and healing.")] = 0,
     probe: Annotated[
         str | None,
         typer.Option(
@@ -86,12 +122,15 @@ def surgery_command(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output bundle.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the certificates as JSON on stdout.")] = False,
 ) -> None:
-    """Change a trained model's channels, size, depth, width or classes, and certify what changed.
+    """Change a trained model's channels, size, depth, width, classes or architecture, certify what changed, and
+    optionally heal it back towards the old model (--heal).
 
     \b
     Examples:
       graft surgery runs/x/bundle -o rgb128 --channels 3 --size 128 --insert-after layer2
+      graft surgery runs/x/bundle -o big --size 128 --size-mode stem --require exact
       graft surgery runs/x/bundle -o more --add-classes 8,9 --imprint digits --probe digits
+      graft surgery runs/x/bundle -o big --size 128 --heal folder:photos --probe digits
     """
     from graft.surgery import reshape as run_surgery
 
@@ -101,6 +140,7 @@ def surgery_command(
         architecture=architecture,
         channels=channels,
         size=size,
+        size_mode=size_mode,
         insert_after=insert_after,
         block=block,
         widen=_widths(widen),
@@ -109,6 +149,12 @@ def surgery_command(
         drop_classes=_names(drop_classes),
         imprint=imprint,
         recalibrate=recalibrate,
+        heal=heal,
+        heal_steps=heal_steps,
+        heal_temperature=heal_temperature,
+        heal_lr=heal_lr,
+        heal_batch=heal_batch,
+        seed=seed,
         probe=probe,
         probe_count=probe_count,
         require=require,

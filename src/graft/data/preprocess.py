@@ -26,6 +26,21 @@ _INTERPOLATION = {
 
 def resize_uint8(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     """Resize uint8 images (..., C, H, W) to `spec.size` by the spec's rule; a no-op when already there."""
+    return _resize(images, spec)
+
+
+def resize_float(pixels: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """Float images (..., C, H, W) resized to `spec.size` by exactly the calls `resize_uint8` makes, unrounded.
+
+    torchvision resizes float images with the same kernel in float arithmetic: this is the linear map a size
+    stem (graft.models.size_stem) reproduces. The uint8 path rounds its result (bicubic also clips overshoot).
+    """
+    if not pixels.is_floating_point():
+        raise TypeError(f"expected float images, got {pixels.dtype}")
+    return _resize(pixels, spec)
+
+
+def _resize(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     height, width = spec.size
     if tuple(images.shape[-2:]) == (height, width):
         return images
@@ -37,6 +52,31 @@ def resize_uint8(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
         images = TF.resize(images, inner, interpolation=mode, antialias=antialias)
         return TF.center_crop(images, [height, width])
     return TF.resize(images, [height, width], interpolation=mode, antialias=antialias)
+
+
+def resize_matrices(source: tuple[int, int], spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R_h, R_w), float64, with resize_float(x, spec) = R_h · x · R_wᵀ for every (source_h × source_w) image x.
+
+    Read off `resize_float` itself, so they match by construction: an image that is 1 on row i (column j) and 0
+    elsewhere resizes to column i of R_h (j of R_w) on every column (row), because the other axis's weights sum
+    to 1. Images keep their real size, since the crop rule's inner size depends on both sides (and torch's
+    antialiased kernel is wrong on width-1 images). The caller checks the product on random images.
+    """
+    rows, cols = source
+    parts = []
+    for axis, count in ((0, rows), (1, cols)):
+        columns = []
+        for start in range(0, count, 32):
+            index = torch.arange(start, min(start + 32, count))
+            basis = torch.zeros(len(index), 1, rows, cols, dtype=torch.float64)
+            if axis == 0:
+                basis[torch.arange(len(index)), 0, index, :] = 1.0
+                columns.append(resize_float(basis, spec)[:, 0, :, 0])
+            else:
+                basis[torch.arange(len(index)), 0, :, index] = 1.0
+                columns.append(resize_float(basis, spec)[:, 0, 0, :])
+        parts.append(torch.cat(columns).T.contiguous())
+    return parts[0], parts[1]
 
 
 def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ bundle): where weights come from is decided above this layer (`graft.training.st
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -20,6 +21,7 @@ from graft.errors import GraftError, first_line
 from graft.models.catalog import matching, suggest
 from graft.models.edits import apply_edits
 from graft.models.input_modes import FlattenHead, GrayStem, apply_fold, find_first_conv, set_input_channels
+from graft.models.size_stem import SizeStem
 from graft.models.weights import TransferReport, transfer_weights
 from graft.record import Architecture
 from graft.spec import IMAGENET_MEAN, IMAGENET_STD, INPUT_MODES, InputMode, InputSpec
@@ -36,30 +38,45 @@ def register_backbone_kind(kind: str, builder: BackboneBuilder) -> None:
 
 
 class GraftModel(nn.Module):
-    """stem (optional) → timm backbone → head (timm's pooled classifier, or a flatten head)."""
+    """size stem (optional) → gray stem (optional) → timm backbone → head (timm's pooled classifier, or a flatten
+    head). The size stem comes first: it resizes whatever channels the model takes (graft.models.size_stem)."""
 
-    def __init__(self, backbone: nn.Module, stem: nn.Module | None = None, head: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        stem: nn.Module | None = None,
+        head: nn.Module | None = None,
+        size_stem: SizeStem | None = None,
+    ) -> None:
         super().__init__()
+        self.size_stem = size_stem
         self.stem = stem
         self.backbone = backbone
         self.head = head
 
     def no_weight_decay(self) -> set[str]:
-        """The backbone's own exemptions (ViT position embeddings, class tokens), for timm's optimizer factory."""
+        """The backbone's own exemptions (ViT position embeddings, class tokens), for timm's optimizer factory.
+
+        A size stem's gains do decay: towards 0, the resize the stem started as."""
         names = getattr(self.backbone, "no_weight_decay", lambda: set())()
         return {f"backbone.{name}" for name in names}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size_stem is not None:
+            x = self.size_stem(x)
         if self.stem is not None:
             x = self.stem(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._input(x)
         if self.head is None:
             return self.backbone(x)
         return self.head(self.backbone.forward_features(x))
 
     def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The features the classifier reads (one vector per image): for imprinting new classes."""
-        if self.stem is not None:
-            x = self.stem(x)
+        x = self._input(x)
         features = self.backbone.forward_features(x)
         if self.head is None:
             return self.backbone.forward_head(features, pre_logits=True)
@@ -132,11 +149,20 @@ def _minimum_size(attempt: Callable[[int], object]) -> int | None:
 
 
 def build_model(arch: Architecture, spec: InputSpec) -> GraftModel:
-    """The model's structure with fresh weights; raises GraftError when the input size is too small."""
+    """The model's structure with fresh weights; raises GraftError when the input size is too small.
+
+    With a size stem, the network behind it is built for the stem's `network_size` (a flatten head's size
+    follows it) and the stem maps the spec's size to it.
+    """
     builder = _BACKBONE_KINDS.get(arch.kind)
     if builder is None:
         raise GraftError(f"this graft cannot build {arch.kind!r} backbones ({arch.timm_name})")
-    return builder(arch, spec)
+    network_size = arch.network_size
+    if network_size is None:
+        return builder(arch, spec)
+    model = builder(arch, dataclasses.replace(spec, size=network_size))
+    model.size_stem = SizeStem(tuple(spec.size), network_size)
+    return model
 
 
 def _build_timm_model(arch: Architecture, spec: InputSpec) -> GraftModel:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from graft.bundle import Bundle
-from graft.data.preprocess import LUMA_WEIGHTS, normalise, to_unit_float
+from graft.data.preprocess import LUMA_WEIGHTS, normalise, resize_float, to_unit_float
 from graft.spec import InputSpec
 
 EXACT_TOLERANCE = 1e-4  # absolute bound on max |Δlogit| for "exact" ...
@@ -67,11 +67,17 @@ def colourise(pixels: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Views:
-    """What each model is shown of a probe image (float pixels in [0, 1] at its own input size)."""
+    """What each model is shown of a probe image (float pixels in [0, 1] at its own input size).
+
+    `through_new_input` (a size stem's claim): the new model sees the probe resized to its size in float, and the
+    old model sees *that image* resized to its own size in float, by the old spec's rule (no uint8 rounding in
+    between); otherwise each model sees the probe resized to its own size as its preprocessing does.
+    """
 
     old: View = identity
     new: View = identity
     note: str = "both models see the same images"
+    through_new_input: bool = False
 
 
 @dataclass
@@ -106,6 +112,8 @@ class Certificate:
     old_class_agreement: float | None = None  # class changes: old top-1 kept among all new classes
     old_class_images: int = 0  # how many probe images that agreement is measured on
     warnings: list[str] = field(default_factory=list)
+    # After healing (issue 18): the same comparison before it, as `healing_summary` gives it. Absent otherwise.
+    before_healing: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,10 +131,34 @@ class Certificate:
             text += f"; old predictions kept on {self.old_class_agreement:.1%} of {self.old_class_images} images"
         if self.new_class_wins:
             text += f"; new classes take top-1 on {self.new_class_wins:.1%}"
+        if self.before_healing is not None:
+            text += f"; before healing: {healing_text(self.before_healing)}"
         text += f"; probe: {self.probe_count} {self.probe} images, {spread_text(self.probe_classes)}"
         for warning in self.warnings:
             text += f"\n            warning: {warning}"
         return text
+
+
+HEALING_KEYS = (
+    "verdict",
+    "max_abs_logit_delta",
+    "top1_agreement",
+    "train_top1_agreement",
+    "step_top1_agreement",
+    "old_class_agreement",
+)
+
+
+def healing_summary(before: Certificate) -> dict:
+    """What a healed certificate keeps of the comparison before healing: the verdict and every agreement."""
+    return {key: getattr(before, key) for key in HEALING_KEYS}
+
+
+def healing_text(before: dict) -> str:
+    """'breaking, top-1 agreement 42.19%': the comparison before healing, as certificates print it."""
+    text = f"{before.get('verdict', '?')}, top-1 agreement "
+    agreement = before.get("top1_agreement")
+    return text + (f"{agreement:.2%}" if isinstance(agreement, int | float) else "?")
 
 
 def spread_text(counts: dict[str, int]) -> str:
@@ -171,6 +203,15 @@ def verdict(delta: float, agreement: float, *, tolerance: float = EXACT_TOLERANC
 def model_inputs(probe: torch.Tensor, spec: InputSpec, view: View) -> torch.Tensor:
     """uint8 probe images → what the model with `spec` receives under `view`, in float64."""
     return normalise(view(to_unit_float(probe, spec).double()), spec)
+
+
+def pair_inputs(probe: torch.Tensor, old: InputSpec, new: InputSpec, views: Views) -> tuple[torch.Tensor, torch.Tensor]:
+    """(old model's inputs, new model's inputs) for uint8 probe images under `views`, in float64."""
+    if not views.through_new_input:
+        return model_inputs(probe, old, views.old), model_inputs(probe, new, views.new)
+    new_pixels = resize_float(probe.double() / 255.0, new)
+    old_pixels = resize_float(new_pixels, old)
+    return normalise(views.old(old_pixels), old), normalise(views.new(new_pixels), new)
 
 
 def _logits(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -272,8 +313,7 @@ def certify(
     pair = _Pair(
         old,
         new,
-        model_inputs(probe, old.spec, views.old),
-        model_inputs(probe, new.spec, views.new),
+        *pair_inputs(probe, old.spec, new.spec, views),
         [old.classes.index(c) for c in shared],
         [new.classes.index(c) for c in shared],
     )

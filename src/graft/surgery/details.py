@@ -27,6 +27,12 @@ ResizeDetails = TypedDict(
         "to": list[int],
         "resampled": list[str],  # state-dict keys resampled to the new size (flatten heads, position embeddings)
         "claim": str,
+        "mode": NotRequired[str],  # "resample" or "stem" (records before issue 18: resample)
+        "rule": NotRequired[str],  # stem: the resize it reproduces, e.g. "bilinear, antialiased, stretch"
+        "network_size": NotRequired[list[int]],  # stem: what the network behind it takes
+        "composed": NotRequired[bool],  # stem: composed with the size stem the model already had
+        # stem: max |uint8 preprocessing − the stem's float resize| over the probe, in pixel levels (0–255)
+        "preprocessing_delta_levels": NotRequired[float],
     },
 )
 
@@ -81,6 +87,22 @@ TransplantDetails = TypedDict(
     },
 )
 
+
+class HealDetails(TypedDict):
+    source: str  # the image set distilled on (labels never read)
+    images: int
+    steps: int
+    temperature: float
+    lr: float
+    batch_size: int
+    seed: int
+    distilled_classes: int  # classes both models have: only their logits are matched
+    not_distilled: list[str]  # the new model's classes the old one lacks: left as surgery made them
+    loss_first: float  # mean distillation loss over the first and last steps
+    loss_last: float
+    claim: str
+
+
 Details = (
     ChannelsDetails
     | ResizeDetails
@@ -89,4 +111,5 @@ Details = (
     | WidenDetails
     | ReclassDetails
     | TransplantDetails
+    | HealDetails
 )

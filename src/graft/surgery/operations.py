@@ -24,6 +24,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from graft.bundle import Bundle, load
 from graft.data.base import ImageSet
@@ -31,23 +32,34 @@ from graft.data.sources import load_everything
 from graft.errors import GraftError
 from graft.record import Provenance, SurgeryEntry
 from graft.spec import InputSpec
-from graft.surgery.certificate import Certificate, Views, certify, identity, model_inputs, synthetic_probe
+from graft.surgery.certificate import (
+    Certificate,
+    Views,
+    certify,
+    healing_summary,
+    identity,
+    model_inputs,
+    synthetic_probe,
+)
 from graft.surgery.channels import change_channels
 from graft.surgery.classes import change_classes, resolve_classes
 from graft.surgery.details import (
     ChannelsDetails,
     DeepenDetails,
+    HealDetails,
     RecalibrationDetails,
     ReclassDetails,
     ResizeDetails,
     TransplantDetails,
     WidenDetails,
 )
-from graft.surgery.resize import change_size, recalibrate_batchnorm
+from graft.surgery.heal import BATCH_SIZE, LR, STEPS, TEMPERATURE, check_heal_options, distil
+from graft.surgery.resize import add_size_stem, change_size, preprocessing_gap, recalibrate_batchnorm
 from graft.surgery.structure import insert_identity_block, widen_layer
 from graft.surgery.transfer import change_architecture
 
 VERDICTS = ("exact", "approximate", "unverified", "breaking")  # best to worst
+SIZE_MODES = ("resample", "stem")  # how resize_input changes the input size (graft.surgery.resize)
 PROBE_COUNT = 64
 
 D = TypeVar("D")
@@ -143,6 +155,8 @@ class Step(Generic[D]):
     probe: Probe
     views: Views  # what the whole-chain comparison shows each model: the channel step's views, if any
     reclassed: bool = False  # the class list changed somewhere in the chain: metrics no longer hold
+    resized: bool = False  # the input size changed: the data reach the model through another resize
+    healed: bool = False  # this step healed: its certificate already compares the original with this bundle
 
     def then(
         self, operation: Callable[Concatenate[Step[Any], P], Step[E]], *args: P.args, **kwargs: P.kwargs
@@ -159,6 +173,8 @@ class Step(Generic[D]):
         """
         if len(self.certificates) < 2:
             return None
+        if self.healed:  # the heal step measured exactly this: the original vs this bundle, on this probe
+            return dataclasses.replace(self.certificate, operation="whole chain")
         return certify(
             "whole chain",
             self.original,
@@ -177,15 +193,22 @@ class Step(Generic[D]):
 
     @property
     def weakest(self) -> str:
-        """The worst verdict of any step and of the whole chain: what `require` checks."""
-        verdicts = [c.verdict for c in self.certificates] + ([self.overall.verdict] if self.overall else [])
+        """The worst verdict of any step and of the whole chain: what `require` checks.
+
+        A heal step compares the original with the healed model, so it stands for every step before it: healing is
+        how a breaking step is repaired, and judging the repaired chain by the broken step would refuse it forever.
+        """
+        healed = [i for i, c in enumerate(self.certificates) if c.before_healing is not None]
+        counted = self.certificates[healed[-1] :] if healed else self.certificates
+        verdicts = [c.verdict for c in counted] + ([self.overall.verdict] if self.overall else [])
         return max(verdicts, key=VERDICTS.index)
 
     def finished(self) -> Bundle:
         """The bundle with this chain's surgery record appended to its provenance (the original is untouched).
 
         Metrics move to `metrics_before_surgery` (and the calibrated confidence threshold is dropped) unless the
-        chain is exact and kept the class list, since they describe another model.
+        chain is exact and kept the class list and the input size, since they describe another model (after an
+        exact size stem, test images reach the network through two resizes instead of one).
         """
         overall = self.overall
         provenance = surgery_record(
@@ -196,7 +219,7 @@ class Step(Generic[D]):
             self.verdict,
         )
         metrics, confidence = self.bundle.metrics, self.bundle.confidence
-        if self.verdict != "exact" or self.reclassed:
+        if self.verdict != "exact" or self.reclassed or self.resized:
             confidence = None  # calibrated on another model's probabilities: the default applies until retrained
             if metrics:
                 provenance = provenance.updated(metrics_before_surgery=metrics)
@@ -298,22 +321,34 @@ def _step(
     done: tuple[Bundle, Views, D],
     *,
     reclassed: bool = False,
+    resized: bool = False,
 ) -> Step[D]:
     """Certify one operation's output against its input and add it to the chain."""
     new, views, details = done
     certificate = certify(
         label, bundle, new, probe.images, views=views, probe_name=probe.name, details=details, labels=probe.labels
     )
-    # At most one step changes channels; its views are the whole chain's (other steps show both models the same).
-    if views.old is not identity or views.new is not identity:
-        chain_views = views
-    else:
-        chain_views = previous.views if previous is not None else Views()
+    chain_views = _chain_views(previous.views if previous is not None else None, views)
     if previous is None:
-        return Step(new, certificate, details, (certificate,), bundle, probe, chain_views, reclassed)
+        return Step(new, certificate, details, (certificate,), bundle, probe, chain_views, reclassed, resized)
     certificates = (*previous.certificates, certificate)
     reclassed = reclassed or previous.reclassed
-    return Step(new, certificate, details, certificates, previous.original, probe, chain_views, reclassed)
+    resized = resized or previous.resized
+    return Step(new, certificate, details, certificates, previous.original, probe, chain_views, reclassed, resized)
+
+
+def _chain_views(previous: Views | None, views: Views) -> Views:
+    """What the whole-chain certificate shows each model: at most one step changes channels, and its views are the
+    chain's (other steps show both models the same); a size stem anywhere makes the original see the final
+    model's input resized in float."""
+    base = previous or Views()
+    channel = views if views.old is not identity or views.new is not identity else base
+    through = base.through_new_input or views.through_new_input
+    notes = [channel.note] if channel.old is not identity or channel.new is not identity else []
+    if through:
+        notes.append(next(v.note for v in (views, base) if v.through_new_input))
+    note = "; ".join(notes) or Views().note
+    return Views(channel.old, channel.new, note, through)
 
 
 def _images(images: ImageSet | str) -> ImageSet:
@@ -341,13 +376,28 @@ def rechannel(source: Source, channels: int, *, probe: ProbeLike = None) -> Step
     )
 
 
-def resize_input(source: Source, size: int | tuple[int, int], *, probe: ProbeLike = None) -> Step[ResizeDetails]:
-    """Make the model take `size` (or height×width) images, keeping every weight that allows it: approximate,
-    since the same weights see the image at another scale (`recalibrate` after it often helps)."""
+def resize_input(
+    source: Source, size: int | tuple[int, int], *, mode: str = "resample", probe: ProbeLike = None
+) -> Step[ResizeDetails]:
+    """Make the model take `size` (or height×width) images.
+
+    mode="stem": exact; a learnable size stem in front of the network resizes the new images exactly as the
+    bundle's preprocessing resizes them to the old size, so the new model on a new-size image is the old model on
+    it resized (graft.surgery.resize). mode="resample": the same weights see the image at another scale, keeping
+    every weight that allows it; approximate (`recalibrate` after it often helps).
+    """
+    if mode not in SIZE_MODES:
+        raise GraftError(f"size mode {mode!r} is not one of {', '.join(SIZE_MODES)}")
     size2 = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     bundle, previous = _input(source)
     probe_ = _probe(bundle, previous, probe, size2)
-    return _step(f"size → {size2[0]}×{size2[1]}", bundle, previous, probe_, change_size(bundle, size2))
+    if mode == "resample":
+        done = change_size(bundle, size2)
+        return _step(f"size → {size2[0]}×{size2[1]}", bundle, previous, probe_, done, resized=True)
+    new, views, details = add_size_stem(bundle, size2)
+    details["preprocessing_delta_levels"] = preprocessing_gap(probe_.images, bundle.spec, new.spec)
+    label = f"size → {size2[0]}×{size2[1]} (size stem)"
+    return _step(label, bundle, previous, probe_, (new, views, details), resized=True)
 
 
 def recalibrate(
@@ -407,4 +457,73 @@ def reclass(
     return _step("classes", bundle, previous, probe_, done, reclassed=True)
 
 
-OPERATIONS = (transplant, rechannel, resize_input, recalibrate, deepen, widen, reclass)
+def heal(
+    source: Step[Any],
+    images: ImageSet | str,
+    *,
+    steps: int = STEPS,
+    temperature: float = TEMPERATURE,
+    lr: float = LR,
+    batch_size: int = BATCH_SIZE,
+    seed: int = 0,
+    console: Console | None = None,
+) -> Step[HealDetails]:
+    """Train the chain's latest model to match the chain's original on unlabelled `images` (distillation: KL on
+    logits softened by `temperature`), then certify it against the original, with the agreement before healing
+    kept beside it. The way back from an approximate or breaking step (graft.surgery.heal).
+
+    Only the classes both models have are matched; an exact chain is refused (healing could only move it away).
+    """
+    check_heal_options(steps, temperature, lr, batch_size)
+    if not isinstance(source, Step):
+        raise GraftError(
+            "heal continues a surgery chain (step.then(heal, images)): it needs the chain's original to learn from"
+        )
+    before = source.overall if source.overall is not None else source.certificate
+    if before.verdict == "exact":
+        raise GraftError("the chain is exact already: healing has nothing to restore and would only move the model")
+    image_set = _images(images)
+    new, details = distil(
+        source.original,
+        source.bundle,
+        image_set,
+        source.views,
+        steps=steps,
+        temperature=temperature,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        console=console,
+    )
+    probe = source.probe
+    certificate = certify(
+        f"heal: distilled toward the original ({steps} steps, T {temperature:g})",
+        source.original,
+        new,
+        probe.images,
+        views=source.views,
+        probe_name=probe.name,
+        details=dict(details),
+        labels=probe.labels,
+    )
+    certificate.before_healing = healing_summary(before)
+    if probe.name.split(" (")[0] in {image_set.name, images if isinstance(images, str) else None}:
+        certificate.warnings.append(
+            f"the probe comes from the healing data ({image_set.name}): agreement after healing is measured on "
+            "images it trained on; give --probe with other images"
+        )
+    return Step(
+        new,
+        certificate,
+        details,
+        (*source.certificates, certificate),
+        source.original,
+        probe,
+        source.views,
+        source.reclassed,
+        source.resized,
+        healed=True,
+    )
+
+
+OPERATIONS = (transplant, rechannel, resize_input, recalibrate, deepen, widen, reclass, heal)

@@ -1,5 +1,15 @@
 """Changing a trained model's input size, and re-estimating BatchNorm statistics for the new images.
 
+Two ways to change the size (`graft surgery --size-mode`):
+
+- `stem` (exact): a size stem in front of the network (graft.models.size_stem) computes exactly the resize the
+  bundle's own preprocessing would do from the new size to the old one, so the new model on a new-size image is
+  the old model on that image resized to the old size (in float; the uint8 pipeline rounds, and bicubic clips
+  overshoot, so a served image can differ by about one pixel level, more for bicubic on hard edges). It is read
+  off torchvision's own kernel (`resize_matrices`) and checked on random images before use; works for any
+  factor, up or down, stretch or crop. On a model that already has a size stem the two resizes are composed
+  into one stem, exact the same way. Learnable: fine-tuning can then use the detail the larger image holds.
+- `resample` (approximate): the same weights see the image at another scale:
 - Convolutional backbones with global pooling keep every weight: only the input spec changes.
 - `flatten` heads read a feature map whose size follows the input: their weight grid (classes × C × h × w) is
   resampled to the new h′ × w′ and scaled by (h·w)/(h′·w′), so that an upsampled image, whose feature map is
@@ -21,7 +31,7 @@ from torch import nn
 
 from graft.bundle import Bundle
 from graft.data.base import ImageSet
-from graft.data.preprocess import to_model_input
+from graft.data.preprocess import resize_float, resize_matrices, resize_uint8, to_model_input
 from graft.errors import GraftError
 from graft.models.factory import GraftModel, build_model
 from graft.record import Architecture
@@ -49,9 +59,15 @@ def resample_flatten_head(weight: torch.Tensor, old: tuple[int, ...], new: tuple
 
 
 def change_size(bundle: Bundle, size: tuple[int, int]) -> tuple[Bundle, Views, ResizeDetails]:
+    """Resample: the same weights at another input size (approximate); see the module docstring."""
     spec, arch = bundle.spec, bundle.architecture
     if tuple(size) == tuple(spec.size):
         raise GraftError(f"this model already takes {size[0]}×{size[1]} images")
+    if arch.size_stem is not None:
+        raise GraftError(
+            "this model has a size stem (its network takes "
+            f"{arch.network_size[0]}×{arch.network_size[1]}); change its size with --size-mode stem"  # type: ignore[index]
+        )
     model = _built_at(bundle, size)
     if model is None:
         smallest = next((s for s in (*range(MIN_SIDE, 65), *_LARGER) if _built_at(bundle, (s, s)) is not None), None)
@@ -82,8 +98,81 @@ def change_size(bundle: Bundle, size: tuple[int, int]) -> tuple[Bundle, Views, R
         "to": list(size),
         "resampled": adapted,
         "claim": "approximate (the same weights see the image at another scale)",
+        "mode": "resample",
     }
     return new, Views(note="each model sees the probe images resized to its own input size"), details
+
+
+STEM_CHECK_TOLERANCE = 1e-9  # float64, pixels in [0, 1]: the matrices must be the resize, not near it
+SIZE_STEM_VIEWS = Views(
+    note="the old model sees the new model's input resized to its own size in float (the bundle's resize rule)",
+    through_new_input=True,
+)
+
+
+def add_size_stem(bundle: Bundle, size: tuple[int, int]) -> tuple[Bundle, Views, ResizeDetails]:
+    """Stem: a new bundle taking `size` images whose size stem resizes them exactly as the bundle's preprocessing
+    would (composed with an existing stem's resize); see the module docstring."""
+    spec, arch = bundle.spec, bundle.architecture
+    size = (int(size[0]), int(size[1]))
+    if size == tuple(spec.size):
+        raise GraftError(f"this model already takes {size[0]}×{size[1]} images")
+    if min(size) < MIN_SIDE:
+        raise GraftError(f"a size stem needs images of at least {MIN_SIDE} pixels a side, not {size[0]}×{size[1]}")
+    rule = _rule(spec)
+    height, width = resize_matrices(size, spec)
+    _check_matrices(height, width, size, spec, rule)
+    network = arch.network_size or tuple(spec.size)
+    state = {k: v.detach().clone() for k, v in bundle.model.state_dict().items()}
+    if arch.size_stem is not None:  # the old stem after the new resize: one stem, the product of both
+        old_height, old_width = (m.detach().double() for m in bundle.model.size_stem.matrices())
+        height, width = old_height @ height, old_width @ width
+    new_arch = dataclasses.replace(arch, size_stem={"network_size": list(network)})
+    new_spec = dataclasses.replace(spec, size=size)
+    model = build_model(new_arch, new_spec)
+    stem = model.size_stem
+    state.update({f"size_stem.{k}": v for k, v in stem.state_dict().items()})  # replaced just below
+    model.load_state_dict(state, strict=True)
+    stem.start_as(height.float(), width.float())
+    model.eval()
+    new = dataclasses.replace(bundle, model=model, architecture=new_arch, spec=new_spec, path=None)
+    details: ResizeDetails = {
+        "from": list(spec.size),
+        "to": list(size),
+        "resampled": [],
+        "claim": "exact (a size stem: the old model on the image resized by the bundle's own rule, in float)",
+        "mode": "stem",
+        "rule": rule,
+        "network_size": list(network),
+        "composed": arch.size_stem is not None,
+    }
+    return new, SIZE_STEM_VIEWS, details
+
+
+def _rule(spec: InputSpec) -> str:
+    antialiased = spec.antialias and spec.interpolation != "nearest"
+    return f"{spec.interpolation}{', antialiased' if antialiased else ''}, {spec.resize}"
+
+
+def _check_matrices(height: torch.Tensor, width: torch.Tensor, size: tuple[int, int], spec: InputSpec, rule: str):
+    """Refuse unless the matrices reproduce the preprocessing's float resize on random images (never assumed)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand((2, 3, *size), generator=generator, dtype=torch.float64)
+    gap = float((height @ images @ width.T - resize_float(images, spec)).abs().max())
+    if not gap <= STEM_CHECK_TOLERANCE:
+        raise GraftError(
+            f"this graft's resize ({rule}) from {size[0]}×{size[1]} to {spec.size[0]}×{spec.size[1]} has no exact "
+            f"matrix form here (off by {gap:.1e}); use --size-mode resample"
+        )
+
+
+def preprocessing_gap(probe: torch.Tensor, old: InputSpec, new: InputSpec) -> float:
+    """Max |uint8 preprocessing − float resize| in pixel levels (0–255) over the probe seen at the new size: how
+    far a served image (rounded to uint8 at the old size) is from the float image a size stem computes."""
+    at_new = resize_uint8(probe, new)
+    rounded = resize_uint8(at_new, old).double()
+    exact = resize_float(at_new.double(), old)
+    return float((rounded - exact).abs().max())
 
 
 MIN_SIDE = 2

@@ -1,0 +1,174 @@
+"""The exact size change (issue 18): a size stem makes the new model on a new-size image equal the old model on
+that image resized to the old size by the bundle's own rule (torchvision's kernel, in float).
+
+Parity is checked two ways: by the certificate, and directly against torchvision's `resize` called here (not
+graft's wrapper), on random float images. Weights, BatchNorm statistics and affine terms are random, so every
+layer matters; each test first checks that the old model's logits depend on its input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from graft.bundle import Bundle
+from graft.data.preprocess import normalise
+from graft.errors import GraftError
+from graft.models.factory import create_model
+from graft.surgery.certificate import EXACT_TOLERANCE, certify
+from graft.surgery.resize import add_size_stem
+
+FAMILIES = {
+    "resnet": "resnet10t",
+    "densenet": "densenet121",
+    "efficientnet": "test_efficientnet",
+    "mobilenetv3": "mobilenetv3_small_050",
+    "convnext": "test_convnext",
+}
+OLD_SIZE = 32
+NEW_SIZES = {"2x": 64, "non-integer 1.5x": 48}
+CLASSES = [f"c{i}" for i in range(5)]
+SETTINGS = settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@functools.cache
+def _model(name: str, head: str, mode: str, seed: int) -> tuple:
+    torch.manual_seed(seed)
+    model, arch, spec, _ = create_model(name, len(CLASSES), input_mode=mode, head=head, size=OLD_SIZE)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if not value.is_floating_point():
+                continue
+            if key.endswith("running_var"):
+                value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
+            elif key.endswith(("running_mean", ".bias")):
+                value.copy_(torch.randn(value.shape, generator=generator) * 0.2)
+            elif key.endswith(".weight") and value.ndim == 1:
+                value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
+    return model.eval(), arch, spec
+
+
+def random_bundle(family: str, head: str = "pool", mode: str = "replicate", seed: int = 0, **spec) -> Bundle:
+    model, arch, base = _model(FAMILIES[family], head, mode, seed)
+    return Bundle(model, arch, dataclasses.replace(base, **spec), list(CLASSES))
+
+
+def float_images(seed: int, size: int, channels: int = 3, count: int = 4) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    low = torch.rand((count, channels, 6, 6), generator=generator, dtype=torch.float64)
+    smooth = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    return (smooth + 0.1 * torch.rand((count, channels, size, size), generator=generator, dtype=torch.float64)) / 1.1
+
+
+def logits(bundle: Bundle, pixels: torch.Tensor) -> torch.Tensor:
+    import copy
+
+    model = copy.deepcopy(bundle.model).double().eval()
+    with torch.no_grad():
+        return model(normalise(pixels, bundle.spec))
+
+
+def torchvision_resize(pixels: torch.Tensor, bundle: Bundle) -> torch.Tensor:
+    """The old bundle's resize, called on torchvision directly: an independent reference for graft's wrapper."""
+    spec = bundle.spec
+    mode = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[spec.interpolation]
+    return TF.resize(pixels, list(spec.size), interpolation=mode, antialias=spec.antialias)
+
+
+def assert_depends_on_input(old: Bundle, pixels: torch.Tensor) -> None:
+    reference = logits(old, pixels)
+    assert float((reference - reference.mean(0)).abs().max()) > 1e-3, "the reference ignores its input"
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("head", ["pool", "flatten"])
+@pytest.mark.parametrize("factor", list(NEW_SIZES))
+@SETTINGS
+@given(seed=st.integers(0, 2**16), interpolation=st.sampled_from(["bilinear", "bicubic"]))
+def test_a_size_stem_is_the_old_model_on_the_resized_image(family, head, factor, seed, interpolation):
+    old = random_bundle(family, head, seed=seed % 2, interpolation=interpolation)
+    size = NEW_SIZES[factor]
+    new, views, details = add_size_stem(old, (size, size))
+    assert new.spec.size == (size, size) and details["network_size"] == [OLD_SIZE, OLD_SIZE]
+    pixels = float_images(seed, size)
+    assert_depends_on_input(old, torchvision_resize(pixels, old))
+    delta = (logits(new, pixels) - logits(old, torchvision_resize(pixels, old))).abs().max()
+    assert float(delta) <= EXACT_TOLERANCE
+    probe = (pixels * 255).round().to(torch.uint8)
+    certificate = certify("size stem", old, new, probe, views=views)
+    assert certificate.verdict == "exact", certificate.line()
+    assert certificate.max_abs_logit_delta <= EXACT_TOLERANCE
+
+
+@pytest.mark.parametrize("family", ["resnet", "convnext"])
+@pytest.mark.parametrize("size", [16, 24])
+def test_a_smaller_size_gets_an_upsampling_stem_that_is_exact(family, size):
+    old = random_bundle(family)
+    new, views, _ = add_size_stem(old, (size, size))
+    pixels = float_images(size, size)
+    assert_depends_on_input(old, torchvision_resize(pixels, old))
+    delta = (logits(new, pixels) - logits(old, torchvision_resize(pixels, old))).abs().max()
+    assert float(delta) <= EXACT_TOLERANCE
+    assert certify("up", old, new, (pixels * 255).round().to(torch.uint8), views=views).verdict == "exact"
+
+
+@pytest.mark.parametrize("rule", ["crop", "stretch"])
+def test_crop_and_stretch_specs_are_exact_for_a_non_square_size(rule):
+    old = random_bundle("resnet", resize=rule)
+    new, views, _ = add_size_stem(old, (48, 64))
+    pixels = float_images(3, 64)[..., :48, :]
+    if rule == "crop":  # crop: scale so the image covers 32×32 (here to 32×43), then take the centre
+        reference = TF.center_crop(TF.resize(pixels, [32, 43], antialias=True), [32, 32])
+    else:
+        reference = TF.resize(pixels, [32, 32], antialias=True)
+    assert_depends_on_input(old, reference)
+    assert float((logits(new, pixels) - logits(old, reference)).abs().max()) <= EXACT_TOLERANCE
+    assert certify("crop", old, new, (pixels * 255).round().to(torch.uint8), views=views).verdict == "exact"
+
+
+def test_gray_input_modes_keep_the_stem_in_front_of_their_own_stem():
+    for mode in ("fold", "stem"):
+        old = random_bundle("resnet", mode=mode)
+        new, views, _ = add_size_stem(old, (64, 64))
+        names = [name for name, _ in new.model.named_children()]
+        assert names.index("size_stem") < names.index("backbone")
+        if mode == "stem":
+            assert names.index("size_stem") < names.index("stem")
+        pixels = float_images(5, 64, channels=1)
+        assert_depends_on_input(old, torchvision_resize(pixels, old))
+        assert certify("gray", old, new, (pixels * 255).round().to(torch.uint8), views=views).verdict == "exact"
+
+
+def test_a_second_size_stem_composes_into_one_exact_stem():
+    old = random_bundle("resnet")
+    middle, _, _ = add_size_stem(old, (48, 48))
+    new, views, details = add_size_stem(middle, (96, 96))
+    assert details["composed"] and new.model.size_stem.height_kernel.shape == (32, 96)
+    pixels = float_images(7, 96)
+    via_middle = torchvision_resize(torchvision_resize(pixels, middle), old)
+    assert_depends_on_input(old, via_middle)
+    assert float((logits(new, pixels) - logits(middle, torchvision_resize(pixels, middle))).abs().max()) <= 1e-4
+    assert certify("again", middle, new, (pixels * 255).round().to(torch.uint8), views=views).verdict == "exact"
+
+
+@pytest.mark.parametrize("size", [(32, 32), (1, 40)])
+def test_impossible_stems_are_refused_in_one_line(size):
+    with pytest.raises(GraftError) as error:
+        add_size_stem(random_bundle("resnet"), size)
+    assert "\n" not in str(error.value)
+
+
+def test_resampling_a_stemmed_model_points_to_the_stem():
+    from graft.surgery.resize import change_size
+
+    stemmed, _, _ = add_size_stem(random_bundle("resnet"), (64, 64))
+    with pytest.raises(GraftError, match="--size-mode stem"):
+        change_size(stemmed, (96, 96))
