@@ -34,8 +34,9 @@ FAMILIES = {
 }
 OLD_SIZE = 32
 NEW_SIZES = {"2x": 64, "non-integer 1.5x": 48}
+INTERPOLATIONS = {"2x": "bilinear", "non-integer 1.5x": "bicubic"}  # both kernels, at no extra cost
 CLASSES = [f"c{i}" for i in range(5)]
-SETTINGS = settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=1, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @functools.cache
@@ -92,9 +93,9 @@ def assert_depends_on_input(old: Bundle, pixels: torch.Tensor) -> None:
 @pytest.mark.parametrize("head", ["pool", "flatten"])
 @pytest.mark.parametrize("factor", list(NEW_SIZES))
 @SETTINGS
-@given(seed=st.integers(0, 2**16), interpolation=st.sampled_from(["bilinear", "bicubic"]))
-def test_a_size_stem_is_the_old_model_on_the_resized_image(family, head, factor, seed, interpolation):
-    old = random_bundle(family, head, seed=seed % 2, interpolation=interpolation)
+@given(seed=st.integers(0, 2**16))
+def test_a_size_stem_is_the_old_model_on_the_resized_image(family, head, factor, seed):
+    old = random_bundle(family, head, seed=seed % 2, interpolation=INTERPOLATIONS[factor])
     size = NEW_SIZES[factor]
     new, views, details = add_size_stem(old, (size, size))
     assert new.spec.size == (size, size) and details["network_size"] == [OLD_SIZE, OLD_SIZE]
@@ -134,15 +135,18 @@ def test_crop_and_stretch_specs_are_exact_for_a_non_square_size(rule):
     assert certify("crop", old, new, (pixels * 255).round().to(torch.uint8), views=views).verdict == "exact"
 
 
-def test_gray_input_modes_keep_the_stem_in_front_of_their_own_stem():
+def test_gray_input_modes_run_the_size_stem_before_their_own_stem():
     for mode in ("fold", "stem"):
         old = random_bundle("resnet", mode=mode)
         new, views, _ = add_size_stem(old, (64, 64))
-        names = [name for name, _ in new.model.named_children()]
-        assert names.index("size_stem") < names.index("backbone")
-        if mode == "stem":
-            assert names.index("size_stem") < names.index("stem")
+        order: list[str] = []
+        for name in ("size_stem", "stem", "backbone"):
+            module = getattr(new.model, name)
+            if module is not None:
+                module.register_forward_pre_hook(lambda _m, _i, name=name, order=order: order.append(name))
         pixels = float_images(5, 64, channels=1)
+        logits(new, pixels)  # a deep copy keeps the hooks
+        assert order == ["size_stem", *(["stem"] if mode == "stem" else []), "backbone"]
         assert_depends_on_input(old, torchvision_resize(pixels, old))
         assert certify("gray", old, new, (pixels * 255).round().to(torch.uint8), views=views).verdict == "exact"
 
