@@ -32,6 +32,7 @@ FAMILIES = {
     "mobilenetv3": "mobilenetv3_small_050",
     "convnext": "test_convnext",
 }
+MODELS = {**FAMILIES, "vit": "test_vit"}  # a ViT keeps its position embeddings: its network stays at the old size
 OLD_SIZE = 32
 NEW_SIZES = {"2x": 64, "non-integer 1.5x": 48}
 INTERPOLATIONS = {"2x": "bilinear", "non-integer 1.5x": "bicubic"}  # both kernels, at no extra cost
@@ -58,7 +59,7 @@ def _model(name: str, head: str, mode: str, seed: int) -> tuple:
 
 
 def random_bundle(family: str, head: str = "pool", mode: str = "replicate", seed: int = 0, **spec) -> Bundle:
-    model, arch, base = _model(FAMILIES[family], head, mode, seed)
+    model, arch, base = _model(MODELS[family], head, mode, seed)
     return Bundle(model, arch, dataclasses.replace(base, **spec), list(CLASSES))
 
 
@@ -109,8 +110,7 @@ def test_a_size_stem_is_the_old_model_on_the_resized_image(family, head, factor,
     assert certificate.max_abs_logit_delta <= EXACT_TOLERANCE
 
 
-@pytest.mark.parametrize("family", ["resnet", "convnext"])
-@pytest.mark.parametrize("size", [16, 24])
+@pytest.mark.parametrize(("family", "size"), [("resnet", 16), ("convnext", 24), ("vit", 24)])
 def test_a_smaller_size_gets_an_upsampling_stem_that_is_exact(family, size):
     old = random_bundle(family)
     new, views, _ = add_size_stem(old, (size, size))
@@ -163,7 +163,7 @@ def test_a_second_size_stem_composes_into_one_exact_stem():
     assert certify("again", middle, new, (pixels * 255).round().to(torch.uint8), views=views).verdict == "exact"
 
 
-@pytest.mark.parametrize("size", [(32, 32), (1, 40)])
+@pytest.mark.parametrize("size", [(32, 32), (1, 40), (1100, 1100)])
 def test_impossible_stems_are_refused_in_one_line(size):
     with pytest.raises(GraftError) as error:
         add_size_stem(random_bundle("resnet"), size)
