@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
@@ -17,9 +18,9 @@ from graft.data.preprocess import normalise, to_model_input
 def test_the_cli_grows_an_exact_bundle_that_loads_and_predicts(tiny_run, tmp_path, capsys):
     out = tmp_path / "grown"
     args = ["surgery", str(tiny_run.bundle.path), "-o", str(out), "--size", "32", "--size-mode", "stem"]
-    code, text, err = run([*args, "--require", "exact", "--probe", "digits"], capsys)
+    code, _, err = run([*args, "--require", "exact", "--probe", "digits"], capsys)
     assert code == 0, err
-    assert "exact" in text and "size stem" in text
+    assert "exact" in err and "size stem" in err, err
     record = json.loads((out / "graft.json").read_text())
     assert record["architecture"]["size_stem"] == {"network_size": [16, 16]}
     assert record["input"]["size"] == [32, 32]
@@ -28,6 +29,11 @@ def test_the_cli_grows_an_exact_bundle_that_loads_and_predicts(tiny_run, tmp_pat
     assert 0 <= step["details"]["preprocessing_delta_levels"] <= 1.0  # bilinear: the uint8 kernel's rounding
     # the data now reach the network through two resizes: the old metrics are kept aside, not claimed
     assert record["metrics"] == {} and record["provenance"]["metrics_before_surgery"]
+
+    code, text, _ = run(["info", str(out)], capsys)
+    assert code == 0 and "size stem   32×32 → 16×16" in text
+    code, text, _ = run(["surgery", "--help"], capsys)
+    assert "--size-mode" in text and "resample" in text
 
     old, new = tiny_run.bundle, graft.load(out)
     generator = torch.Generator().manual_seed(0)
@@ -84,14 +90,28 @@ def test_resampling_a_grown_bundle_is_refused_in_one_line(tiny_run, tmp_path, ca
 def test_training_a_grown_bundle_teaches_its_size_stem(tiny_run, tmp_path):
     grown = tmp_path / "grown"
     graft.reshape(tiny_run.bundle.path, grown, size=32, size_mode="stem")
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (np.kron(digits.images[:192], np.ones((2, 2))) * 255 / 16).astype(np.uint8)  # 192 images at 32 px
     result = graft.train(
-        data="digits", weights=str(grown), epochs=1, batch_size=64, lr=1e-3, workers=0,
-        run_dir=str(tmp_path / "run"), output=str(tmp_path / "trained"),
+        data=(images, digits.target[:192]), classes=[str(i) for i in range(10)], weights=str(grown), epochs=1,
+        batch_size=32, lr=1e-3, workers=0, run_dir=str(tmp_path / "run"), output=str(tmp_path / "trained"),
     )  # fmt: skip
     trained = graft.load(tmp_path / "trained")
     assert trained.architecture.network_size == (16, 16) and trained.spec.size == (32, 32)
-    gains = trained.model.size_stem.height_gain
-    assert float(gains.abs().max()) > 0, "the size stem did not learn"
+    stem = trained.model.size_stem
+    assert float(stem.height_gain.detach().abs().max()) > 0, "the size stem did not learn"
+    assert torch.equal(stem.height_kernel, graft.load(grown).model.size_stem.height_kernel)  # a buffer: fixed
     assert result.bundle.metrics
     batch = to_model_input(torch.full((2, 1, 32, 32), 100, dtype=torch.uint8), trained.spec)
     assert trained.logits(batch).shape == (2, 10)
+
+
+def test_training_a_grown_bundle_at_another_size_is_refused(tiny_run, tmp_path):
+    from graft.errors import GraftError
+
+    grown = tmp_path / "grown"
+    graft.reshape(tiny_run.bundle.path, grown, size=32, size_mode="stem")
+    with pytest.raises(GraftError, match="size stem"):
+        graft.train(data="digits", weights=str(grown), size=48, epochs=1, run_dir=str(tmp_path / "run"))

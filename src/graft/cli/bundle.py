@@ -217,6 +217,12 @@ def _describe(path: Path, record: BundleRecord, exports: dict, export_statuses: 
         f"({spec.interpolation})  mean={list(spec.mean)} std={list(spec.std)}",
         f"classes     {len(classes)}: {shown}",
     ]
+    if (network := arch.network_size) is not None:
+        lines.insert(
+            3,
+            f"size stem   {spec.size[0]}×{spec.size[1]} → {network[0]}×{network[1]}: a learnable resize in front of "
+            "the network (graft surgery --size-mode stem)",
+        )
     if record.metrics:
         lines.append("metrics     " + "  ".join(f"{k}={_fmt(v)}" for k, v in record.metrics.items()))
     if (d := provenance.data) is not None:

@@ -160,9 +160,9 @@ def build_model(arch: Architecture, spec: InputSpec) -> GraftModel:
     network_size = arch.network_size
     if network_size is None:
         return builder(arch, spec)
-    model = builder(arch, dataclasses.replace(spec, size=network_size))
-    model.size_stem = SizeStem(tuple(spec.size), network_size)
-    return model
+    inner = builder(arch, dataclasses.replace(spec, size=network_size))
+    stem = SizeStem(tuple(spec.size), network_size)
+    return GraftModel(inner.backbone, inner.stem, inner.head, stem).train(inner.training)
 
 
 def _build_timm_model(arch: Architecture, spec: InputSpec) -> GraftModel:

@@ -5,17 +5,18 @@ Two ways to change the size (`graft surgery --size-mode`):
 - `stem` (exact): a size stem in front of the network (graft.models.size_stem) computes exactly the resize the
   bundle's own preprocessing would do from the new size to the old one, so the new model on a new-size image is
   the old model on that image resized to the old size (in float; the uint8 pipeline rounds, and bicubic clips
-  overshoot, so a served image can differ by about one pixel level, more for bicubic on hard edges). It is read
+  overshoot between its passes: a served bilinear image differs by at most one pixel level, bicubic by about one
+  on smooth images and up to ~20 on hard edges; certificates record the gap on their probe). It is read
   off torchvision's own kernel (`resize_matrices`) and checked on random images before use; works for any
   factor, up or down, stretch or crop. On a model that already has a size stem the two resizes are composed
   into one stem, exact the same way. Learnable: fine-tuning can then use the detail the larger image holds.
-- `resample` (approximate): the same weights see the image at another scale:
-- Convolutional backbones with global pooling keep every weight: only the input spec changes.
-- `flatten` heads read a feature map whose size follows the input: their weight grid (classes × C × h × w) is
-  resampled to the new h′ × w′ and scaled by (h·w)/(h′·w′), so that an upsampled image, whose feature map is
-  roughly the upsampled old one, gives roughly the old logits.
-- ViT-style models get their absolute position embeddings resampled (timm's `resample_abs_pos_embed`).
-Other size-dependent tensors (e.g. relative position tables) are refused by name rather than guessed.
+- `resample` (approximate): the same weights see the image at another scale.
+  - Convolutional backbones with global pooling keep every weight: only the input spec changes.
+  - `flatten` heads read a feature map whose size follows the input: their weight grid (classes × C × h × w) is
+    resampled to the new h′ × w′ and scaled by (h·w)/(h′·w′), so that an upsampled image, whose feature map is
+    roughly the upsampled old one, gives roughly the old logits.
+  - ViT-style models get their absolute position embeddings resampled (timm's `resample_abs_pos_embed`).
+  Other size-dependent tensors (e.g. relative position tables) are refused by name rather than guessed.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def change_size(bundle: Bundle, size: tuple[int, int]) -> tuple[Bundle, Views, R
     return new, Views(note="each model sees the probe images resized to its own input size"), details
 
 
+MAX_STEM_WORK = 2048 * 1024 * 1024  # pixels resized to read a stem's matrices off: (h + w)·h·w, 1024² at most
 STEM_CHECK_TOLERANCE = 1e-9  # float64, pixels in [0, 1]: the matrices must be the resize, not near it
 SIZE_STEM_VIEWS = Views(
     note="the old model sees the new model's input resized to its own size in float (the bundle's resize rule)",
@@ -119,6 +121,11 @@ def add_size_stem(bundle: Bundle, size: tuple[int, int]) -> tuple[Bundle, Views,
         raise GraftError(f"this model already takes {size[0]}×{size[1]} images")
     if min(size) < MIN_SIDE:
         raise GraftError(f"a size stem needs images of at least {MIN_SIDE} pixels a side, not {size[0]}×{size[1]}")
+    if (size[0] + size[1]) * size[0] * size[1] > MAX_STEM_WORK:
+        raise GraftError(
+            f"a size stem from {size[0]}×{size[1]} is not supported (graft reads it off the resize one row and column "
+            "at a time, which would take minutes above about 1024 pixels a side); use --size-mode resample"
+        )
     rule = _rule(spec)
     height, width = resize_matrices(size, spec)
     _check_matrices(height, width, size, spec, rule)

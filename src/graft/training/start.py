@@ -98,10 +98,10 @@ def weights_origin(config: TrainConfig) -> Origin:
             update["resize"] = record.input.resize
         kind: OriginKind = "keras-graph" if record.architecture.graph is not None else "continue"
         return Origin(kind, config.model_copy(update=update), path, record)
-    if record is not None and record.architecture.edits and config.model in (None, record.architecture.timm_name):
+    if record is not None and _edited(record) and config.model in (None, record.architecture.timm_name):
         raise GraftError(
             f"{config.weights} was changed by surgery; {', '.join(_contradictions(config, record))} would drop its "
-            "inserted blocks: change it with `graft surgery` and continue the result"
+            "inserted blocks or size stem: change it with `graft surgery` and continue the result"
         )
     name, kwargs = _model_name(config, record)
     defaults = dict(ARCHITECTURE_DEFAULTS)
@@ -114,6 +114,11 @@ def weights_origin(config: TrainConfig) -> Origin:
     if record is not None:
         return Origin("transfer", resolved, path, record)
     return Origin("hub" if config.pretrained else "file" if path is not None else "fresh", resolved, path)
+
+
+def _edited(record: BundleRecord) -> bool:
+    """Surgery gave the model structure a fresh timm model lacks: inserted or widened layers, a size stem."""
+    return bool(record.architecture.edits) or record.architecture.size_stem is not None
 
 
 def _model_name(config: TrainConfig, record: BundleRecord | None) -> tuple[str, dict]:
