@@ -73,6 +73,11 @@ class TrainConfig(BaseModel):
     augment: Literal["none", "reference"] = Field(
         "none", description="none, or reference: random rotation, zoom and shift per image, as in the Keras reference."
     )
+    augment_engine: Literal["per-image", "batch"] = Field(
+        "per-image",
+        description="How augmentation runs: per-image (torchvision's RandomAffine, image by image) or batch (the "
+        "same distribution in one affine_grid/grid_sample over the whole batch: many times faster on small images).",
+    )
     rotate: float = Field(12.0, ge=0, le=180, description="Augmentation: largest rotation in degrees.")
     zoom: float = Field(0.1, ge=0, lt=1, description="Augmentation: scale drawn from [1-zoom, 1+zoom].")
     shift: float = Field(0.1, ge=0, lt=1, description="Augmentation: largest shift, as a fraction of the size.")
