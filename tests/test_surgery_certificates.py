@@ -146,7 +146,8 @@ def test_class_change_certificate_is_saved_and_shown_by_info(tiny_run, digits, t
     only_new = digits.subset(np.flatnonzero(np.isin(digits.labels, [8, 9])))
     step = reclass(old, add=["8", "9"], imprint=only_new, probe=draw_probe(digits, 32, (16, 16), seed=3))
     step.save(tmp_path / "more")
-    shown = "\n".join(_describe(graft.load(tmp_path / "more"), ""))
+    saved = graft.load(tmp_path / "more")
+    shown = "\n".join(_describe(saved.path, saved.record(), saved.exports, {}))
     assert "old predictions kept on" in shown and "old-class images" in shown
     assert "probe 32 digits images; old top-1 in" in shown
     assert "train mode max |Δlogit|" in shown
@@ -217,6 +218,7 @@ def test_widening_into_a_residual_sum_widens_the_stream_exactly(tmp_path, layer)
     assert result.certificates[0].details["residual_sums"] >= 2
 
 
+@pytest.mark.parametrize("size", [0, 1])
 def test_sizes_below_the_real_minimum_are_refused_in_one_line(tiny_run, tmp_path, size, capsys):
     from graft.cli import main
 
