@@ -147,27 +147,8 @@ async def add_samples(
                     504, "timeout", f"the request took longer than {settings.timeout_s:g} s (--timeout); nothing saved"
                 ) from None
             report = await asyncio.wrap_future(job)  # already committing: its answer is the truth
-    except InvalidClassName as error:
-        raise Problem(422, "invalid_label", f"{error}; nothing was saved") from None
-    except InvalidGroup as error:
-        raise Problem(422, "invalid_group", f"{error}; nothing was saved") from None
-    except ClassConflict as error:
-        raise Problem(409, "class_conflict", f"{error}; nothing was saved") from None
-    except InboxFull as error:
-        raise Problem(409, "inbox_full", str(error)) from None
-    except ImageTooLarge as error:
-        raise Problem(413, "image_too_large", f"{error}; nothing was saved") from None
-    except Stopped as error:
-        raise Problem(504, "timeout", str(error)) from None
-    except GraftError as error:
-        raise Problem(422, "not_an_image", f"{error}; nothing was saved") from None
-    except OSError as error:  # the server's disk, not the client: logged, and said plainly
-        log.error("could not store samples in %s: %s", project, error)
-        raise Problem(
-            507,
-            "storage_error",
-            f"the server could not store the photos ({error.strerror or error}); nothing was saved",
-        ) from None
+    except (GraftError, OSError) as error:
+        raise inbox_problem(error, project, stored="photos", unreadable="not_an_image") from None
     finally:
         gate.abandon()
         admission.release_after(job)
@@ -200,3 +181,26 @@ class CommitGate:
                 return False
             self._state = "abandoned"
             return True
+
+
+def inbox_problem(error: GraftError | OSError, project: Path, *, stored: str, unreadable: str) -> Problem:
+    """The HTTP answer for a request whose `stored` things (photos, frames) did not reach the inbox: the client's
+    mistakes are 4xx with the reason; the server's disk is a logged 507. Shared by photo and video uploads."""
+    if isinstance(error, OSError):  # the server's disk, not the client: logged, and said plainly
+        log.error("could not store %s in %s: %s", stored, project, error)
+        detail = f"the server could not store the {stored} ({error.strerror or error}); nothing was saved"
+        return Problem(507, "storage_error", detail)
+    codes: list[tuple[type[GraftError], int, str]] = [
+        (InvalidClassName, 422, "invalid_label"),
+        (InvalidGroup, 422, "invalid_group"),
+        (ClassConflict, 409, "class_conflict"),
+        (ImageTooLarge, 413, "image_too_large"),
+    ]
+    for kind, status, code in codes:
+        if isinstance(error, kind):
+            return Problem(status, code, f"{error}; nothing was saved")
+    if isinstance(error, InboxFull):
+        return Problem(409, "inbox_full", str(error))
+    if isinstance(error, Stopped):
+        return Problem(504, "timeout", str(error))
+    return Problem(422, unreadable, f"{error}; nothing was saved")

@@ -29,10 +29,6 @@ from graft.data.image_limits import ImageLimits, ImageTooLarge
 from graft.data.video import extract_frames, probe
 from graft.errors import GraftError
 from graft.rounds.inbox import (
-    ClassConflict,
-    InboxFull,
-    InvalidClassName,
-    InvalidGroup,
     SaveReport,
     Stopped,
     check_group,
@@ -40,7 +36,7 @@ from graft.rounds.inbox import (
 )
 from graft.serve.api.auth import require_local_or_token
 from graft.serve.api.deps import AdmissionDep, HolderDep, SamplerDep, SettingsDep
-from graft.serve.api.samples import CommitGate, _limits, _project
+from graft.serve.api.samples import CommitGate, _limits, _project, inbox_problem
 from graft.serve.api.schemas import errors
 from graft.serve.api.upload import read_labelled_uploads
 from graft.serve.limits import Problem
@@ -144,26 +140,10 @@ async def add_video(
                 detail = f"the request took longer than {settings.timeout_s:g} s (--timeout); nothing saved"
                 raise Problem(504, "timeout", detail) from None
             report, frames = await asyncio.wrap_future(job)  # already committing: its answer is the truth
-    except InvalidClassName as error:
-        raise Problem(422, "invalid_label", f"{error}; nothing was saved") from None
-    except InvalidGroup as error:
-        raise Problem(422, "invalid_group", f"{error}; nothing was saved") from None
-    except ClassConflict as error:
-        raise Problem(409, "class_conflict", f"{error}; nothing was saved") from None
-    except InboxFull as error:
-        raise Problem(409, "inbox_full", str(error)) from None
-    except ImageTooLarge as error:
-        raise Problem(413, "image_too_large", f"{error}; nothing was saved") from None
     except TooLong as error:
         raise Problem(413, "video_too_long", f"{error}; nothing was saved") from None
-    except Stopped as error:
-        raise Problem(504, "timeout", str(error)) from None
-    except GraftError as error:
-        raise Problem(422, "not_a_video", f"{error}; nothing was saved") from None
-    except OSError as error:  # the server's disk, not the client: logged, and said plainly
-        log.error("could not store video frames in %s: %s", project, error)
-        detail = f"the server could not store the frames ({error.strerror or error}); nothing was saved"
-        raise Problem(507, "storage_error", detail) from None
+    except (GraftError, OSError) as error:
+        raise inbox_problem(error, project, stored="frames", unreadable="not_a_video") from None
     finally:
         gate.abandon()
         admission.release_after(job)
