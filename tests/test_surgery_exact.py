@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 
 from graft.bundle import Bundle
 from graft.errors import GraftError
-from graft.models.factory import create_model
 from graft.surgery.certificate import EXACT_TOLERANCE, certify
 from graft.surgery.channels import change_channels
 from graft.surgery.classes import change_classes
 from graft.surgery.structure import insert_identity_block, widen_layer
+from surgery_helpers import random_model
 
 # family → (timm name, input size, a stage to insert after, a conv that can be widened or None)
 FAMILIES = {
@@ -36,22 +36,7 @@ SETTINGS = settings(max_examples=2, deadline=None, suppress_health_check=[Health
 
 @functools.cache
 def _state(name: str, size: int, mode: str, seed: int) -> tuple:
-    # Seeded here, not by whatever ran before: the same test then sees the same model in any order or subset.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model, arch, spec, _ = create_model(name, len(CLASSES), input_mode=mode, size=size)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key, value in model.state_dict().items():
-            if not value.is_floating_point():
-                continue
-            if key.endswith("running_var"):
-                value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
-            elif key.endswith(("running_mean", ".bias")):
-                value.copy_(torch.randn(value.shape, generator=generator) * 0.2)
-            elif key.endswith(".weight") and value.ndim == 1:
-                value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
-    return model.eval(), arch, spec
+    return random_model(name, len(CLASSES), seed, input_mode=mode, size=size)
 
 
 def random_bundle(family: str, mode: str = "replicate", seed: int = 0) -> Bundle:

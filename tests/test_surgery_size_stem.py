@@ -21,9 +21,9 @@ from torchvision.transforms.v2 import functional as TF
 from graft.bundle import Bundle
 from graft.data.preprocess import normalise
 from graft.errors import GraftError
-from graft.models.factory import create_model
 from graft.surgery.certificate import EXACT_TOLERANCE, certify
 from graft.surgery.resize import add_size_stem
+from surgery_helpers import random_model
 
 FAMILIES = {
     "resnet": "resnet10t",
@@ -42,20 +42,7 @@ SETTINGS = settings(max_examples=1, deadline=None, suppress_health_check=[Health
 
 @functools.cache
 def _model(name: str, head: str, mode: str, seed: int) -> tuple:
-    torch.manual_seed(seed)
-    model, arch, spec, _ = create_model(name, len(CLASSES), input_mode=mode, head=head, size=OLD_SIZE)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key, value in model.state_dict().items():
-            if not value.is_floating_point():
-                continue
-            if key.endswith("running_var"):
-                value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
-            elif key.endswith(("running_mean", ".bias")):
-                value.copy_(torch.randn(value.shape, generator=generator) * 0.2)
-            elif key.endswith(".weight") and value.ndim == 1:
-                value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
-    return model.eval(), arch, spec
+    return random_model(name, len(CLASSES), seed, input_mode=mode, head=head, size=OLD_SIZE)
 
 
 def random_bundle(family: str, head: str = "pool", mode: str = "replicate", seed: int = 0, **spec) -> Bundle:

@@ -20,6 +20,7 @@ from graft.models.widening import widen_plan
 from graft.surgery import reshape
 from graft.surgery.certificate import EXACT_TOLERANCE, certify
 from graft.surgery.structure import widen_layer
+from surgery_helpers import random_model
 
 CLASSES = ["a", "b", "c", "d"]
 SETTINGS = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -37,19 +38,7 @@ FAMILIES = {
 @functools.cache
 def _model(family: str, seed: int) -> tuple:
     name, kwargs, _ = FAMILIES[family]
-    model, arch, spec, _ = create_model(name, len(CLASSES), input_mode="fold", size=32, timm_kwargs=kwargs)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # beyond timm's init: BatchNorm statistics and affine parameters too
-        for key, value in model.state_dict().items():
-            if not value.is_floating_point():
-                continue
-            if key.endswith("running_var"):
-                value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
-            elif key.endswith(("running_mean", ".bias")):
-                value.copy_(torch.randn(value.shape, generator=generator) * 0.2)
-            elif key.endswith(".weight") and value.ndim == 1:
-                value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
-    return model.eval(), arch, spec
+    return random_model(name, len(CLASSES), seed, input_mode="fold", size=32, timm_kwargs=kwargs)
 
 
 def bundle(family: str, seed: int = 0) -> Bundle:
