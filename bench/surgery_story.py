@@ -92,7 +92,7 @@ def grow(
     heal_steps: int = 100,
 ) -> object:
     """The story's surgery; `stem` needs no BatchNorm recalibration (it is exact), `resample` gets it."""
-    size_kwargs = {"size_mode": size_mode} if size_mode != "resample" else {}
+    size_kwargs = {"size_mode": size_mode}  # always named: the default is stem since issue 18
     return graft.reshape(
         source,
         output,

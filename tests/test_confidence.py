@@ -102,5 +102,7 @@ def test_an_exact_surgery_keeps_the_threshold_and_an_inexact_one_drops_it(tiny_r
     assert calibrated is not None
     exact = reshape(tiny_run.bundle.path, tmp_path / "rgb", channels=3)
     assert exact.verdict == "exact" and record.read(tmp_path / "rgb").confidence == calibrated
-    resized = reshape(tiny_run.bundle.path, tmp_path / "big", size=32, probe="digits", probe_count=8)
+    resized = reshape(
+        tiny_run.bundle.path, tmp_path / "big", size=32, size_mode="resample", probe="digits", probe_count=8
+    )
     assert resized.verdict != "exact" and record.read(tmp_path / "big").confidence is None

@@ -78,7 +78,9 @@ def test_a_chain_of_surgeries_is_kept_in_order(tiny_run, tmp_path):
 
 
 def test_size_change_is_certified_as_inexact_and_keeps_every_weight(tiny_run, tmp_path):
-    result = reshape(tiny_run.bundle.path, tmp_path / "big", size=32, probe="digits", probe_count=32)
+    result = reshape(
+        tiny_run.bundle.path, tmp_path / "big", size=32, size_mode="resample", probe="digits", probe_count=32
+    )
     assert result.bundle.spec.size == (32, 32)
     assert result.certificates[0].verdict in ("approximate", "breaking")
     old = tiny_run.bundle.model.state_dict()
@@ -95,6 +97,16 @@ def test_flatten_head_resampling_keeps_the_sum_over_positions():
     assert torch.allclose(weight @ features.flatten(), new @ upsampled.flatten(), atol=1e-5)
 
 
+def test_the_default_size_change_is_the_exact_size_stem(tiny_run, capsys):
+    """The surgery story bench put the stem ahead after fine-tuning in every seed, so it is the default (issue 18)."""
+    result = reshape(tiny_run.bundle.path, None, size=24, probe="digits", probe_count=16)
+    assert result.certificates[0].operation.endswith("(size stem)") and result.verdict == "exact"
+    assert result.bundle.model.size_stem is not None
+    with pytest.raises(SystemExit):
+        main(["surgery", "--help"])
+    assert "stem (the default)" in " ".join(capsys.readouterr().out.split())
+
+
 def test_flatten_head_bundle_changes_size(tmp_path):
     result = graft.train(
         data="digits",
@@ -108,7 +120,9 @@ def test_flatten_head_bundle_changes_size(tmp_path):
         output=str(tmp_path / "flat"),
         workers=0,
     )
-    new = reshape(result.bundle.path, tmp_path / "flat64", size=64, probe="digits", probe_count=16)
+    new = reshape(
+        result.bundle.path, tmp_path / "flat64", size=64, size_mode="resample", probe="digits", probe_count=16
+    )
     assert graft.load(tmp_path / "flat64").model.head.fc.in_features == 4 * new.bundle.model.head.fc.in_features // 4
     assert new.certificates[0].details["resampled"] == ["head.fc.weight"]
 
@@ -119,7 +133,7 @@ def test_vit_position_embeddings_are_resampled(tmp_path):
 
     model, arch, spec, _ = create_model("test_vit", 3, input_mode="fold", size=32)
     bundle = Bundle(model.eval(), arch, spec, ["a", "b", "c"])
-    result = reshape(bundle, tmp_path / "vit64", size=64, probe_count=4)
+    result = reshape(bundle, tmp_path / "vit64", size=64, size_mode="resample", probe_count=4)
     assert result.certificates[0].details["resampled"] == ["backbone.pos_embed"]
     loaded = graft.load(tmp_path / "vit64")
     assert loaded.architecture.timm_kwargs["img_size"] == [64, 64]
@@ -185,7 +199,7 @@ def test_architecture_transfer_reports_what_moved(tiny_run, tmp_path):
 
 def test_require_exact_writes_nothing_for_an_inexact_surgery(tiny_run, tmp_path):
     with pytest.raises(GraftError, match="nothing written"):
-        reshape(tiny_run.bundle.path, tmp_path / "no", size=32, probe_count=8, require="exact")
+        reshape(tiny_run.bundle.path, tmp_path / "no", size=32, size_mode="resample", probe_count=8, require="exact")
     assert not (tmp_path / "no").exists()
 
 
@@ -273,13 +287,21 @@ def test_size_below_what_the_model_accepts_is_refused(tmp_path):
 
     model, arch, spec, _ = create_model("test_vit", 3, input_mode="fold", size=32)
     with pytest.raises(GraftError, match="below what test_vit accepts"):
-        reshape(Bundle(model.eval(), arch, spec, ["a", "b", "c"]), tmp_path / "small", size=8)
+        reshape(Bundle(model.eval(), arch, spec, ["a", "b", "c"]), tmp_path / "small", size=8, size_mode="resample")
     assert not (tmp_path / "small").exists()
 
 
 def test_whole_chain_certificate_judges_the_final_model(tiny_run, tmp_path):
     """Size then recalibration: each step is certified, and the chain is judged original vs final."""
-    result = reshape(tiny_run.bundle.path, tmp_path / "r", channels=3, size=24, recalibrate="digits", probe="digits")
+    result = reshape(
+        tiny_run.bundle.path,
+        tmp_path / "r",
+        channels=3,
+        size=24,
+        size_mode="resample",
+        recalibrate="digits",
+        probe="digits",
+    )
     assert [c.operation.split()[0] for c in result.certificates] == ["channels", "size", "recalibrate"]
     assert result.overall is not None and result.overall.operation == "whole chain"
     assert result.verdict == result.overall.verdict

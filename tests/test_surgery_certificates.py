@@ -165,18 +165,18 @@ def _collapsed_bundle() -> Bundle:
 
 def test_a_probe_in_one_class_cannot_certify_approximate(tmp_path):
     bundle = _collapsed_bundle()
-    result = reshape(bundle, None, size=24, probe_count=16)
+    result = reshape(bundle, None, size=24, size_mode="resample", probe_count=16)
     certificate = result.certificates[0]
     assert certificate.probe_classes == {"a": 16}
     assert certificate.probe_collapsed and certificate.warnings
     assert certificate.verdict in ("unverified", "breaking")
     with pytest.raises(GraftError, match="not approximate"):
-        reshape(bundle, tmp_path / "x", size=24, probe_count=16, require="approximate")
+        reshape(bundle, tmp_path / "x", size=24, size_mode="resample", probe_count=16, require="approximate")
     assert not (tmp_path / "x").exists()
 
 
 def test_the_bundles_own_data_is_the_default_probe(tiny_run):
-    result = reshape(tiny_run.bundle.path, None, size=24, probe_count=32)
+    result = reshape(tiny_run.bundle.path, None, size=24, size_mode="resample", probe_count=32)
     certificate = result.certificates[0]
     assert certificate.probe.startswith("digits")
     assert certificate.probe_count == 32 and len(certificate.probe_classes) >= 5
@@ -191,7 +191,7 @@ def test_exact_needs_a_relative_bound_as_well(tiny_run):
         model.classifier().bias.mul_(1e-7)
     tiny = dataclasses.replace(bundle, model=model, path=None)
     probe = Probe.synthetic((24, 24), count=16)
-    resized = resize_input(tiny, 24, probe=probe).certificate
+    resized = resize_input(tiny, 24, mode="resample", probe=probe).certificate
     assert resized.max_abs_logit_delta < 1e-4  # the absolute bound alone would call it exact
     assert resized.max_abs_logit_delta > 0
     assert resized.verdict != "exact"
@@ -201,7 +201,7 @@ def test_exact_needs_a_relative_bound_as_well(tiny_run):
 def test_require_checks_every_step(tiny_run, tmp_path):
     """Resize away and back: the chain is exact end to end, but each step is not; --require exact refuses."""
     probe = Probe.synthetic((24, 24), count=8)
-    step = resize_input(tiny_run.bundle, 24, probe=probe).then(resize_input, 16)
+    step = resize_input(tiny_run.bundle, 24, mode="resample", probe=probe).then(resize_input, 16, mode="resample")
     assert step.verdict == "exact" and step.certificates[0].verdict != "exact"
     with pytest.raises(GraftError, match="not exact"):
         step.save(tmp_path / "back", require="exact")

@@ -58,7 +58,7 @@ def probe() -> Probe:
 @pytest.fixture(scope="module")
 def resized():
     """The tiny model resized 16 → 24: a breaking step (steps are immutable, so tests share it)."""
-    return resize_input(tiny_bundle(), NEW_SIZE, probe=probe())
+    return resize_input(tiny_bundle(), NEW_SIZE, mode="resample", probe=probe())
 
 
 def test_healing_raises_agreement_on_a_broken_chain():
@@ -70,7 +70,7 @@ def test_healing_raises_agreement_on_a_broken_chain():
     assert float(reference.std(dim=0).min()) > 0.05
     assert len(set(reference.argmax(1).tolist())) >= 2
 
-    broken = resize_input(original, NEW_SIZE, probe=test_probe)
+    broken = resize_input(original, NEW_SIZE, mode="resample", probe=test_probe)
     assert broken.certificate.verdict == "breaking"
     healed = broken.then(heal, image_set(), steps=40, lr=3e-3, batch_size=8, seed=0)
     before, after = broken.certificate, healed.certificate
@@ -131,6 +131,7 @@ def test_healing_options_are_validated(settings, message):
         reshape(
             tiny_bundle(),
             size=NEW_SIZE,
+            size_mode="resample",
             heal="digits",
             **{f"heal_{k.removesuffix('_size')}": v for k, v in settings.items()},
         )
@@ -192,7 +193,18 @@ def test_cli_heals_and_records_both_agreements(tmp_path, capsys):
     source = tmp_path / "old"
     tiny_bundle().save(source)
     data = write_folder(tmp_path / "photos")
-    args = ["surgery", str(source), "-o", str(tmp_path / "new"), "--size", str(NEW_SIZE), "--heal", data]
+    args = [
+        "surgery",
+        str(source),
+        "-o",
+        str(tmp_path / "new"),
+        "--size",
+        str(NEW_SIZE),
+        "--size-mode",
+        "resample",
+        "--heal",
+        data,
+    ]
     code, out, err = run_cli([*args, "--heal-steps", "3", "--heal-batch", "4", "--probe-count", "8", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["steps"][-1]["operation"].startswith("heal")

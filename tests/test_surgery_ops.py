@@ -129,7 +129,7 @@ def test_a_new_class_list_moves_metrics_aside_when_saved(tmp_path):
 
 
 def test_a_chain_started_with_a_resize_probes_at_the_larger_size():
-    step = resize_input(gray_bundle(), 48, probe="digits")
+    step = resize_input(gray_bundle(), 48, mode="resample", probe="digits")
     assert tuple(step.probe.images.shape[2:]) == (48, 48) and step.certificate.probe == "digits"
     assert step.bundle.spec.size == (48, 48) and step.details["to"] == [48, 48]
 
@@ -154,7 +154,7 @@ def test_impossible_requests_are_one_line_errors_and_write_nothing(tmp_path, req
 
 
 def test_require_exact_writes_nothing_for_an_inexact_chain(tmp_path):
-    step = rechannel(gray_bundle(), 3).then(resize_input, 48)
+    step = rechannel(gray_bundle(), 3).then(resize_input, 48, mode="resample")
     assert step.certificates[0].verdict == "exact" and step.verdict != "exact"
     with pytest.raises(GraftError, match="nothing written"):
         step.save(tmp_path / "out", require="exact")

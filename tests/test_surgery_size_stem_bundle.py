@@ -81,10 +81,11 @@ def test_further_surgery_on_a_grown_bundle_stays_exact(tiny_run, tmp_path):
 def test_resampling_a_grown_bundle_is_refused_in_one_line(tiny_run, tmp_path, capsys):
     grown = tmp_path / "grown"
     graft.reshape(tiny_run.bundle.path, grown, size=32, size_mode="stem")
-    code, _, err = run(["surgery", str(grown), "-o", str(tmp_path / "x"), "--size", "64"], capsys)
+    args = ["surgery", str(grown), "-o", str(tmp_path / "x"), "--size", "64"]
+    code, _, err = run([*args, "--size-mode", "resample"], capsys)
     assert code == 2 and "--size-mode stem" in err and not (tmp_path / "x").exists()
     code, _, err = run(["surgery", str(grown), "-o", str(tmp_path / "x"), "--size", "64", "--size-mode", "big"], capsys)
-    assert code == 2 and "resample or stem" in err
+    assert code == 2 and "stem or resample" in err
 
 
 def test_training_a_grown_bundle_teaches_its_size_stem(tiny_run, tmp_path):

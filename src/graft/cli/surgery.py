@@ -39,14 +39,15 @@ def surgery_command(
     size_mode: Annotated[
         str,
         typer.Option(
-            metavar="<resample|stem>",
-            help="How --size is reached. stem: a learnable resize layer in front of the network computes exactly "
-            "the bundle's own resize to the old size (certified exact: the new model sees a large image as the old "
-            "one saw it shrunk), so fine-tuning starts from the old model and can learn to use the extra detail. "
-            "resample: the same weights see the image at the new scale (approximate, often breaking; no extra "
-            "layer, and a smaller size costs less to run).",
+            metavar="<stem|resample>",
+            help="How --size is reached. stem (the default): a learnable resize layer in front of the network "
+            "computes exactly the bundle's own resize to the old size (certified exact: the new model sees a large "
+            "image as the old one saw it shrunk), so fine-tuning starts from the old model; it led after one epoch "
+            "of fine-tuning on the surgery story bench. resample: the same weights see the image at the new scale "
+            "(approximate, often breaking: follow it with --recalibrate or --heal); use it when the network itself "
+            "should run at the new size (a smaller size then costs less) or above ~1024 px a side.",
         ),
-    ] = "resample",
+    ] = "stem",
     insert_after: Annotated[
         list[str] | None,
         typer.Option(help="Insert an identity-initialised block after this stage (repeatable), e.g. layer2."),

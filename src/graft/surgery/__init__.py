@@ -99,7 +99,7 @@ def reshape(
     architecture: str | None = None,
     channels: int | None = None,
     size: int | tuple[int, int] | None = None,
-    size_mode: str = "resample",
+    size_mode: str = "stem",
     insert_after: str | list[str] | None = None,
     block: str | None = None,
     widen: dict[str, int] | None = None,
@@ -127,9 +127,9 @@ def reshape(
     `probe`/`imprint`/`recalibrate` name data sources (mnist, digits, folder:PATH…). Without a probe, the bundle's
     own data is used when it can be read here, else seeded synthetic colour images. `require="exact"` (or
     "approximate") writes nothing unless every step and the whole chain reach that level. `size_mode` is how
-    `size` is reached: "resample" (the same weights see the image at another scale: approximate) or "stem" (a
-    learnable size stem resizes the image exactly as the bundle's preprocessing would: exact; see
-    graft.surgery.resize).
+    `size` is reached: "stem" (the default: a learnable size stem resizes the image exactly as the bundle's
+    preprocessing would: exact; see graft.surgery.resize) or "resample" (the same weights see the image at another
+    scale: approximate).
 
     `heal` (a data source; labels unused) ends the chain by distilling the original into the new model
     (`heal_steps` batches of `heal_batch`, AdamW at `heal_lr`, logits softened by `heal_temperature`, seeded by

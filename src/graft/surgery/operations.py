@@ -59,7 +59,7 @@ from graft.surgery.structure import insert_identity_block, widen_layer
 from graft.surgery.transfer import change_architecture
 
 VERDICTS = ("exact", "approximate", "unverified", "breaking")  # best to worst
-SIZE_MODES = ("resample", "stem")  # how resize_input changes the input size (graft.surgery.resize)
+SIZE_MODES = ("stem", "resample")  # how resize_input changes the input size (graft.surgery.resize)
 PROBE_COUNT = 64
 
 D = TypeVar("D")
@@ -377,14 +377,14 @@ def rechannel(source: Source, channels: int, *, probe: ProbeLike = None) -> Step
 
 
 def resize_input(
-    source: Source, size: int | tuple[int, int], *, mode: str = "resample", probe: ProbeLike = None
+    source: Source, size: int | tuple[int, int], *, mode: str = "stem", probe: ProbeLike = None
 ) -> Step[ResizeDetails]:
     """Make the model take `size` (or height×width) images.
 
-    mode="stem": exact; a learnable size stem in front of the network resizes the new images exactly as the
-    bundle's preprocessing resizes them to the old size, so the new model on a new-size image is the old model on
-    it resized (graft.surgery.resize). mode="resample": the same weights see the image at another scale, keeping
-    every weight that allows it; approximate (`recalibrate` after it often helps).
+    mode="stem" (the default): exact; a learnable size stem in front of the network resizes the new images exactly
+    as the bundle's preprocessing resizes them to the old size, so the new model on a new-size image is the old
+    model on it resized (graft.surgery.resize). mode="resample": the same weights see the image at another scale,
+    keeping every weight that allows it; approximate (`recalibrate` after it often helps).
     """
     if mode not in SIZE_MODES:
         raise GraftError(f"size mode {mode!r} is not one of {', '.join(SIZE_MODES)}")

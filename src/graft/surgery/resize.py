@@ -120,7 +120,10 @@ def add_size_stem(bundle: Bundle, size: tuple[int, int]) -> tuple[Bundle, Views,
     if size == tuple(spec.size):
         raise GraftError(f"this model already takes {size[0]}×{size[1]} images")
     if min(size) < MIN_SIDE:
-        raise GraftError(f"a size stem needs images of at least {MIN_SIDE} pixels a side, not {size[0]}×{size[1]}")
+        raise GraftError(
+            f"a size stem needs images of at least {MIN_SIDE} pixels a side, not {size[0]}×{size[1]}: "
+            f"use --size {MIN_SIDE} or more"
+        )
     if (size[0] + size[1]) * size[0] * size[1] > MAX_STEM_WORK:
         raise GraftError(
             f"a size stem from {size[0]}×{size[1]} is not supported (graft reads it off the resize one row and column "
