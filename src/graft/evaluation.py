@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,26 @@ class EvalResult:
         }
 
 
+@contextlib.contextmanager
+def ieee_float32() -> Iterator[None]:
+    """Float32 convolutions and matrix products in IEEE float32 (not TF32) inside the block; the flags are restored.
+
+    PyTorch runs cuDNN convolutions in TF32 by default (`torch.backends.cudnn.conv.fp32_precision` is "tf32"):
+    on a GPU, "float32" validation and test metrics would come from 10-bit-mantissa products, not the float32
+    arithmetic the bundle's recorded numbers claim and that `graft eval` on a CPU reproduces. Evaluation is a small
+    share of a run, so it pays for exact float32; training keeps the process's setting (TF32 is fine for
+    gradients). Only the new precision API is used: mixing it with the legacy `allow_tf32` flags makes PyTorch
+    refuse to read them.
+    """
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module,
@@ -90,8 +111,8 @@ def evaluate_model(
 
     With a `console`, a transient progress bar shows batches, images/s and ETA (large folders take minutes), and
     where the console is no terminal (logs), a line every LOG_EVERY_S seconds. `device` and `channels_last` let
-    training evaluate where and how it trains (always in float32). `should_stop` is asked after every batch:
-    when it says so, evaluation ends at once with `Interrupted` (training's Ctrl-C).
+    training evaluate where and how it trains (always in IEEE float32: `ieee_float32`). `should_stop` is asked
+    after every batch: when it says so, evaluation ends at once with `Interrupted` (training's Ctrl-C).
     """
     model.eval()
     device = torch.device(device)
@@ -100,7 +121,7 @@ def evaluate_model(
     batches = iter_batches(images, spec, batch_size, workers=workers)
     total = count_batches(len(images), batch_size)
     started = last_log = time.perf_counter()
-    with batch_progress(console, disable=console is None) as progress:
+    with ieee_float32(), batch_progress(console, disable=console is None) as progress:
         task = progress.add_task(f"evaluating {images.name}", total=total, stats="")
         for done, (batch, labels) in enumerate(batches, start=1):
             x = to_model_input(batch, spec).to(device)

@@ -52,6 +52,17 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+def cuda_supports_bf16(device: torch.device) -> bool:
+    """Native bfloat16 on this GPU: compute capability 8.0+ (Ampere on), or any ROCm GPU.
+
+    Not torch.cuda.is_bf16_supported(): it also says yes on Volta and Turing (V100, T4), where bfloat16 is only
+    emulated and slower than float32, and it asks about the current device rather than the one the run uses.
+    """
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def training_device(name: str | None = None) -> torch.device:
     """The device a single-process run trains on for `--device name` (cuda when there is one, unless told)."""
     return resolve_device(name, World())
@@ -76,7 +87,7 @@ def resolve_device(name: str | None, world: World) -> torch.device:
 
 def resolve_runtime(config: TrainConfig, world: World) -> Runtime:
     device = resolve_device(config.device, world)
-    supported = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_supports_bf16()
+    supported = cuda_supports_bf16(device) if device.type == "cuda" else cpu_supports_bf16()
     if config.precision == "bf16" and not supported:
         raise GraftError(f"--precision bf16: this {device.type} has no native bfloat16; use fp32 or auto")
     bf16 = config.precision == "bf16" or (config.precision == "auto" and supported)
