@@ -230,23 +230,28 @@ def main() -> None:
                 f"  ({row['process_s']:.0f} s process)",
                 flush=True,
             )
+        write_report(args, runs, started, rounds_done=round_ + 1)  # a run cut short keeps its finished rounds
     rows = summarise(runs)
-    load = os.getloadavg()
-    print(f"\n{args.rounds} rounds × {args.steps} steps of {BATCH}, {os.cpu_count()} CPUs, load {load[0]:.1f}")
+    print(
+        f"\n{args.rounds} rounds × {args.steps} steps of {BATCH}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'setting':<26} {'img/s':>7} {'img/CPU-s':>10} {'× keras':>8} {'× keras CPU':>12}")
     for row in rows:
         ratio = f"{row['vs_keras']:8.2f}" if row["vs_keras"] else f"{'—':>8}"
         cpu_ratio = f"{row['vs_keras_cpu']:12.2f}" if row["vs_keras_cpu"] else f"{'—':>12}"
         print(f"{row['setting']:<26} {row['img_per_s']:7.1f} {row['img_per_cpu_s']:10.1f} {ratio} {cpu_ratio}")
+
+
+def write_report(args: argparse.Namespace, runs: dict[str, list[dict]], started: float, rounds_done: int) -> None:
     report = {
-        "rounds": args.rounds,
+        "rounds": rounds_done,
         "steps": args.steps,
         "batch": BATCH,
         "threads": args.threads or "default",
         "cpus": os.cpu_count(),
-        "load_average": load,
+        "load_average": os.getloadavg(),
         "seconds": time.perf_counter() - started,
-        "rows": rows,
+        "rows": summarise(runs),
         "runs": runs,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
