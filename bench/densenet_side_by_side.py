@@ -20,7 +20,7 @@ Each setting runs in its own process (fresh imports, its own threads), the setti
 untimed warm-up pass (Keras: one step; graft: its first epoch) and then `--steps` timed steps; the figure is
 images per wall second of those steps (and per CPU second of the process, the honest figure on a shared machine).
 
-    uv run python bench/densenet_side_by_side.py                       # ~5 min on 2 cores
+    uv run python bench/densenet_side_by_side.py   # 10 processes; estimated 5–8 min on a quiet 2-core machine
     uv run python bench/densenet_side_by_side.py --rounds 3 --steps 6 --keras-python /path/to/tfenv/bin/python
 
 The Keras environment (outside the repository):
