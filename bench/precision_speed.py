@@ -8,6 +8,7 @@ backward, AdamW) on random inputs of the model's input shape.
 
     uv run python bench/precision_speed.py --json bench/results/precision_speed.json
     uv run python bench/precision_speed.py --only graft_cnn_s --threads 2
+    uv run python bench/precision_speed.py --only resnet18 --batch 32   # one batch size for every model
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 # (label, model, input mode, head, size, batch)
 MODELS = [
     ("graft_cnn_s 28px", "graft_cnn_s", "fold", "pool", 28, 256),
+    ("resnet18 32px fold", "resnet18", "fold", "pool", 32, 128),
     ("densenet121 64px flatten", "densenet121", "replicate", "flatten", 64, 32),
 ]
 
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--only", help="models whose label contains this")
+    parser.add_argument("--batch", type=int, help="one batch size for every model (default: each model's own)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -46,6 +49,8 @@ def main() -> None:
     for label, name, mode, head, size, batch in MODELS:
         if args.only and args.only not in label:
             continue
+        batch = args.batch or batch
+        label = f"{label} b{batch}"
         for bf16 in (False, True):
             for channels_last in (False, True):
                 model, _, spec, _ = create_model(name, 10, input_mode=mode, head=head, size=size)
@@ -94,7 +99,8 @@ def main() -> None:
     if args.json:
         from graft.io import atomic_write_json
 
-        atomic_write_json(args.json, {"threads": args.threads, "rows": rows, "load_average": os.getloadavg()})
+        report = {"threads": args.threads, "batch": args.batch, "rows": rows, "load_average": os.getloadavg()}
+        atomic_write_json(args.json, report)
 
 
 if __name__ == "__main__":
