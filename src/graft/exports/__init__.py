@@ -72,7 +72,7 @@ def export(
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     per_channel: bool = PER_CHANNEL,
     calibration_method: str = CALIBRATION_METHOD,
-    keep_float: tuple[str, ...] | list[str] = KEEP_FLOAT,
+    keep_float: str | tuple[str, ...] | list[str] = KEEP_FLOAT,
     timing_runs: int = DEFAULT_TIMING_RUNS,
     threads: int | None = None,
 ) -> ExportRecord:
@@ -105,7 +105,7 @@ def export(
         from graft.exports.quantise import parse_keep_float
 
         calibration_method = method_name(calibration_method)
-        keep_float = parse_keep_float(",".join(keep_float) or "none")
+        keep_float = parse_keep_float(keep_float if isinstance(keep_float, str) else ",".join(keep_float) or "none")
     bundle = bundle if isinstance(bundle, Bundle) else load(bundle)
     if bundle.path is None or not (Path(bundle.path) / WEIGHTS_FILE).is_file():
         raise GraftError("only a saved bundle can be exported: save it first (Bundle.save)")
