@@ -212,3 +212,63 @@ def test_export_records_round_trip_and_refuse_nonsense(exported):
     swapped.exports = {"onnx-int8": read.exports["onnx"]}  # a float record under the int8 name is not int8
     assert usable_export(swapped, "onnx-int8")[0] is None
     assert "another kind of export" in usable_export(swapped, "onnx-int8")[1]
+
+
+def _weights_of_convs(model_bytes: bytes) -> list[str]:
+    """For each Conv node in order: 'float' when its weight is a float initializer, 'int8' when it is dequantised."""
+    import onnx
+
+    graph = onnx.load_from_string(model_bytes).graph
+    dequantised = {output for node in graph.node if node.op_type == "DequantizeLinear" for output in node.output}
+    return ["int8" if node.input[1] in dequantised else "float" for node in graph.node if node.op_type == "Conv"]
+
+
+def test_keep_float_leaves_the_first_conv_and_its_offset_float_and_quantises_the_rest(exported):
+    from graft.exports.quantise import quantise
+
+    q = bundle_record.read(exported).export("onnx-int8")[0].quantisation
+    assert q is not None and q.keep_float == ["first-conv"] and q.calibration_method == "MinMax"
+    kinds = _weights_of_convs((exported / "model.int8.onnx").read_bytes())
+    assert kinds[0] == "float" and set(kinds[1:]) == {"int8"} and len(kinds) > 5
+    # A fold model's first conv is followed by its spatial offset (Add); both are named as float nodes.
+    assert len(q.float_nodes) >= 2 and "Conv" in q.float_nodes[0]
+    _, inputs, _ = _test_inputs(exported)
+    float_onnx = (exported / "model.onnx").read_bytes()
+    whole, none_kept = quantise(float_onnx, [inputs[:64]], "input", keep_float=())
+    assert none_kept == [] and set(_weights_of_convs(whole)) == {"int8"}
+    both, kept = quantise(float_onnx, [inputs[:64]], "input", keep_float=("first-conv", "last-linear"))
+    assert kept[: len(q.float_nodes)] == q.float_nodes and len(kept) == len(q.float_nodes) + 1
+    import onnx
+
+    last = [node for node in onnx.load_from_string(both).graph.node if node.op_type in ("Gemm", "MatMul")][-1]
+    assert last.name == kept[-1] and not any(
+        node.op_type == "DequantizeLinear" and last.input[1] in node.output
+        for node in onnx.load_from_string(both).graph.node
+    )
+
+
+def test_calibration_method_changes_the_ranges_and_is_recorded(copy):
+    from graft.exports.quantise import quantise
+
+    _, inputs, _ = _test_inputs(copy)
+    float_onnx = (copy / "model.onnx").read_bytes()
+    minmax, _ = quantise(float_onnx, [inputs[:128]], "input", method="MinMax")
+    again, _ = quantise(float_onnx, [inputs[:128]], "input", method="minmax")
+    percentile, _ = quantise(float_onnx, [inputs[:128]], "input", method="Percentile")
+    assert minmax == again and percentile != minmax  # deterministic, and the method matters
+    record = graft.export(copy, int8=True, calibration_method="percentile", keep_float=["none"], **FAST)
+    q = record.quantisation
+    assert q is not None and q.calibration_method == "Percentile" and q.keep_float == [] and q.float_nodes == []
+    assert record.certificate is not None and record.certificate.images > 200
+
+
+def test_unknown_int8_choices_are_refused_in_one_line_before_anything_is_written(copy, capsys):
+    before = (copy / "graft.json").read_bytes()
+    (copy / "model.int8.onnx").unlink()
+    for flags, message in (
+        (["--keep-float", "first-conv,stem"], "--keep-float 'first-conv,stem': unknown layer 'stem'"),
+        (["--calibration-method", "kl"], "unknown calibration method 'kl'; choose MinMax, Percentile, Entropy"),
+    ):
+        code, _, err = run(["export", str(copy), "--int8", *flags], capsys)
+        assert code == 2 and message in err and "Traceback" not in err
+    assert (copy / "graft.json").read_bytes() == before and not (copy / "model.int8.onnx").exists()

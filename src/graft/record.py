@@ -287,6 +287,10 @@ class QuantisationRecord(_Record):
     calibration_images: Annotated[int, Field(ge=1)]
     calibration_data: str  # which images: source, split and seed
     onnxruntime_version: str
+    # Layers left in float (`graft export --keep-float`) and the ONNX nodes that are; empty: everything quantised
+    # (records written before the option existed quantised everything).
+    keep_float: list[Literal["first-conv", "last-linear"]] = []
+    float_nodes: list[str] = []
 
 
 class ExportCertificate(_Record):

@@ -63,6 +63,24 @@ def export_command(
     per_channel: Annotated[
         bool, typer.Option(help="int8: one scale per output channel of each weight (else one per tensor).")
     ] = True,
+    calibration_method: Annotated[
+        str,
+        typer.Option(
+            metavar="<minmax|percentile|entropy>",
+            help="int8: how activation ranges are set from the calibration images (onnxruntime's calibrators): "
+            "minmax (the full observed range), percentile (clips the outer 0.001%) or entropy (the range that "
+            "keeps the histogram's information).",
+        ),
+    ] = "minmax",
+    keep_float: Annotated[
+        str,
+        typer.Option(
+            metavar="<first-conv,last-linear|none>",
+            help="int8: layers left in float, comma-separated. first-conv: the first convolution and the "
+            "bias/offset/BatchNorm right after it (little work, but rounding there reaches every later layer); "
+            "last-linear: the classifier; none: quantise everything.",
+        ),
+    ] = "first-conv",
     as_json: Annotated[bool, typer.Option("--json", help="Print the export record as JSON on stdout.")] = False,
 ) -> None:
     """Export the model for ONNX Runtime inside the bundle, checked against PyTorch and certified on test images.
@@ -96,6 +114,8 @@ def export_command(
         certify_images=certify_images,
         calibration_images=calibration_images,
         per_channel=per_channel,
+        calibration_method=calibration_method,
+        keep_float=tuple(part.strip() for part in keep_float.split(",")),
     )
     if as_json:
         print(json_text(record.to_dict()))
@@ -104,11 +124,12 @@ def export_command(
         q = record.quantisation
         assert q is not None
         parity = "finite" if record.passed else "NOT finite"
+        kept = ", ".join(q.keep_float) or "none"
         print(
             f"wrote {bundle / record.file} (opset {record.opset}, onnxruntime {record.onnxruntime_version}; int8 "
-            f"{q.format}, {'per-channel' if q.per_channel else 'per-tensor'} weights, calibrated on "
-            f"{q.calibration_images} training images): max |Δ logit| vs PyTorch on random probes "
-            f"{record.max_abs_logit_delta:.2e} ({parity})",
+            f"{q.format}, {'per-channel' if q.per_channel else 'per-tensor'} weights, {q.calibration_method} "
+            f"calibration on {q.calibration_images} training images, kept float: {kept}): max |Δ logit| vs PyTorch on "
+            f"random probes {record.max_abs_logit_delta:.2e} ({parity})",
             file=out,
         )
     else:

@@ -38,7 +38,7 @@ from graft.exports.certificate import (
 from graft.exports.certificate import certify as certify
 from graft.exports.evidence import Sample, bundle_splits, sample
 from graft.exports.ort_format import ORT_STYLE
-from graft.exports.quantise import PER_CHANNEL
+from graft.exports.quantise import CALIBRATION_METHOD, KEEP_FLOAT, PER_CHANNEL
 from graft.io import atomic_write_bytes, file_sha256
 from graft.record import ONNX_FILE, WEIGHTS_FILE, ExportRecord, QuantisationRecord
 
@@ -71,14 +71,17 @@ def export(
     certify_images: int = DEFAULT_IMAGES,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     per_channel: bool = PER_CHANNEL,
+    calibration_method: str = CALIBRATION_METHOD,
+    keep_float: str | tuple[str, ...] | list[str] = KEEP_FLOAT,
     timing_runs: int = DEFAULT_TIMING_RUNS,
     threads: int | None = None,
 ) -> ExportRecord:
     """Write the export file into the bundle directory and record its checks in `graft.json` → `exports`.
 
     `format` onnx writes `model.onnx`, ort writes `model.ort` (ONNX Runtime Mobile's format, by onnxruntime's
-    converter); `int8` quantises first (static QDQ, calibrated on `calibration_images` training images) and writes
-    `model.int8.onnx` / `model.int8.ort`.
+    converter); `int8` quantises first (static QDQ, calibrated on `calibration_images` training images with
+    `calibration_method`, MinMax, Percentile or Entropy; the layers in `keep_float`, first-conv and/or last-linear,
+    stay float) and writes `model.int8.onnx` / `model.int8.ort`.
 
     Every export is checked twice. The parity check runs seeded random images (pixels uniform in [0, 1],
     normalised by the bundle's spec) through PyTorch and ONNX Runtime at batch sizes 8 and 1 and records the
@@ -97,6 +100,12 @@ def export(
         raise GraftError("an int8 export is used only on its certificate: --certify-images must be at least 1")
     if certify_images < 0 or calibration_images < 1 or timing_runs < 1:
         raise GraftError("--certify-images must be ≥ 0, --calibration-images and the timing runs ≥ 1")
+    if int8:  # a wrong name is refused before the bundle is read
+        from graft.exports.quantise import calibration_method as method_name
+        from graft.exports.quantise import parse_keep_float
+
+        calibration_method = method_name(calibration_method)
+        keep_float = parse_keep_float(keep_float if isinstance(keep_float, str) else ",".join(keep_float) or "none")
     bundle = bundle if isinstance(bundle, Bundle) else load(bundle)
     if bundle.path is None or not (Path(bundle.path) / WEIGHTS_FILE).is_file():
         raise GraftError("only a saved bundle can be exported: save it first (Bundle.save)")
@@ -110,15 +119,19 @@ def export(
     float_onnx, exporter = _to_onnx(model, _probes(bundle, seed)[0], opset)
     payload, quantisation = float_onnx, None
     if int8:
-        from graft.exports.quantise import ACTIVATIONS, CALIBRATION_METHOD, WEIGHTS, quantise
+        from graft.exports.quantise import ACTIVATIONS, WEIGHTS, quantise
 
         batches = (batch.numpy() for batch in calibration.inputs(bundle.spec, chunk=32))
-        payload = quantise(float_onnx, batches, _INPUT, per_channel=per_channel)
+        payload, kept = quantise(
+            float_onnx, batches, _INPUT, per_channel=per_channel, method=calibration_method, keep_float=keep_float
+        )
         quantisation = QuantisationRecord(
             activations=ACTIVATIONS,
             weights=WEIGHTS,
             per_channel=per_channel,
-            calibration_method=CALIBRATION_METHOD,
+            calibration_method=calibration_method,
+            keep_float=list(keep_float),
+            float_nodes=kept,
             calibration_images=len(calibration),
             calibration_data=calibration.description,
             onnxruntime_version=onnx_runtime().__version__,

@@ -12,7 +12,14 @@ Choices, and why:
   intermediate sum: the certificate is measured on the exporting machine, so export where you serve.
 - per-channel weights: after BatchNorm is folded into convolutions, output channels have very different weight
   ranges; one scale per tensor wastes most of the 8 bits on the small channels (graft's bench shows the cost).
-- MinMax calibration over the images given: deterministic and quick; the certificate says what it cost.
+- MinMax calibration over the images given by default: deterministic and quick; Percentile and Entropy (both
+  onnxruntime's) clip outliers instead, and are there to be measured (`bench/int8_export.py`); the certificate says
+  what each cost.
+- the first convolution stays float by default (`KEEP_FLOAT`): its input is the raw image with one or three
+  channels, so it is a small share of the work, but quantising it adds rounding before everything else; a fold
+  bundle's first conv is also followed by a spatial offset map (an Add) and a BatchNorm that cannot be folded into
+  it, each of which would be rounded to 8 bits again. Measured on the fold recipe (bench/int8_export.py), keeping
+  it float raised top-1 agreement with the float model. The classifier (`last-linear`) can be kept float too.
 The calibration images are the bundle's training images through graft.data.preprocess, exactly as in training.
 """
 
@@ -31,11 +38,83 @@ from graft.errors import GraftError, first_line
 
 ACTIVATIONS, WEIGHTS = "QUInt8", "QInt8"
 PER_CHANNEL = True
+CALIBRATION_METHODS = ("MinMax", "Percentile", "Entropy")  # onnxruntime.quantization.CalibrationMethod names
 CALIBRATION_METHOD = "MinMax"
+FLOAT_LAYERS = ("first-conv", "last-linear")  # what --keep-float may name
+KEEP_FLOAT: tuple[str, ...] = ("first-conv",)
+_AFFINE = {"Add", "Sub", "Mul", "Div", "BatchNormalization"}  # what follows a conv and belongs to it (bias, offset, BN)
+_LINEAR = {"Gemm", "MatMul"}
 
 
-def quantise(onnx_bytes: bytes, batches: Iterable[np.ndarray], input_name: str, *, per_channel: bool = PER_CHANNEL):
-    """A QDQ int8 copy of the serialised ONNX model, calibrated on `batches` (normalised float32 NCHW arrays)."""
+def parse_keep_float(text: str) -> tuple[str, ...]:
+    """`first-conv,last-linear` → ("first-conv", "last-linear"); `none` or "" → (); anything else is refused."""
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if names in ((), ("none",)):
+        return ()
+    unknown = [name for name in names if name not in FLOAT_LAYERS]
+    if unknown:
+        raise GraftError(
+            f"--keep-float {text!r}: unknown layer {unknown[0]!r}; name {', '.join(FLOAT_LAYERS)} (comma-separated) "
+            "or none"
+        )
+    return names
+
+
+def calibration_method(name: str) -> str:
+    """The onnxruntime calibration method's name, whatever its case (minmax → MinMax); anything else is refused."""
+    found = {method.lower(): method for method in CALIBRATION_METHODS}.get(name.lower())
+    if found is None:
+        raise GraftError(f"unknown calibration method {name!r}; choose {', '.join(CALIBRATION_METHODS)}")
+    return found
+
+
+def float_nodes(model, keep: Iterable[str]) -> list[str]:
+    """Names of the ONNX nodes that `keep` (FLOAT_LAYERS) names, in graph order.
+
+    first-conv: the first Conv node, and the affine nodes (Add, Sub, Mul, Div, BatchNormalization) that follow it
+    one after another and only it; last-linear: the last Gemm or MatMul node. A model without such a node is
+    refused rather than quantised whole while the record says otherwise.
+    """
+    keep = tuple(keep)
+    nodes = list(model.graph.node)
+    chosen: list[str] = []
+    if "first-conv" in keep:
+        first = next((node for node in nodes if node.op_type == "Conv"), None)
+        if first is None:
+            raise GraftError("--keep-float first-conv: this model has no Conv node")
+        chosen.append(first.name)
+        consumers: dict[str, list] = {}
+        for node in nodes:
+            for name in node.input:
+                consumers.setdefault(name, []).append(node)
+        current = first
+        while len(current.output) == 1 and len(users := consumers.get(current.output[0], [])) == 1:
+            if users[0].op_type not in _AFFINE:
+                break
+            current = users[0]
+            chosen.append(current.name)
+    if "last-linear" in keep:
+        last = next((node for node in reversed(nodes) if node.op_type in _LINEAR), None)
+        if last is None:
+            raise GraftError("--keep-float last-linear: this model has no Gemm or MatMul node")
+        chosen.append(last.name)
+    if any(not name for name in chosen):
+        raise GraftError("--keep-float: the layer to keep float has no node name in the ONNX graph")
+    return chosen
+
+
+def quantise(
+    onnx_bytes: bytes,
+    batches: Iterable[np.ndarray],
+    input_name: str,
+    *,
+    per_channel: bool = PER_CHANNEL,
+    method: str = CALIBRATION_METHOD,
+    keep_float: Iterable[str] = KEEP_FLOAT,
+) -> tuple[bytes, list[str]]:
+    """A QDQ int8 copy of the serialised ONNX model, calibrated on `batches` (normalised float32 NCHW arrays) with
+    `method`, and the names of the nodes left float (`keep_float`, see `float_nodes`)."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -63,6 +142,7 @@ def quantise(onnx_bytes: bytes, batches: Iterable[np.ndarray], input_name: str, 
             with contextlib.redirect_stdout(chatter):
                 # Shape inference and graph clean-up first, as onnxruntime recommends before quantising.
                 quant_pre_process(str(source), str(prepared))
+                excluded = float_nodes(onnx.load(str(prepared)), keep_float)
                 quantize_static(
                     str(prepared),
                     str(target),
@@ -71,7 +151,8 @@ def quantise(onnx_bytes: bytes, batches: Iterable[np.ndarray], input_name: str, 
                     per_channel=per_channel,
                     activation_type=QuantType[ACTIVATIONS],
                     weight_type=QuantType[WEIGHTS],
-                    calibrate_method=CalibrationMethod[CALIBRATION_METHOD],
+                    calibrate_method=CalibrationMethod[calibration_method(method)],
+                    nodes_to_exclude=excluded,
                 )
         except GraftError:
             raise
@@ -79,4 +160,4 @@ def quantise(onnx_bytes: bytes, batches: Iterable[np.ndarray], input_name: str, 
             raise GraftError(f"onnxruntime cannot quantise this model to int8: {first_line(error)}") from None
         finally:
             logging.getLogger().setLevel(quiet)
-        return target.read_bytes()
+        return target.read_bytes(), excluded
