@@ -149,3 +149,65 @@ def test_predict_in_chunks_equals_one_batch():
 def test_load_rejects_non_bundles(tmp_path):
     with pytest.raises(GraftError, match="not a bundle directory"):
         graft.load(tmp_path / "nothing")
+
+
+def test_load_builds_the_model_once_on_meta_and_gives_the_same_logits(tmp_path, monkeypatch):
+    """Loading assigns the file's tensors to the meta-device skeleton: no second, randomly initialised build
+    (most of a load's time), and logits bit-identical to a real build with the weights copied in."""
+    import graft.bundle as bundle_module
+
+    bundle = _bundle("fold", "flatten", "resnet10t")
+    bundle.save(tmp_path / "b")
+    real_builds = []
+    original = bundle_module.build_model
+
+    def counting(arch, spec):
+        real_builds.append(torch.empty(0).device.type != "meta")
+        return original(arch, spec)
+
+    monkeypatch.setattr(bundle_module, "build_model", counting)
+    loaded = graft.load(tmp_path / "b")
+    assert real_builds == [False]
+    assert not any(t.is_meta for t in [*loaded.model.parameters(), *loaded.model.buffers()])
+    monkeypatch.setattr(bundle_module, "_assign_weights", lambda skeleton, state: None)  # the old way: build, copy
+    copied = graft.load(tmp_path / "b")
+    assert real_builds == [False, False, True]
+    images = [np.random.default_rng(i).integers(0, 256, (30, 26, 1), dtype=np.uint8) for i in range(4)]
+    reference = _logits(copied, images)
+    assert not torch.equal(reference[0], reference[1])  # the logits depend on the image
+    assert torch.equal(_logits(loaded, images), reference)
+    assert torch.equal(_logits(loaded, images), _logits(bundle, images))
+
+
+class _WithExtras(torch.nn.Module):
+    def __init__(self, extra: str) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+        self.bn = torch.nn.BatchNorm2d(2)
+        if extra == "non-persistent buffer":
+            self.register_buffer("table", torch.arange(4.0), persistent=False)
+        elif extra == "tensor attribute":
+            self.table = torch.arange(4.0)
+        elif extra == "tied parameter":
+            self.twin = self.conv
+
+
+@pytest.mark.parametrize("extra", ["none", "non-persistent buffer", "tensor attribute", "tied parameter"])
+def test_assigning_weights_refuses_what_would_stay_empty_or_come_untied(extra):
+    from graft.bundle import _assign_weights
+
+    state = {
+        k: torch.randn(v.shape) if v.is_floating_point() else v for k, v in _WithExtras(extra).state_dict().items()
+    }
+    state = {k: v.to(torch.float64) if k == "conv.weight" else v for k, v in state.items()}  # cast like a copy
+    with torch.device("meta"):
+        skeleton = _WithExtras(extra)
+    assigned = _assign_weights(skeleton, state)
+    if extra != "none":
+        assert assigned is None
+        return
+    assert assigned is not None
+    assert assigned.conv.weight.dtype == torch.float32
+    assert torch.equal(assigned.conv.weight, state["conv.weight"].float())
+    assert torch.equal(assigned.bn.running_var, state["bn.running_var"])
+    assert assigned.conv.weight.requires_grad
