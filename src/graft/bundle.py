@@ -198,24 +198,16 @@ def load(path: str | Path, *, record: BundleRecord | None = None) -> Bundle:
         raise GraftError(f"{path} is not a graft bundle: {WEIGHTS_FILE} is missing")
     arch, spec = record.arch, record.spec
     header = _weights_header(weights_path)
-    skeleton = _skeleton(arch, spec)
-    expected = None if skeleton is None else {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    expected = _expected_shapes(arch, spec)
     _check_fit(expected, header, weights_path)
+    model = build_model(arch, spec)
+    if expected is None:  # not buildable on meta: the real model's shapes are checked instead
+        _check_fit({name: tuple(t.shape) for name, t in model.state_dict().items()}, header, weights_path)
     try:
         state = load_file(str(weights_path))
+        model.load_state_dict(state, strict=True)
     except Exception as error:
         raise GraftError(f"{weights_path} does not fit the architecture in {META_FILE}: {first_line(error)}") from None
-    model = _assign_weights(skeleton, state) if skeleton is not None else None
-    if model is None:  # the skeleton cannot take the file's tensors as they are: build for real and copy them in
-        model = build_model(arch, spec)
-        if expected is None:  # not buildable on meta: the real model's shapes are checked instead
-            _check_fit({name: tuple(t.shape) for name, t in model.state_dict().items()}, header, weights_path)
-        try:
-            model.load_state_dict(state, strict=True)
-        except Exception as error:
-            raise GraftError(
-                f"{weights_path} does not fit the architecture in {META_FILE}: {first_line(error)}"
-            ) from None
     _check_finite(state, weights_path)
     model.eval()
     return Bundle(
@@ -240,48 +232,17 @@ def _weights_header(path: Path) -> dict[str, tuple[int, ...]]:
         raise GraftError(f"{path} is damaged: not a safetensors file ({first_line(error, 120)})") from None
 
 
-def _skeleton(arch: Architecture, spec: InputSpec) -> GraftModel | None:
-    """The model built on the meta device (no memory, no random init). Its state dict's shapes let a record
-    claiming a huge model be refused against the weights file before anything is allocated, and it takes the
-    file's tensors as its own (`_assign_weights`), so loading builds the model once, not twice. None where a
-    model cannot be built on meta (the real build is then checked instead)."""
+def _expected_shapes(arch: Architecture, spec: InputSpec) -> dict[str, tuple[int, ...]] | None:
+    """The state dict's shapes, from the model built on the meta device (no memory, no init): a record claiming a
+    huge model is refused against the weights file before anything is allocated. None where a model cannot be
+    built on meta (the real build is then checked instead)."""
     try:
         with torch.device("meta"):
-            return build_model(arch, spec)
+            return {name: tuple(t.shape) for name, t in build_model(arch, spec).state_dict().items()}
     except GraftError:
         raise
     except Exception:
         return None
-
-
-def _assign_weights(skeleton: GraftModel, state: dict[str, torch.Tensor]) -> GraftModel | None:
-    """The meta-device skeleton holding the file's tensors, or None where that would not be the model a real
-    build plus `load_state_dict` gives.
-
-    Why: a real build spends most of a load initialising weights at random only to overwrite them (resnet10t:
-    0.4 of the ~0.5 CPU-s a load took beyond the meta build), and doubles the weights' memory while copying.
-    Assigning is exact only when nothing is left on meta: a buffer kept out of the state dict (non-persistent),
-    a plain tensor attribute, or a parameter shared by two names (assigning would untie it) sends the caller
-    back to the real build. Tensors are copied (aligned) and cast to the skeleton's dtypes, as copying into it would.
-    """
-    own = skeleton.state_dict(keep_vars=True)
-    if set(own) != set(state) or any(tuple(own[k].shape) != tuple(state[k].shape) for k in own):
-        return None  # the real build's load_state_dict names the mismatch
-    named = list(skeleton.named_parameters(remove_duplicate=False)) + list(
-        skeleton.named_buffers(remove_duplicate=False)
-    )
-    if len({id(t) for _, t in named}) != len(named):
-        return None
-    # Fresh, aligned copies: the file's tensors may sit at any offset of one buffer, and a convolution over
-    # unaligned weights takes another kernel path (measured: fold resnet10t's logits moved in the 7th digit).
-    cast = {k: v.to(own[k].dtype, memory_format=torch.contiguous_format, copy=True) for k, v in state.items()}
-    skeleton.load_state_dict(cast, strict=True, assign=True)
-    for module in skeleton.modules():
-        tensors = [*module._parameters.values(), *module._buffers.values()]
-        tensors += [v for v in vars(module).values() if isinstance(v, torch.Tensor)]
-        if any(t is not None and t.is_meta for t in tensors):
-            return None
-    return skeleton
 
 
 def _check_fit(expected: dict[str, tuple[int, ...]] | None, header: dict[str, tuple[int, ...]], path: Path) -> None:
