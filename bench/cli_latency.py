@@ -8,6 +8,11 @@ same interpreter and packages, interleaved so that the machine's load hits both 
 
     uv run python bench/cli_latency.py                                   # this checkout
     uv run python bench/cli_latency.py --checkout ../main --checkout .   # before / after, side by side
+    uv run python bench/cli_latency.py --runs 7 --train-images 0          # the CLI rows only (about 2 min, quiet)
+
+The first rows are floors no change to graft can go below: a bare interpreter, `import torch`, and
+`import torch, timm` (timm imports torchvision, and torchvision 0.29's roi_align imports torch._dynamo, which
+imports triton); `graft predict` has to build a timm model, so it pays the last floor.
 
 Each checkout's `src/graft` is copied to a temporary directory first, so Python may cache its bytecode there
 (as an installed graft would) without writing into the checkout; one untimed run warms each command up. The
@@ -39,18 +44,17 @@ def _env(src: Path) -> dict[str, str]:
 
 
 def run_once(args: list[str], src: Path) -> tuple[float, float, float]:
-    """Wall seconds, peak RSS (MB) and CPU seconds (user + system) of `graft ARGS` in its own process; CPU time is
-    what a loaded machine inflates least."""
+    """Wall seconds, peak RSS (MB) and CPU seconds (user + system) of `graft ARGS` (or of ARGS itself when it
+    starts with this Python) in its own process; CPU time is what a loaded machine inflates least."""
+    argv = args if args[0] == sys.executable else [str(GRAFT), *args]
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [str(GRAFT), *args], env=_env(src), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(argv, env=_env(src), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read() if proc.stderr else ""
     if proc.returncode != 0:
-        sys.exit(f"graft {' '.join(args)} failed ({proc.returncode}) with {src}:\n{err[-2000:]}")
+        sys.exit(f"{' '.join(argv)} failed ({proc.returncode}) with {src}:\n{err[-2000:]}")
     return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
@@ -93,7 +97,10 @@ def main() -> None:
             bundle, photo = args.bundle.resolve(), args.image.resolve()
         else:
             bundle, photo = make_bundle(sources[checkouts[-1]], tmp_path / "work")
-        commands = {
+        commands = {  # the floors first: what no graft change can take below (the interpreter, torch, timm)
+            "floor: python -c pass": [sys.executable, "-c", "pass"],
+            "floor: import torch": [sys.executable, "-c", "import torch"],
+            "floor: import torch, timm (torchvision, torch._dynamo)": [sys.executable, "-c", "import torch, timm"],
             "graft --help": ["--help"],
             "graft train --help": ["train", "--help"],
             "graft info BUNDLE": ["info", str(bundle)],
@@ -101,6 +108,7 @@ def main() -> None:
         }
         walls: dict[tuple[str, Path], list[float]] = {}
         cpus: dict[tuple[str, Path], list[float]] = {}
+        rsses: dict[tuple[str, Path], list[float]] = {}
         for label, command in commands.items():
             print(f"… {label}", file=sys.stderr, flush=True)
             for _ in range(args.warmup):
@@ -108,8 +116,9 @@ def main() -> None:
                     run_once(command, sources[checkout])
             for _ in range(args.runs):
                 for checkout in checkouts:  # interleaved: the machine's load falls on every checkout alike
-                    wall, _, cpu = run_once(command, sources[checkout])
+                    wall, peak, cpu = run_once(command, sources[checkout])
                     walls.setdefault((label, checkout), []).append(wall)
+                    rsses.setdefault((label, checkout), []).append(peak)
                     cpus.setdefault((label, checkout), []).append(cpu)
         rss: dict[Path, float] = {}
         if args.train_images:
@@ -122,13 +131,13 @@ def main() -> None:
                 rss[checkout] = run_once(train, sources[checkout])[1]
 
     load = f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
-    print(f"\nwall seconds best / median of {args.runs} runs (CPU seconds, median); {load}\n")
+    print(f"\nwall seconds best / median of {args.runs} runs (CPU seconds, median; peak RSS MB, median); {load}\n")
     print("| command | " + " | ".join(str(c) for c in checkouts) + " |")
     print("|---|" + "---|" * len(checkouts))
     for label in commands:
         cells = [
             f"{min(walls[(label, c)]):.2f} / {statistics.median(walls[(label, c)]):.2f} "
-            f"({statistics.median(cpus[(label, c)]):.2f})"
+            f"({statistics.median(cpus[(label, c)]):.2f}; {statistics.median(rsses[(label, c)]):.0f} MB)"
             for c in checkouts
         ]
         print(f"| {label} | " + " | ".join(cells) + " |")

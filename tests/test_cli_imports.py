@@ -104,3 +104,22 @@ def test_import_graft_and_its_light_modules_load_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_predict_imports_no_package_a_prediction_does_not_use(tmp_path: Path):
+    """`graft predict` pays for torch and timm (timm imports torchvision, which imports torch._dynamo: the floor
+    bench/cli_latency.py reports), and for nothing else heavy: no server, ONNX, plotting or Keras-reading stack."""
+    import numpy as np
+    from PIL import Image
+
+    from graft.bundle import Bundle
+    from graft.models import create_model
+
+    model, arch, spec, _ = create_model("resnet10t", 3, input_mode="fold", size=16)
+    Bundle(model.eval(), arch, spec, ["a", "b", "c"]).save(tmp_path / "b")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 20), dtype=np.uint8)).save(tmp_path / "one.png")
+    unused = ("fastapi", "uvicorn", "onnx", "onnxruntime", "onnxscript", "matplotlib", "sklearn", "h5py", "av", "keras")
+    args = ["predict", str(tmp_path / "b"), str(tmp_path / "one.png")]
+    result = _probe(args, heavy=("torch", *unused))[" ".join(args)]
+    assert result["code"] == 0 and result["out"].startswith(f"{tmp_path / 'one.png'}: ")
+    assert result["heavy"] == ["torch"]  # torch is seen (the check can see a package), the unused ones are not
