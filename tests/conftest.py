@@ -18,6 +18,14 @@ def shared_datasets() -> Path | None:
     return None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (pyproject's addopts run one worker per core), each worker and the processes it starts
+    use one thread: two workers with two threads each on two cores spend their time in OpenMP spin-waits.
+    Set before any test imports torch, which reads it once."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     root = shared_datasets()

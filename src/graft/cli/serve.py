@@ -215,7 +215,8 @@ def serve_command(
         float, typer.Option(help=f"Seconds a predict request may take (504 after). {_r('timeout_s')}")
     ] = 30.0,
     threads: Annotated[
-        int | None, typer.Option(help=f"Threads for the model. {_r('threads')} [default: all cores]")
+        int | None,
+        typer.Option(help=f"Threads for the model. {_r('threads')} [default: all cores, or $OMP_NUM_THREADS]"),
     ] = None,
     decode_threads: Annotated[int, typer.Option(help=f"Threads decoding uploads. {_r('decode_threads')}")] = 2,
     header_timeout: Annotated[

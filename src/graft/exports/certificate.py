@@ -9,7 +9,6 @@ median single-image latency and batched throughput in ONNX Runtime on this machi
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from graft.bundle_info import certificate_summary
+from graft.cpus import available_cpus
 from graft.errors import GraftError, first_line
 from graft.exports.evidence import Sample
 from graft.record import ExportCertificate
@@ -125,7 +125,7 @@ def certify(
 ) -> ExportCertificate:
     """The certificate of `export` (serialised ONNX or ORT); with `float_export`, the float model's ONNX file is
     timed alike for comparison (for int8 exports)."""
-    threads = threads or os.cpu_count() or 1
+    threads = threads or available_cpus()
     run = runner(open_session(export, threads))
     measured = compare(reference, run, sample, spec)
     example = next(sample.inputs(spec, chunk=batch)).numpy()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import signal
 import socket
@@ -14,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from graft.bundle import Bundle
+from graft.cpus import available_cpus
 from graft.errors import GraftError, first_line
 from graft.serve.limits import is_loopback
 from graft.serve.settings import ServeSettings
@@ -45,7 +45,7 @@ def serve(
     _log_to_stderr()
     sock = bind(host, port)
     try:
-        torch.set_num_threads(settings.threads or os.cpu_count() or 1)
+        torch.set_num_threads(settings.threads or available_cpus())
         app = create_app(bundle, settings)
         holder = app.state.holder
         loaded = holder.current

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from graft.cpus import available_cpus
 from graft.errors import GraftError
 from graft.io import atomic_write_json
 from graft.lock import is_locked
@@ -199,7 +200,7 @@ class TrainingWorker:
         self.project = Path(project).resolve()
         self.make_round = make_round
         self.on_promoted = on_promoted
-        self.threads = threads or max(1, (os.cpu_count() or 2) // 2)  # the other half keeps answering phones
+        self.threads = threads or max(1, available_cpus() // 2)  # the other half keeps answering phones
         self.command = command  # tests may replace the interpreter line; default: this Python's graft
         self.process: asyncio.subprocess.Process | None = None
         self.follower: asyncio.Task | None = None

@@ -178,7 +178,7 @@ FLAGS: dict[str, Flag] = {
     "max_valid": Flag(default="all"),
     "max_test": Flag(default="all"),
     "device": Flag(default="cuda when available"),
-    "threads": Flag(default="all cores"),
+    "threads": Flag(default="all cores, or $OMP_NUM_THREADS"),
     "output": Flag(short="-o", default="RUN_DIR/bundle"),
     "run_dir": Flag(default="runs/<data>-<model>-<mode>-<time>"),
 }

@@ -7,12 +7,12 @@ to training and evaluation.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from graft.cpus import available_cpus
 from graft.errors import GraftError
 from graft.training.config import TrainConfig
 from graft.training.distributed import World
@@ -93,7 +93,7 @@ def resolve_runtime(config: TrainConfig, world: World) -> Runtime:
     bf16 = config.precision == "bf16" or (config.precision == "auto" and supported)
     channels_last = bool(config.channels_last)  # off unless asked: see the config field
     # Processes of one machine share its cores; oversubscribing them costs far more than it gains.
-    threads = config.threads or max(1, (os.cpu_count() or 1) // world.local_size)
+    threads = config.threads or max(1, available_cpus() // world.local_size)
     return Runtime(device, bf16, channels_last, threads)
 
 
