@@ -115,3 +115,24 @@ def test_a_wrong_model_name_suggests_the_family(tmp_path, capsys):
     message = " ".join(err.split())
     assert code == 2 and "mobilenetv2_100" in message and "mobilenetv3_small_100" in message
     assert "graft models mobilenet" in message
+
+
+def test_help_falls_back_to_typers_own_when_its_internals_are_gone(monkeypatch, capsys):
+    """help_format wraps private Typer methods: a Typer without them leaves --help Typer's own, never a crash."""
+    import types
+
+    from typer import core
+
+    never_wrapped = type("TyperArgument", (), {})  # a fresh class: no `_graft_plain` mark, no `_usage_display_name`
+    for internals in (
+        {"TyperArgument": never_wrapped},  # `_TyperParameter` renamed away
+        {"TyperArgument": never_wrapped, "_TyperParameter": core._TyperParameter},  # the usage method gone
+        {"TyperArgument": core.TyperArgument, "_TyperParameter": type("P", (), {})},  # display_type gone
+    ):
+        monkeypatch.setattr(help_format, "core", types.SimpleNamespace(**internals))
+        assert help_format.install() is False, internals
+        assert not hasattr(never_wrapped, "_usage_display_name") and not hasattr(never_wrapped, "_graft_plain")
+    monkeypatch.setattr(help_format, "core", core)
+    assert help_format.install() is True  # this Typer has them: wrapped (once, at import)
+    code, out, _ = run(["predict", "--help"], capsys)
+    assert code == 0 and "BUNDLE" in out and "<list[" not in out

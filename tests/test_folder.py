@@ -229,3 +229,23 @@ def test_train_folder_beside_class_folders_is_refused(tmp_path: Path) -> None:
     save_gray(tmp_path / "train" / "dog" / "1.png")
     save_gray(tmp_path / "valid" / "cat" / "1.png")
     assert "valid" in error_of(tmp_path)
+
+
+def test_predict_lists_a_folder_as_training_does(tmp_path: Path) -> None:
+    """`graft predict FOLDER` and folder data sources share one listing: hidden files (macOS `._x.png` resource
+    forks, which are not images) are ignored by both, images in sub-folders are found by both."""
+    from graft.cli.bundle import _image_files
+
+    photos = tmp_path / "photos"
+    real = [save_gray(photos / "a.png"), save_gray(photos / "sub" / "b.png")]
+    (photos / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (photos / ".hidden").mkdir()
+    save_gray(photos / ".hidden" / "c.png")
+    (photos / "notes.txt").write_text("not a photo")
+    listed = _image_files([photos])
+    assert sorted(listed) == sorted(real), listed
+    from graft.data.folder import image_files
+
+    assert listed == image_files(photos, [])
+    loose = tmp_path / "loose.png"
+    assert _image_files([loose, photos]) == [loose, *listed]  # a file given by name is kept as given

@@ -475,6 +475,29 @@ def test_json_answers_carry_security_headers(server, digit_png):
     assert "script-src 'unsafe-inline'" in page_policy  # the page keeps its own policy
 
 
+def test_an_unhandled_exception_500_carries_the_security_headers_too(serve_bundle, caplog):
+    """Starlette answers a crash from its outermost middleware, outside `SecurityHeaders`: the 500 must still
+    carry the headers (and leak nothing)."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(serve_bundle, engine="torch")
+
+    async def crash() -> None:
+        raise RuntimeError("secret internals")
+
+    app.add_api_route("/crash", crash)
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        answers = [client.get("/crash"), client.get("/healthz")]
+    crashed = answers[0]
+    assert _is_problem(crashed, 500, "internal_error") and "secret" not in crashed.text
+    for answer in answers:
+        assert answer.headers["x-content-type-options"] == "nosniff", answer.url
+        assert answer.headers["cache-control"] == "no-store"
+        assert answer.headers["content-security-policy"].startswith("default-src 'none'")
+        assert answer.headers["referrer-policy"] == "no-referrer"
+    assert any("unexpected error" in record.getMessage() for record in caplog.records)
+
+
 def test_non_finite_scores_are_a_422_not_a_500(serve_bundle, digit_png):
     from fastapi.testclient import TestClient
 

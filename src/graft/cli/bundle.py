@@ -91,7 +91,8 @@ def predict_command(
     images: Annotated[
         list[Path],
         typer.Argument(
-            help="Image files (JPEG, PNG, WebP, BMP, GIF, TIFF), or folders: their images, sub-folders included.",
+            help="Image files (JPEG, PNG, WebP, BMP, GIF, TIFF), or folders: their images, sub-folders included "
+            "(hidden files ignored).",
             metavar="IMAGES...",
         ),
     ],
@@ -151,7 +152,9 @@ def predict_command(
 
 
 def _image_files(paths: list[Path]) -> list[Path]:
-    """The files given, with each folder replaced by its images (by extension, sorted, sub-folders included)."""
+    """The files given, with each folder replaced by its images (the folder listing training uses: by extension,
+    sorted, sub-folders included, hidden entries ignored)."""
+    from graft.data.folder import image_files
     from graft.data.images import IMAGE_EXTENSIONS
 
     files: list[Path] = []
@@ -159,7 +162,7 @@ def _image_files(paths: list[Path]) -> list[Path]:
         if not path.is_dir():
             files.append(path)
             continue
-        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
+        found = image_files(path, [])
         if not found:
             raise GraftError(f"{path}: no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})")
         files += found

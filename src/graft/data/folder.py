@@ -120,7 +120,9 @@ def scan_folder(root: str | Path, *, workers: int = 4, group_by: str = "auto") -
     class_dirs = [*train_dirs, *(test_dirs or [])]
 
     candidates = [
-        (label_of[class_dir.name], class_dir, path) for class_dir in class_dirs for path in _files(class_dir, skipped)
+        (label_of[class_dir.name], class_dir, path)
+        for class_dir in class_dirs
+        for path in image_files(class_dir, skipped)
     ]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(_probe, [path for *_, path in candidates]))
@@ -176,10 +178,13 @@ def _subdirs(parent: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
     return dirs
 
 
-def _files(class_dir: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
-    """Candidate images under `class_dir`, recursively and in a stable order; other files go to `skipped`."""
+def image_files(folder: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
+    """Candidate images under `folder` (by extension), recursively and in a stable order; hidden entries are
+    ignored (macOS `._photo.jpg` and `.DS_Store` are not photos), other files go to `skipped` with a reason.
+
+    The one listing of a folder of photos: training's class folders and `graft predict FOLDER` both use it."""
     images = []
-    for dirpath, dirnames, filenames in os.walk(class_dir):
+    for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for filename in sorted(filenames):
             if filename.startswith("."):

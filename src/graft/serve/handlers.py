@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from graft.serve.guards import API_HEADERS
 from graft.serve.limits import Problem, problem_response
 
 log = logging.getLogger("graft.serve")
@@ -47,9 +48,12 @@ async def on_disconnect(request: Request, _: ClientDisconnect) -> Response:
 
 
 async def on_crash(_: Request, error: Exception) -> Response:
-    """A bug: logged with its traceback; the client gets a JSON 500 that leaks nothing."""
+    """A bug: logged with its traceback; the client gets a JSON 500 that leaks nothing.
+
+    Starlette runs this handler in its outermost middleware, outside `guards.SecurityHeaders`, so the 500 sets
+    the security headers itself."""
     log.exception("unexpected error", exc_info=error)
-    return problem_response(500, "internal_error", "internal server error (see the server log)")
+    return problem_response(500, "internal_error", "internal server error (see the server log)", dict(API_HEADERS))
 
 
 def install_error_handlers(app: FastAPI) -> None:
