@@ -48,7 +48,7 @@ def train(out: Path, args: argparse.Namespace) -> Path:
 VARIANTS = {
     "default": {},
     "none": {"keep_float": ["none"]},
-    "first-conv,last-linear": {"keep_float": ["first-conv", "last-linear"]},
+    "first-conv+last-linear": {"keep_float": ["first-conv", "last-linear"]},
     "percentile": {"calibration_method": "Percentile"},
     "entropy": {"calibration_method": "Entropy"},
 }
