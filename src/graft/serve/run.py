@@ -56,6 +56,7 @@ def serve(
         for line in where_to_open(host, sock.getsockname()[1], settings.token is not None, docs=settings.docs):
             say(line)
         config = uvicorn_config(app, settings, access_log=access_log)
+        _log_uvicorn(access_log)
         server = uvicorn.Server(config)
         asyncio.run(_run(server, sock, app.state.holder))
     finally:
@@ -64,11 +65,18 @@ def serve(
 
 def uvicorn_config(app, settings: ServeSettings, *, access_log: bool = False, **extra):
     """uvicorn's configuration for `app`: its h11 protocol with a header deadline and a connection cap
-    (`connections`), and an access log, when on, with tokens in query strings redacted."""
+    (`connections`), and an access log, when on, with tokens in query strings redacted.
+
+    uvicorn's default `log_config` is refused (`log_config=None`): it runs `logging.config.dictConfig`, which
+    shuts down every logging handler in the process, and absl's handler (absl-py's PythonHandler, imported with
+    Keras) closes its stream on shutdown whenever that stream is no longer sys.stderr, so serving in-process could
+    close a stream graft does not own (pytest's capture file, a notebook's). `serve` attaches uvicorn's handlers
+    itself (`_log_uvicorn`)."""
     import uvicorn
 
     from graft.serve.connections import guarded_protocol
 
+    extra.setdefault("log_config", None)
     config = uvicorn.Config(
         app,
         http=guarded_protocol(settings),
@@ -188,15 +196,24 @@ def _url_host(host: str) -> str:
 
 
 class _Stderr(logging.StreamHandler):
-    """Writes to whatever sys.stderr is when a message comes (it may be replaced after the server starts)."""
+    """Writes to whatever sys.stderr is when a message comes (it may be replaced after the server starts), and
+    never closes it: the process's std streams are not graft's to close."""
+
+    name_in_sys = "stderr"
 
     @property  # type: ignore[override]
     def stream(self):
-        return sys.stderr
+        return getattr(sys, self.name_in_sys)
 
     @stream.setter
     def stream(self, _value) -> None:
         pass
+
+
+class _Stdout(_Stderr):
+    """The same, for sys.stdout (uvicorn's access log goes there)."""
+
+    name_in_sys = "stdout"
 
 
 def _log_to_stderr() -> None:
@@ -206,3 +223,23 @@ def _log_to_stderr() -> None:
         handler.setFormatter(logging.Formatter("graft serve: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+
+
+def _log_uvicorn(access_log: bool) -> None:
+    """What uvicorn's default logging config would set up (errors on stderr, the access log on stdout, in its own
+    formats), without `dictConfig` and its process-wide handler shutdown (see `uvicorn_config`)."""
+    from uvicorn.logging import AccessFormatter, DefaultFormatter
+
+    def attach(name: str, handler: logging.Handler) -> None:
+        logger = logging.getLogger(name)
+        logger.handlers = [h for h in logger.handlers if type(h) is not type(handler)] + [handler]
+        logger.propagate = False
+
+    errors = _Stderr()
+    errors.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+    attach("uvicorn", errors)
+    logging.getLogger("uvicorn").setLevel(logging.INFO)
+    if access_log:
+        access = _Stdout()
+        access.setFormatter(AccessFormatter('%(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s'))
+        attach("uvicorn.access", access)
