@@ -272,3 +272,28 @@ def test_unknown_int8_choices_are_refused_in_one_line_before_anything_is_written
         code, _, err = run(["export", str(copy), "--int8", *flags], capsys)
         assert code == 2 and message in err and "Traceback" not in err
     assert (copy / "graft.json").read_bytes() == before and not (copy / "model.int8.onnx").exists()
+
+
+def test_certificates_and_the_server_open_sessions_without_qdq_propagation(tmp_path, monkeypatch):
+    """What is certified is what is served: both open ONNX Runtime sessions with the same passes left out (QDQ
+    propagation made an int8 model's max-pool run on uint8, 6× the float pool's time)."""
+    import onnxruntime
+
+    from graft.exports import certificate
+    from graft.serve import engines
+
+    seen: list[list[str]] = []
+
+    class Recorder:
+        def __init__(self, *_args, disabled_optimizers=(), **_kwargs):
+            seen.append(list(disabled_optimizers))
+
+        def get_inputs(self):
+            return [type("Port", (), {"name": "x"})()]
+
+        get_outputs = get_inputs
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Recorder)
+    certificate.open_session(b"model")
+    engines.onnx_engine(tmp_path / "model.onnx")
+    assert seen == [["QDQPropagationTransformer"], ["QDQPropagationTransformer"]]

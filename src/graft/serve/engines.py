@@ -18,6 +18,7 @@ import torch
 from graft.bundle import Bundle
 from graft.errors import GraftError, first_line
 from graft.exports import NO_EXPORT, onnx_export, onnx_runtime, usable_export
+from graft.exports.certificate import DISABLED_OPTIMIZERS
 from graft.record import ExportRecord
 from graft.serve.settings import ServeSettings
 
@@ -35,7 +36,8 @@ def onnx_engine(path: Path, threads: int | None = None) -> Engine:
     """An ONNX Runtime session on the CPU.
 
     Spinning is off: ONNX Runtime's threads otherwise busy-wait between runs and take the cores that decode
-    uploads. Telemetry is off: ONNX Runtime may otherwise record events (paths, errors) for its vendor.
+    uploads. Telemetry is off: ONNX Runtime may otherwise record events (paths, errors) for its vendor. The graph
+    passes the export certificates leave out are left out here too (`exports.certificate.DISABLED_OPTIMIZERS`).
     """
     onnxruntime = onnx_runtime()
     options = onnxruntime.SessionOptions()
@@ -43,7 +45,9 @@ def onnx_engine(path: Path, threads: int | None = None) -> Engine:
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS)
+        )
     except Exception as error:
         raise GraftError(f"ONNX Runtime cannot load {path}: {first_line(error)}") from None
     input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
