@@ -82,7 +82,7 @@ def profile(model: bytes, example, batch: int, threads: int, runs: int) -> dict[
 
     import numpy as np
 
-    from graft.exports.certificate import onnx_runtime
+    from graft.exports.certificate import DISABLED_OPTIMIZERS, onnx_runtime
 
     ort = onnx_runtime()
     with tempfile.TemporaryDirectory(prefix="graft-int8-profile-") as tmp:
@@ -90,7 +90,9 @@ def profile(model: bytes, example, batch: int, threads: int, runs: int) -> dict[
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "profile")
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(  # the passes graft's sessions leave out, left out here too
+            model, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS)
+        )
         name = session.get_inputs()[0].name
         batched = np.ascontiguousarray(np.concatenate([example] * -(-batch // len(example)))[:batch])
         for _ in range(3 + runs):
