@@ -50,9 +50,13 @@ def onnx_runtime():
 DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
 
 
-def open_session(model: bytes | str, threads: int | None = None):
+def open_session(
+    model: bytes | str, threads: int | None = None, *, refusal: str = "ONNX Runtime cannot run the exported model"
+):
     """A CPU InferenceSession of a serialised ONNX or ORT-format model (or a file path); spinning off, so that
-    timings are of the work and serve's decoding threads keep their cores; `DISABLED_OPTIMIZERS` off."""
+    timings are of the work and serve's decoding threads keep their cores; `DISABLED_OPTIMIZERS` off. The one way
+    graft opens a session (export checks, certificates and `graft serve`), so what is certified is what is served;
+    a model ONNX Runtime refuses is a GraftError starting with `refusal`."""
     onnxruntime = onnx_runtime()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or 0
@@ -63,7 +67,7 @@ def open_session(model: bytes | str, threads: int | None = None):
             model, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS)
         )
     except Exception as error:
-        raise GraftError(f"ONNX Runtime cannot run the exported model: {first_line(error)}") from None
+        raise GraftError(f"{refusal}: {first_line(error)}") from None
 
 
 def runner(session) -> Callable[[np.ndarray], np.ndarray]:

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from graft.bundle import Bundle
-from graft.errors import GraftError, first_line
-from graft.exports import NO_EXPORT, onnx_export, onnx_runtime, usable_export
-from graft.exports.certificate import DISABLED_OPTIMIZERS
+from graft.errors import GraftError
+from graft.exports import NO_EXPORT, onnx_export, usable_export
+from graft.exports.certificate import open_session
 from graft.record import ExportRecord
 from graft.serve.settings import ServeSettings
 
@@ -36,20 +36,10 @@ def onnx_engine(path: Path, threads: int | None = None) -> Engine:
     """An ONNX Runtime session on the CPU.
 
     Spinning is off: ONNX Runtime's threads otherwise busy-wait between runs and take the cores that decode
-    uploads. Telemetry is off: ONNX Runtime may otherwise record events (paths, errors) for its vendor. The graph
-    passes the export certificates leave out are left out here too (`exports.certificate.DISABLED_OPTIMIZERS`).
+    uploads. Telemetry is off: ONNX Runtime may otherwise record events (paths, errors) for its vendor. Opened as
+    the export certificates open theirs (`exports.certificate.open_session`), so what is certified is what is served.
     """
-    onnxruntime = onnx_runtime()
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or 0
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        session = onnxruntime.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS)
-        )
-    except Exception as error:
-        raise GraftError(f"ONNX Runtime cannot load {path}: {first_line(error)}") from None
+    session = open_session(str(path), threads, refusal=f"ONNX Runtime cannot load {path}")
     input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
 
     def run(batch: torch.Tensor) -> torch.Tensor:
