@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from graft.bundle import Bundle
+from graft.data.preprocess import to_model_input
 from graft.models.factory import create_model
+from graft.surgery.certificate import synthetic_probe
 
 
 def random_model(name: str, num_classes: int, seed: int, **options) -> tuple:
@@ -28,3 +31,25 @@ def random_model(name: str, num_classes: int, seed: int, **options) -> tuple:
             elif key.endswith(".weight") and value.ndim == 1:
                 value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
     return model.eval(), arch, spec
+
+
+def measured_bundle(classes: list[str], size: int, seed: int = 0) -> Bundle:
+    """A 1-channel (fold) resnet10t at size×size with random BatchNorm affines and statistics measured on images.
+
+    Statistics measured on images (not timm's defaults) make every feature vary from image to image, so the
+    logits clearly depend on the input and an equality of logits means something.
+    """
+    torch.manual_seed(seed)
+    model, arch, spec, _ = create_model("resnet10t", len(classes), input_mode="fold", size=size)
+    generator = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.copy_(torch.rand(norm.weight.shape, generator=generator) + 0.5)
+            norm.bias.copy_(torch.randn(norm.bias.shape, generator=generator) * 0.2)
+            norm.reset_running_stats()
+            norm.momentum = None  # a plain average over the batch below
+        model.train()(to_model_input(synthetic_probe(64, (size, size), seed + 100), spec))
+    for norm in norms:
+        norm.momentum = 0.1
+    return Bundle(model.eval(), arch, spec, list(classes), metrics={"accuracy": 0.5})

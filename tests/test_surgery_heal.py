@@ -17,32 +17,18 @@ from graft.cli import surgery as surgery_cli
 from graft.data.base import ArrayImages
 from graft.data.preprocess import to_model_input
 from graft.errors import GraftError
-from graft.models.factory import create_model
 from graft.surgery import Probe, heal, rechannel, reclass, reshape, resize_input
 from graft.surgery.certificate import synthetic_probe
 from graft.surgery.heal import check_heal_options, distil
+from surgery_helpers import measured_bundle
 
 CLASSES = ["a", "b", "c", "d"]
 SIZE, NEW_SIZE = 16, 24
 
 
 def tiny_bundle(seed: int = 0) -> Bundle:
-    """A gray resnet10t at 16×16 with random BatchNorm affines and statistics measured on images, so that its
-    logits clearly depend on the input."""
-    torch.manual_seed(seed)
-    model, arch, spec, _ = create_model("resnet10t", len(CLASSES), input_mode="fold", size=SIZE)
-    generator = torch.Generator().manual_seed(seed)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for norm in norms:
-            norm.weight.copy_(torch.rand(norm.weight.shape, generator=generator) + 0.5)
-            norm.bias.copy_(torch.randn(norm.bias.shape, generator=generator) * 0.2)
-            norm.reset_running_stats()
-            norm.momentum = None
-        model.train()(to_model_input(synthetic_probe(64, (SIZE, SIZE), seed + 100), spec))
-    for norm in norms:
-        norm.momentum = 0.1
-    return Bundle(model.eval(), arch, spec, list(CLASSES), metrics={"accuracy": 0.5})
+    """A gray resnet10t at 16×16 whose logits clearly depend on the input (surgery_helpers.measured_bundle)."""
+    return measured_bundle(CLASSES, SIZE, seed)
 
 
 def image_set(count: int = 128, seed: int = 3) -> ArrayImages:

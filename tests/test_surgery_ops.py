@@ -13,7 +13,6 @@ import graft
 from graft.bundle import Bundle
 from graft.data.preprocess import to_model_input
 from graft.errors import GraftError
-from graft.models.factory import create_model
 from graft.surgery import (
     Probe,
     Step,
@@ -25,30 +24,14 @@ from graft.surgery import (
     widen,
 )
 from graft.surgery.certificate import synthetic_probe
+from surgery_helpers import measured_bundle
 
 CLASSES = [f"c{i}" for i in range(5)]
 
 
 def gray_bundle(seed: int = 0) -> Bundle:
-    """A 1-channel resnet10t at 32×32 with random affine weights and BatchNorm statistics measured on images.
-
-    Statistics measured on images (not timm's defaults) make every feature vary from image to image, so the
-    logits clearly depend on the input and an equality of logits means something.
-    """
-    torch.manual_seed(seed)
-    model, arch, spec, _ = create_model("resnet10t", len(CLASSES), input_mode="fold", size=32)
-    generator = torch.Generator().manual_seed(seed)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for norm in norms:
-            norm.weight.copy_(torch.rand(norm.weight.shape, generator=generator) + 0.5)
-            norm.bias.copy_(torch.randn(norm.bias.shape, generator=generator) * 0.2)
-            norm.reset_running_stats()
-            norm.momentum = None  # a plain average over the batch below
-        model.train()(to_model_input(synthetic_probe(64, (32, 32), seed + 100), spec))
-    for norm in norms:
-        norm.momentum = 0.1
-    return Bundle(model.eval(), arch, spec, list(CLASSES), metrics={"accuracy": 0.5})
+    """A 1-channel resnet10t at 32×32 whose logits clearly depend on the input (surgery_helpers.measured_bundle)."""
+    return measured_bundle(CLASSES, 32, seed)
 
 
 def logits(bundle: Bundle, images: torch.Tensor) -> torch.Tensor:
