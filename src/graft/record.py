@@ -351,6 +351,8 @@ class ExportRecord(_Record):
     quantisation: QuantisationRecord | None = None
     certificate: ExportCertificate | None = None
     certificate_note: str | None = None
+    # Conv nodes whose kernels were cut to the taps that see pixels (graft.exports.crop); [] in older records.
+    cropped_convolutions: list[str] = Field(default_factory=list)
 
     @field_validator("file")
     @classmethod

@@ -139,6 +139,9 @@ def export_command(
             f"max |Δ logit| vs PyTorch {record.max_abs_logit_delta:.2e}, parity {verdict} (≤ {record.tolerance:g})",
             file=out,
         )
+    if record.cropped_convolutions:
+        count = len(record.cropped_convolutions)
+        print(f"{count} convolution{'s' * (count != 1)} cut to the kernel taps that see pixels (exact)", file=out)
     if record.certificate is not None:
         print(f"certificate {summary(record.certificate)}", file=out)
     else:

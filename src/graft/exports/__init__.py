@@ -7,9 +7,10 @@ from PyTorch's (parity on random probes), how the file compares with the float m
 (its certificate: agreement, accuracy, size, latency, throughput; graft.exports.certificate), with which opset
 and versions, and which weights it was made from (sha256 of `model.safetensors`). The server uses an export only
 while its record says the checks passed and the weights are still the same, so a bundle retrained in place never
-serves stale weights. Both files are written atomically: the export file first, then the record, which also holds
-the file's sha256, so an interruption between the two leaves an export that is ignored, never one that is
-trusted wrongly.
+serves stale weights. Before anything is checked, convolution kernels are cut to the taps that see pixels
+(graft.exports.crop: exact; it matters on small maps, e.g. ResNet-18 at 32 px). Both files are written atomically:
+the export file first, then the record, which also holds the file's sha256, so an interruption between the two
+leaves an export that is ignored, never one that is trusted wrongly.
 
 No FastAPI here: exporting needs only torch, onnx and onnxruntime.
 """
@@ -36,6 +37,7 @@ from graft.exports.certificate import (
     runner,
 )
 from graft.exports.certificate import certify as certify
+from graft.exports.crop import crop_kernels
 from graft.exports.evidence import Sample, bundle_splits, sample
 from graft.exports.ort_format import ORT_STYLE
 from graft.exports.quantise import CALIBRATION_METHOD, KEEP_FLOAT, PER_CHANNEL
@@ -117,6 +119,7 @@ def export(
 
     model = bundle.model.eval()
     float_onnx, exporter = _to_onnx(model, _probes(bundle, seed)[0], opset)
+    float_onnx, cropped = crop_kernels(float_onnx)  # exact; the checks below measure the file as written
     payload, quantisation = float_onnx, None
     if int8:
         from graft.exports.quantise import ACTIVATIONS, WEIGHTS, quantise
@@ -172,6 +175,7 @@ def export(
         quantisation=quantisation,
         certificate=certificate,
         certificate_note=note,
+        cropped_convolutions=cropped,
     )
     atomic_write_bytes(directory / record.file, payload)
     updated = bundle_record.update(
