@@ -111,25 +111,81 @@ def test_an_exported_model_gives_the_same_logits_with_its_kernels_cut():
         np.testing.assert_allclose(cut(batch), expected, rtol=0, atol=1e-5)
 
 
-def _conv_graph(height: int | str, width: int | str, kernel: int = 3) -> bytes:
-    weight = numpy_helper.from_array(
-        np.arange(2.0 * kernel * kernel, dtype=np.float32).reshape(2, 1, kernel, kernel), "w"
-    )
-    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 1, height, width])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-        [weight],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+def _conv_graph(
+    height: int | str = 1,
+    width: int | str = 1,
+    *,
+    conv: dict | None = None,
+    weight_as_input: bool = False,
+    weight_as_output: bool = False,
+    second_conv: bool = False,
+    weight_in_subgraph: bool = False,
+    weight_from_constant: bool = False,
+    stated_size: int | None = None,
+) -> bytes:
+    """A graph with one Conv (3×3, pads 1) on an N×1×height×width input, changed in one way by each option:
+    on a fixed 1×1 input, as built with no option, its kernel is cut to the centre."""
+    kernel = np.arange(18.0, dtype=np.float32).reshape(2, 1, 3, 3)
+    attributes = {key: value for key, value in {"pads": [1, 1, 1, 1], **(conv or {})}.items() if value is not None}
+    domain = attributes.pop("domain", "")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", domain=domain, **attributes)]
+    initializers = [] if weight_from_constant else [numpy_helper.from_array(kernel, "w")]
+    if weight_from_constant:
+        nodes.insert(0, helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(kernel, "w")))
+    outputs = [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)]
+    inputs = [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 1, height, width])]
+    if weight_as_input:
+        inputs.append(helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [2, 1, 3, 3]))
+    if weight_as_output:
+        outputs.append(helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [2, 1, 3, 3]))
+    if second_conv:
+        nodes.append(helper.make_node("Conv", ["x", "w"], ["y2"], name="conv2", pads=[1, 1, 1, 1]))
+        outputs.append(helper.make_tensor_value_info("y2", onnx.TensorProto.FLOAT, None))
+    if weight_in_subgraph:
+        branch = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["z"], pads=[1, 1, 1, 1])],
+            "branch",
+            [],
+            [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)],
+        )
+        condition = numpy_helper.from_array(np.array(True), "c")
+        nodes.append(helper.make_node("If", ["c"], ["z_out"], then_branch=branch, else_branch=branch))
+        initializers.append(condition)
+        outputs.append(helper.make_tensor_value_info("z_out", onnx.TensorProto.FLOAT, None))
+    value_info = []
+    if stated_size is not None:  # a size the model states for the Conv's input without fixing it at its input
+        nodes.insert(0, helper.make_node("Identity", ["x0"], ["x"]))
+        inputs[0] = helper.make_tensor_value_info("x0", onnx.TensorProto.FLOAT, ["n", 1, height, width])
+        value_info.append(
+            helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 1, stated_size, stated_size])
+        )
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers, value_info=value_info)
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
 
 
-@pytest.mark.parametrize("height, width", [("h", "w"), (1, "w"), (4, 4)])
-def test_graphs_without_a_fixed_small_size_come_back_unchanged(height, width):
-    """A spatial size the graph does not fix may be anything at run time: no tap can be called unseen."""
-    model = _conv_graph(height, width)
+GUARDS = {
+    "spatial size not fixed": {"height": "h", "width": "w"},
+    "one spatial size not fixed": {"width": "w"},
+    "every tap sees a pixel": {"height": 4, "width": 4},
+    "auto_pad": {"conv": {"auto_pad": "VALID"}},  # the pads attribute is then not what runs
+    "dilation": {"conv": {"pads": [2, 2, 2, 2], "dilations": [2, 2], "strides": [3, 3]}},  # tap 1 sees the pixel
+    "kernel_shape that is not the weight's": {"conv": {"kernel_shape": [1, 1]}},
+    "a Conv of another domain (NHWC)": {"conv": {"domain": "com.ms.internal.nhwc"}},
+    "weight that is a graph input": {"weight_as_input": True},
+    "weight that is a graph output": {"weight_as_output": True},
+    "weight shared with another Conv": {"second_conv": True},
+    "weight read inside a subgraph": {"weight_in_subgraph": True},
+    "weight from a Constant node": {"weight_from_constant": True},
+    "a size only stated, not fixed at the input": {"height": "h", "width": "w", "stated_size": 1},
+}
+
+
+@pytest.mark.parametrize("change", list(GUARDS))
+def test_graphs_the_rule_cannot_vouch_for_come_back_unchanged(change):
+    """Each differs from a graph that is cut (the first assertion) in one way that makes cutting unsafe."""
+    assert crop_kernels(_conv_graph())[1] == ["conv"]
+    model = _conv_graph(**GUARDS[change])
     assert crop_kernels(model) == (model, [])
 
 
@@ -147,3 +203,32 @@ def test_graft_export_records_the_cut_convolutions_and_passes_parity(serve_bundl
     assert record["cropped_convolutions"] and record["passed"]
     kernels = _kernels((serve_bundle / record["file"]).read_bytes())
     assert all(kernels[name] != (3, 3) for name in record["cropped_convolutions"])
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, pads, strides",
+    [
+        ((2,), (5,), [1, 3], [1]),  # 1-D, asymmetric pads: taps 0 and 4 see nothing
+        ((1, 1, 2), (3, 3, 3), [1, 1, 1, 1, 1, 1], [1, 1, 2]),  # 3-D, a stride along the one axis with 2 pixels
+        ((1, 3), (3, 3), [2, 0, 0, 1], [1, 2]),  # 2-D, pads on one side only
+    ],
+)
+def test_other_ranks_and_asymmetric_pads_give_the_same_outputs(shape, kernel, pads, strides):
+    weights = np.random.default_rng(0).standard_normal((4, 2, *kernel)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=pads, strides=strides)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 2, *shape])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    cropped, names = crop_kernels(model)
+    assert names == ["conv"]
+    assert np.prod(numpy_helper.to_array(onnx.load_from_string(cropped).graph.initializer[0]).shape) < weights.size
+    original, cut = runner(open_session(model)), runner(open_session(cropped))
+    first, second = (np.random.default_rng(seed).standard_normal((3, 2, *shape)).astype(np.float32) for seed in (1, 2))
+    assert np.abs(original(first) - original(second)).max() > 0.1  # the reference depends on its input
+    for batch in (first, second):
+        np.testing.assert_allclose(cut(batch), original(batch), rtol=0, atol=1e-5)

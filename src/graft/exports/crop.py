@@ -11,8 +11,11 @@ e after, dilation 1, O = ⌊(H + b + e − K) / s⌋ + 1 outputs): tap k sees a 
 output o in [0, O). The kernel is cut to the span [first, last] of those taps and the pads become (b − first,
 e − (K − 1 − last)): every output position keeps its place and every product with a pixel, and only products with
 padding zeros are dropped. Floats may differ in the last bits (fewer terms, another summation order); the export's
-parity check and certificate measure the result like any other. Left as they are: dynamic spatial sizes, dilation
-or auto_pad, weights that are not constants of the graph or are shared, kernels whose every tap sees a pixel.
+parity check and certificate measure the result like any other. An int8 export is quantised from the cut graph (a
+cut kernel's per-channel scale comes from the taps that remain). Left as they are: spatial sizes not fixed by the
+graph's inputs, dilation or auto_pad, Convs outside the default ONNX domain, weights that are not initializers of
+the graph or that anything else reads (another node, a subgraph, a graph input or output), kernels whose every tap
+sees a pixel.
 """
 
 from __future__ import annotations
@@ -57,16 +60,18 @@ def crop_kernels(onnx_bytes: bytes) -> tuple[bytes, list[str]]:
     from onnx import numpy_helper
 
     model = onnx.load_from_string(onnx_bytes)
-    sizes = _spatial_sizes(onnx.shape_inference.infer_shapes(model))
-    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    sizes = _spatial_sizes(model)
+    graph = model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    uses = _uses(graph)
+    for name in [*(info.name for info in graph.input), *(info.name for info in graph.output)]:
+        uses[name] = uses.get(name, 0) + 1  # a weight the caller can read or feed is not ours to change
     cropped: list[str] = []
-    for index, node in enumerate(model.graph.node):
-        weight = initializers.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
-        if weight is None or uses[node.input[1]] != 1 or node.input[0] not in sizes:
+    for index, node in enumerate(graph.node):
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        weight = initializers.get(node.input[1])
+        if weight is None or uses.get(node.input[1]) != 1 or node.input[0] not in sizes:
             continue
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         kernel_array = numpy_helper.to_array(weight)
@@ -97,12 +102,39 @@ def crop_kernels(onnx_bytes: bytes) -> tuple[bytes, list[str]]:
     return (model.SerializeToString() if cropped else onnx_bytes), cropped
 
 
+def _uses(graph) -> dict[str, int]:
+    """Tensor name → how many node inputs read it, in the graph and in every subgraph (If, Loop, Scan bodies)."""
+    import onnx
+
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+        for attribute in node.attribute:
+            value = onnx.helper.get_attribute_value(attribute)
+            for body in value if isinstance(value, list) else [value]:
+                if isinstance(body, onnx.GraphProto):
+                    for name, count in _uses(body).items():
+                        uses[name] = uses.get(name, 0) + count
+    return uses
+
+
 def _spatial_sizes(model) -> dict[str, list[int]]:
     """Tensor name → its fixed spatial sizes (the dims after N and C), for 3-D and longer tensors whose spatial
-    dims are all known numbers."""
+    dims are all known numbers, as ONNX shape inference derives them from the graph inputs alone.
+
+    ONNX Runtime enforces the shapes of the graph inputs, not the shapes a model merely states for its inner
+    tensors or outputs: those are dropped before inferring, so a stale or wrong annotation cannot fix a size."""
+    import onnx
+
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.graph.value_info[:]
+    for output in bare.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    inferred = onnx.shape_inference.infer_shapes(bare).graph
     sizes: dict[str, list[int]] = {}
-    graph = model.graph
-    for info in [*graph.input, *graph.value_info, *graph.output]:
+    for info in [*inferred.input, *inferred.value_info]:
         dims = info.type.tensor_type.shape.dim
         if len(dims) >= 3 and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[2:]):
             sizes[info.name] = [d.dim_value for d in dims[2:]]
