@@ -3,7 +3,7 @@ validation) reachable at all with a recipe? Runs 3 seeds in parallel and writes 
 bundle's test accuracy. Accuracy only: the 45-minute CPU budget is measured on a CPU (bench/time_to_accuracy.py).
 Not yet run (no GPU was lent when it was written).
 
-    RECIPE=bench/mnist-9970-candidate.toml DEADLINE_S=400 GRAFT_DATA=... python3 bench/gpu_accuracy.py
+    RECIPE=recipes/mnist-cpu-9970.toml DEADLINE_S=400 GRAFT_DATA=... python3 bench/gpu_accuracy.py
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 OUT = Path(os.environ.get("OUT") or "/tmp/gpu_out")
 WORK = Path(os.environ.get("WORK") or "/tmp/gpu_work")
-RECIPE = os.environ.get("RECIPE", "bench/mnist-9970-candidate.toml")
+RECIPE = os.environ.get("RECIPE", "recipes/mnist-cpu-9970.toml")
 DEADLINE = float(os.environ.get("DEADLINE_S", "300"))
 EXTRA = os.environ.get("EXTRA", "").split()
 OUT.mkdir(parents=True, exist_ok=True)

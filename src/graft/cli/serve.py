@@ -141,7 +141,8 @@ def export_command(
         )
     if record.cropped_convolutions:
         count = len(record.cropped_convolutions)
-        print(f"{count} convolution{'s' * (count != 1)} cut to the kernel taps that see pixels (exact in float)", file=out)
+        cut = f"{count} convolution{'s' * (count != 1)}"
+        print(f"{cut} cut to the kernel taps that see pixels (exact in float)", file=out)
     if record.certificate is not None:
         print(f"certificate {summary(record.certificate)}", file=out)
     else:
