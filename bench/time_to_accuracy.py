@@ -32,7 +32,7 @@ import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-THRESHOLDS = (0.99, 0.9944, 0.996)
+THRESHOLDS = (0.99, 0.9944, 0.996, 0.997)  # 99.44 %: the reference; 99.70 %: issue 16 target 2
 TARGET = "99.44%"
 
 
