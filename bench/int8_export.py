@@ -84,17 +84,10 @@ def profile(model: bytes, example, batch: int, threads: int, runs: int) -> dict[
 
     import numpy as np
 
-    from graft.exports.certificate import DISABLED_OPTIMIZERS, onnx_runtime
+    from graft.exports.certificate import open_session
 
-    ort = onnx_runtime()
     with tempfile.TemporaryDirectory(prefix="graft-int8-profile-") as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "profile")
-        session = ort.InferenceSession(  # the passes graft's sessions leave out, left out here too
-            model, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS)
-        )
+        session = open_session(model, threads, profile_prefix=str(Path(tmp) / "profile"))  # as graft opens it
         name = session.get_inputs()[0].name
         batched = np.ascontiguousarray(np.concatenate([example] * -(-batch // len(example)))[:batch])
         for _ in range(3 + runs):
@@ -111,14 +104,9 @@ def profile(model: bytes, example, batch: int, threads: int, runs: int) -> dict[
 def cpu_flags() -> dict:
     """Whether this CPU has the int8 dot-product instructions (VNNI) ONNX Runtime's x86 int8 kernels use."""
     try:
-        flags = next(
-            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
-        ).split()
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = next(line for line in lines if line.startswith("flags")).split()
+        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
         return {"cpu": platform.processor() or platform.machine()}
     return {"cpu": model, "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags}

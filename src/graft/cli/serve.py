@@ -115,7 +115,7 @@ def export_command(
         calibration_images=calibration_images,
         per_channel=per_channel,
         calibration_method=calibration_method,
-        keep_float=tuple(part.strip() for part in keep_float.split(",")),
+        keep_float=keep_float,
     )
     if as_json:
         print(json_text(record.to_dict()))

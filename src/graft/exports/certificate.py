@@ -51,17 +51,24 @@ DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
 
 
 def open_session(
-    model: bytes | str, threads: int | None = None, *, refusal: str = "ONNX Runtime cannot run the exported model"
+    model: bytes | str,
+    threads: int | None = None,
+    *,
+    refusal: str = "ONNX Runtime cannot run the exported model",
+    profile_prefix: str | None = None,
 ):
     """A CPU InferenceSession of a serialised ONNX or ORT-format model (or a file path); spinning off, so that
     timings are of the work and serve's decoding threads keep their cores; `DISABLED_OPTIMIZERS` off. The one way
     graft opens a session (export checks, certificates and `graft serve`), so what is certified is what is served;
-    a model ONNX Runtime refuses is a GraftError starting with `refusal`."""
+    a model ONNX Runtime refuses is a GraftError starting with `refusal`. With `profile_prefix`, ONNX Runtime's
+    profiler records every run into a file starting with it (`session.end_profiling()` names the file)."""
     onnxruntime = onnx_runtime()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or 0
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix is not None:
+        options.enable_profiling, options.profile_file_prefix = True, profile_prefix
     try:
         return onnxruntime.InferenceSession(
             model, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS)

@@ -18,7 +18,7 @@ import torch
 from graft.bundle import Bundle
 from graft.errors import GraftError
 from graft.exports import NO_EXPORT, onnx_export, usable_export
-from graft.exports.certificate import open_session
+from graft.exports.certificate import open_session, runner
 from graft.record import ExportRecord
 from graft.serve.settings import ServeSettings
 
@@ -39,12 +39,10 @@ def onnx_engine(path: Path, threads: int | None = None) -> Engine:
     uploads. Telemetry is off: ONNX Runtime may otherwise record events (paths, errors) for its vendor. Opened as
     the export certificates open theirs (`exports.certificate.open_session`), so what is certified is what is served.
     """
-    session = open_session(str(path), threads, refusal=f"ONNX Runtime cannot load {path}")
-    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+    run_arrays = runner(open_session(str(path), threads, refusal=f"ONNX Runtime cannot load {path}"))
 
     def run(batch: torch.Tensor) -> torch.Tensor:
-        array = batch.detach().contiguous().numpy()
-        return torch.from_numpy(session.run([output_name], {input_name: array})[0])
+        return torch.from_numpy(run_arrays(batch.detach().numpy()))
 
     return run
 
